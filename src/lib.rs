@@ -1,0 +1,15 @@
+//! imagelock: a GitOps reconciler that turns image tags into digest pins.
+//!
+//! The crate is a library so tests can drive every part; `main.rs` only calls [`cli::main`].
+//! Pure cores (manifest validation, tag selection, lock generations) sit apart from the thin
+//! network and Git shells around them (`registry`, `git`, `daemon`).
+
+pub mod cli;
+pub mod daemon;
+pub mod git;
+pub mod lock;
+pub mod manifest;
+pub mod reference;
+pub mod registry;
+pub mod resolve;
+pub mod telemetry;

@@ -1,0 +1,235 @@
+//! The validated model of the config repo: `imagelock.yaml` and the ImageSet manifests.
+//!
+//! Everything here has passed validation; code that consumes it never re-checks.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::reference::{Digest, ImageRepo, Platform};
+
+/// Default number of generations kept per tag.
+pub const DEFAULT_KEEP: u32 = 25;
+/// Default re-resolve cadence.
+pub const DEFAULT_SCHEDULE: &str = "*/15 * * * *";
+
+/// A 1-based line and column in a source file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    pub line: usize,
+    pub col: usize,
+}
+
+/// A standard 5-field cron schedule, kept with its source text.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub expression: String,
+    pub cron: croner::Cron,
+}
+
+impl Schedule {
+    /// The first run strictly after `after`; `None` for an expression that never fires again.
+    pub fn next_after(
+        &self,
+        after: chrono::DateTime<chrono::Utc>,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.cron.find_next_occurrence(&after, false).ok()
+    }
+}
+
+impl PartialEq for Schedule {
+    fn eq(&self, other: &Self) -> bool {
+        self.expression == other.expression
+    }
+}
+
+/// `imagelock.yaml`: settings for the whole config repo.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RepoConfig {
+    pub mirror: Option<MirrorTarget>,
+    /// Per-registry settings keyed by registry host (`quay.io`, `localhost:5000`).
+    pub registries: BTreeMap<String, RegistrySettings>,
+    pub defaults: Defaults,
+    pub git: GitSettings,
+}
+
+impl Default for RepoConfig {
+    fn default() -> Self {
+        RepoConfig {
+            mirror: None,
+            registries: BTreeMap::new(),
+            defaults: Defaults::default(),
+            git: GitSettings::default(),
+        }
+    }
+}
+
+/// Where mirrored images go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorTarget {
+    /// Registry host, with port when not the default.
+    pub registry: String,
+    pub layout: MirrorLayout,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MirrorLayout {
+    /// One repository per image; template over `{namespace}` and `{name}`, e.g. `{namespace}/{name}`.
+    PerImage { template: String },
+    /// Everything in one repository; tags are prefixed by the template, e.g. `{namespace}-{name}`.
+    Single {
+        repository: String,
+        tag_prefix: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistrySettings {
+    /// Requests per second at most; `None` is unlimited.
+    pub rate_limit: Option<u32>,
+    /// Requests in flight at most.
+    pub concurrency: Option<usize>,
+    /// Plain HTTP. Never implied.
+    pub insecure: bool,
+    /// Name of the credential entry (a key of the daemon's Docker config `auths`) to use instead
+    /// of the registry host.
+    pub credential: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Defaults {
+    pub schedule: Schedule,
+    pub keep: u32,
+    pub mirror: bool,
+    /// Empty: copy and accept every platform.
+    pub platforms: Vec<Platform>,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            schedule: default_schedule(),
+            keep: DEFAULT_KEEP,
+            mirror: false,
+            platforms: Vec::new(),
+        }
+    }
+}
+
+/// The default schedule, parsed from a constant that the tests prove valid.
+pub fn default_schedule() -> Schedule {
+    crate::manifest::parse_cron(DEFAULT_SCHEDULE)
+        .unwrap_or_else(|_| unreachable!("DEFAULT_SCHEDULE is a valid cron expression"))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitSettings {
+    pub author_name: String,
+    pub author_email: String,
+    /// Commit subject template; `{count}` is replaced by the number of changed pins.
+    pub message: String,
+}
+
+impl Default for GitSettings {
+    fn default() -> Self {
+        GitSettings {
+            author_name: "imagelock".into(),
+            author_email: "imagelock@localhost".into(),
+            message: "imagelock: update {count} image pin(s)".into(),
+        }
+    }
+}
+
+/// One ImageSet manifest file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageSet {
+    /// Path relative to the repo root, with `/` separators (`images/team-a/web.yaml`).
+    pub path: PathBuf,
+    pub name: String,
+    pub namespace: String,
+    /// `spec.mirror`, already defaulted from `imagelock.yaml`.
+    pub mirror: bool,
+    pub images: Vec<ImageSpec>,
+}
+
+/// One entry of `spec.images`, with defaults from `imagelock.yaml` applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageSpec {
+    /// The alias pods may use as `image:`.
+    pub name: String,
+    pub source: ImageRepo,
+    /// Plain tags to follow.
+    pub tags: Vec<String>,
+    /// A version pattern over the repository's tags.
+    pub matcher: Option<TagMatcher>,
+    /// Promoter-style exact digests and the tags they get in the mirror.
+    pub digests: BTreeMap<Digest, Vec<String>>,
+    pub schedule: Schedule,
+    pub keep: u32,
+    pub pin: Pin,
+    /// Platforms that must be present; empty accepts any.
+    pub platforms: Vec<Platform>,
+    pub mirror: bool,
+    /// Where the entry starts in its manifest, for errors found after parsing.
+    pub position: Position,
+}
+
+/// Which tags of a repository a `match:` entry selects.
+#[derive(Debug, Clone)]
+pub struct TagMatcher {
+    pub pattern: VersionPattern,
+    pub allow_prerelease: bool,
+    pub select: Select,
+    pub exclude: Vec<regex::Regex>,
+}
+
+impl PartialEq for TagMatcher {
+    fn eq(&self, other: &Self) -> bool {
+        self.pattern == other.pattern
+            && self.allow_prerelease == other.allow_prerelease
+            && self.select == other.select
+            && self.exclude.iter().map(regex::Regex::as_str).eq(other.exclude.iter().map(regex::Regex::as_str))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum VersionPattern {
+    /// `v2.13.x`, `2.x.0`, `4.x.x`: each of major, minor, patch fixed or `x`; `v` prefix kept.
+    X {
+        v_prefix: bool,
+        parts: [Option<u64>; 3],
+        text: String,
+    },
+    /// A semver range such as `>=2.13, <2.14`.
+    Semver { req: semver::VersionReq, text: String },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Select {
+    /// Every matching tag.
+    #[default]
+    All,
+    /// Only the highest matching version.
+    Latest,
+}
+
+/// `pin:` holds tags at an earlier generation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Pin {
+    #[default]
+    None,
+    /// `pin: 2`: every tag of the entry held at generation 2.
+    All(u32),
+    /// `pin: {latest: 2}`: per tag.
+    PerTag(BTreeMap<String, u32>),
+}
+
+impl Pin {
+    /// The generation `tag` is held at, if any.
+    pub fn generation_for(&self, tag: &str) -> Option<u32> {
+        match self {
+            Pin::None => None,
+            Pin::All(generation) => Some(*generation),
+            Pin::PerTag(map) => map.get(tag).copied(),
+        }
+    }
+}
