@@ -27,8 +27,25 @@ pub enum ReferenceError {
 }
 
 /// A content digest, `algorithm:hex`, validated on construction.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct Digest(String);
+
+impl TryFrom<String> for Digest {
+    type Error = ReferenceError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Digest> for String {
+    fn from(digest: Digest) -> String {
+        digest.0
+    }
+}
 
 impl Digest {
     /// The SHA-256 digest of `bytes`.
@@ -50,7 +67,9 @@ impl Digest {
     }
 
     pub fn algorithm(&self) -> &str {
-        self.0.split_once(':').map_or("", |(algorithm, _)| algorithm)
+        self.0
+            .split_once(':')
+            .map_or("", |(algorithm, _)| algorithm)
     }
 
     pub fn hex(&self) -> &str {
@@ -59,7 +78,11 @@ impl Digest {
 
     /// `sha256:0123456789ab`: short enough for a commit message, long enough to tell apart.
     pub fn short(&self) -> String {
-        format!("{}:{}", self.algorithm(), &self.hex()[..12.min(self.hex().len())])
+        format!(
+            "{}:{}",
+            self.algorithm(),
+            &self.hex()[..12.min(self.hex().len())]
+        )
     }
 
     pub fn as_str(&self) -> &str {
@@ -85,7 +108,9 @@ impl FromStr for Digest {
 }
 
 fn is_lower_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl fmt::Display for Digest {
@@ -151,8 +176,14 @@ fn is_valid_repository(path: &str) -> bool {
                 && component
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-                && component.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-                && component.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+                && component
+                    .bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_alphanumeric())
+                && component
+                    .bytes()
+                    .last()
+                    .is_some_and(|b| b.is_ascii_alphanumeric())
         })
 }
 

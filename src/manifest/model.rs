@@ -187,7 +187,11 @@ impl PartialEq for TagMatcher {
         self.pattern == other.pattern
             && self.allow_prerelease == other.allow_prerelease
             && self.select == other.select
-            && self.exclude.iter().map(regex::Regex::as_str).eq(other.exclude.iter().map(regex::Regex::as_str))
+            && self
+                .exclude
+                .iter()
+                .map(regex::Regex::as_str)
+                .eq(other.exclude.iter().map(regex::Regex::as_str))
     }
 }
 
@@ -200,7 +204,10 @@ pub enum VersionPattern {
         text: String,
     },
     /// A semver range such as `>=2.13, <2.14`.
-    Semver { req: semver::VersionReq, text: String },
+    Semver {
+        req: semver::VersionReq,
+        text: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
