@@ -1,4 +1,170 @@
-//! placeholder
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+//! The command line: one binary, one file per command.
+//!
+//! Exit codes: 0 success, 1 failure (including any manifest or resolution error), 2 usage.
+
+mod check;
+mod lock;
+mod plan;
+mod serve;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::manifest::RepoConfig;
+use crate::registry::{ClientConfig, CredentialStore, RegistryClient};
+use crate::telemetry::{self, LogFormat};
+
+pub use serve::ServeArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "imagelock",
+    version,
+    about = "Pin container image tags to digests, GitOps style"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Log filter, RUST_LOG syntax (`info`, `imagelock=debug`).
+    #[arg(long, global = true, env = "IMAGELOCK_LOG", default_value = "info")]
+    pub log_level: String,
+    /// Log format.
+    #[arg(long, global = true, env = "IMAGELOCK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate imagelock.yaml and every manifest; errors as file:line:col.
+    Check {
+        /// The config repo checkout.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Resolve against the registries and print what the locks would change; writes nothing.
+    Plan {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value_t = plan::Format::Text)]
+        format: plan::Format,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Resolve and write lock files; with --commit, commit them in DIR's Git repository.
+    Lock {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Commit the changed lock files (nothing changed: no commit).
+        #[arg(long)]
+        commit: bool,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Run the daemon: watch the config repo, resolve on schedule, commit and push locks.
+    Serve(Box<ServeArgs>),
+}
+
+/// How to reach registries: credentials and plain-HTTP hosts.
+#[derive(Debug, Clone, Args)]
+pub struct RegistryArgs {
+    /// Docker config.json (or kubernetes.io/dockerconfigjson) file with registry credentials.
+    #[arg(long, env = "IMAGELOCK_REGISTRY_CONFIG")]
+    pub registry_config: Option<PathBuf>,
+    /// Registry host reached over plain HTTP (repeatable). Never implied.
+    #[arg(
+        long = "insecure-registry",
+        value_name = "HOST",
+        env = "IMAGELOCK_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub insecure_registries: Vec<String>,
+}
+
+impl RegistryArgs {
+    /// A registry client for the repo's per-registry settings.
+    pub fn client(&self, config: &RepoConfig) -> anyhow::Result<RegistryClient> {
+        build_client(
+            self.registry_config.as_deref(),
+            &self.insecure_registries,
+            config,
+        )
+    }
+}
+
+pub(crate) fn build_client(
+    registry_config: Option<&std::path::Path>,
+    insecure: &[String],
+    config: &RepoConfig,
+) -> anyhow::Result<RegistryClient> {
+    let credentials = match registry_config {
+        Some(path) => CredentialStore::from_docker_config_file(path)?,
+        None => CredentialStore::empty(),
+    };
+    let client_config = ClientConfig {
+        insecure_hosts: insecure.iter().cloned().collect::<BTreeSet<_>>(),
+        registries: config.registries.clone(),
+        credentials,
+        ..ClientConfig::default()
+    };
+    RegistryClient::new(client_config).context("cannot create the registry client")
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(&cli.log.log_level, cli.log.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one command. Library entry point for tests.
+pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Check { dir } => check::run(&dir),
+        Command::Plan {
+            dir,
+            format,
+            registry,
+        } => plan::run(&dir, format, &registry).await,
+        Command::Lock {
+            dir,
+            commit,
+            registry,
+        } => lock::run(&dir, commit, &registry).await,
+        Command::Serve(args) => serve::run(*args).await,
+    }
+}
+
+/// Exit code for a run that reported errors.
+fn exit_code(failed: bool) -> ExitCode {
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

@@ -168,21 +168,26 @@ pub fn parse(path: &Path, text: &str) -> Result<LockFile, LockError> {
 }
 
 /// Writes `lock` to `path` if its bytes differ from what is there. Returns true if it wrote.
-/// The write goes through a temporary file and a rename, so a reader never sees half a lock.
 pub fn write_if_changed(path: &Path, lock: &LockFile) -> Result<bool, LockError> {
     let rendered = render(lock);
     if std::fs::read(path).is_ok_and(|existing| existing == rendered.as_bytes()) {
         return Ok(false);
     }
+    write_atomic(path, &rendered)?;
+    Ok(true)
+}
+
+/// Replaces `path` through a temporary file and a rename, so a reader never sees half a lock.
+pub fn write_atomic(path: &Path, text: &str) -> Result<(), LockError> {
     let write_error = |source| LockError::Write {
         path: path.to_owned(),
         source,
     };
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(write_error)?;
-    std::io::Write::write_all(&mut tmp, rendered.as_bytes()).map_err(write_error)?;
+    std::io::Write::write_all(&mut tmp, text.as_bytes()).map_err(write_error)?;
     tmp.persist(path).map_err(|e| write_error(e.error))?;
-    Ok(true)
+    Ok(())
 }
 
 #[cfg(test)]

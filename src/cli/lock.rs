@@ -1,0 +1,39 @@
+//! `imagelock lock`: resolve, write lock files, optionally commit them.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use super::RegistryArgs;
+use crate::git::{self, Author};
+use crate::manifest;
+use crate::reconcile::{self, Mode};
+
+pub async fn run(dir: &Path, commit: bool, registry: &RegistryArgs) -> anyhow::Result<ExitCode> {
+    let repo = manifest::load_repo(dir)?;
+    let config = repo.config.clone().unwrap_or_default();
+    let client = registry.client(&config)?;
+    let observations = reconcile::observe(&client, dir, &repo, &|_, _| true).await;
+    let outcome = reconcile::apply(dir, &observations, chrono::Utc::now(), Mode::Write)?;
+    let failed = super::plan::report_errors(&outcome);
+    for change in &outcome.changes {
+        println!("{}: {change}", change.lock);
+    }
+    if commit && !outcome.touched.is_empty() {
+        let author = Author {
+            name: config.git.author_name.clone(),
+            email: config.git.author_email.clone(),
+        };
+        let message = reconcile::commit_message(&config.git.message, &outcome.changes);
+        match git::commit_in(dir, &outcome.touched, &message, &author)
+            .with_context(|| format!("cannot commit in {}", dir.display()))?
+        {
+            Some(id) => println!("committed {id}"),
+            None => println!("nothing to commit"),
+        }
+    } else if outcome.touched.is_empty() {
+        println!("locks are up to date");
+    }
+    Ok(super::exit_code(failed))
+}

@@ -1,0 +1,140 @@
+//! `imagelock serve`: build the daemon configuration and run it until SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Args;
+use figment::Figment;
+use figment::providers::{Format as _, Serialized};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::{self, DaemonConfig};
+
+/// Flags of `serve`. Each overrides the same key of the config file; unset flags do not.
+#[derive(Debug, Clone, Default, Args, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServeArgs {
+    /// YAML file with the daemon configuration (keys as the flags, in camelCase).
+    #[arg(long, env = "IMAGELOCK_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Config repo URL (file://, https://, ssh://).
+    #[arg(long, env = "IMAGELOCK_REPO")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    /// Branch to watch and push to [default: main].
+    #[arg(long, env = "IMAGELOCK_BRANCH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// Directory for the daemon's clone [default: /var/lib/imagelock/checkout].
+    #[arg(long, env = "IMAGELOCK_WORKDIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<PathBuf>,
+    /// How often to fetch the repo, e.g. 30s, 5m [default: 60s].
+    #[arg(long, env = "IMAGELOCK_POLL_INTERVAL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll_interval: Option<String>,
+    /// File holding an https token for the repo.
+    #[arg(long, env = "IMAGELOCK_GIT_TOKEN_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub git_token_file: Option<PathBuf>,
+    /// SSH private key file for the repo.
+    #[arg(long, env = "IMAGELOCK_GIT_SSH_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub git_ssh_key: Option<PathBuf>,
+    /// File holding the SSH key's passphrase.
+    #[arg(long, env = "IMAGELOCK_GIT_SSH_PASSPHRASE_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub git_ssh_passphrase_file: Option<PathBuf>,
+    /// Docker config.json with registry credentials.
+    #[arg(long, env = "IMAGELOCK_REGISTRY_CONFIG")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registry_config: Option<PathBuf>,
+    /// Registry host reached over plain HTTP (repeatable). Never implied.
+    #[arg(
+        long = "insecure-registry",
+        value_name = "HOST",
+        env = "IMAGELOCK_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub insecure_registries: Vec<String>,
+    /// Address of the admin endpoints [default: 0.0.0.0:8081].
+    #[arg(long, env = "IMAGELOCK_ADMIN_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Push attempts per pass [default: 5].
+    #[arg(long, env = "IMAGELOCK_PUSH_ATTEMPTS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push_attempts: Option<u32>,
+}
+
+impl ServeArgs {
+    /// Defaults, then the config file, then flags and their environment variables.
+    pub fn config(&self) -> anyhow::Result<DaemonConfig> {
+        let mut figment = Figment::from(Serialized::defaults(DaemonConfig::default()));
+        if let Some(file) = &self.config {
+            anyhow::ensure!(
+                file.is_file(),
+                "config file {} does not exist",
+                file.display()
+            );
+            figment = figment.merge(serde_saphyr::figment::Yaml::file_exact(file));
+        }
+        figment
+            .merge(Serialized::defaults(self))
+            .extract()
+            .context("invalid daemon configuration")
+    }
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config()?;
+    let shutdown = CancellationToken::new();
+    daemon::cancel_on_signals(shutdown.clone());
+    daemon::run(config, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_unset_flags_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        std::fs::write(
+            &file,
+            "repo: file:///srv/config\nbranch: prod\npollInterval: 5m\ninsecureRegistries: [reg.local]\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            branch: Some("staging".into()),
+            ..ServeArgs::default()
+        };
+        let config = args.config().unwrap();
+        assert_eq!(config.repo, "file:///srv/config");
+        assert_eq!(config.branch, "staging");
+        assert_eq!(config.poll_interval().unwrap().as_secs(), 300);
+        assert_eq!(config.insecure_registries, vec!["reg.local".to_string()]);
+        assert_eq!(config.push_attempts, 5);
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        std::fs::write(&file, "repo: x\npollIntervall: 5m\n").unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        };
+        let err = format!("{:#}", args.config().unwrap_err());
+        assert!(err.contains("pollIntervall"), "{err}");
+    }
+}

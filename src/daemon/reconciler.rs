@@ -1,0 +1,339 @@
+//! The reconcile loop: fetch, resolve what is due, write locks, commit and push.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::schedule::Scheduler;
+use super::status::{AttemptLog, ImageStatus, Status, TagStatus};
+use super::{DaemonConfig, DaemonError, Trigger};
+use crate::git::{self, Author, Checkout, GitAuth, GitTimeouts, PushResult, RemoteSpec};
+use crate::lock;
+use crate::manifest::{self, LoadedRepo, RegistrySettings, RepoConfig};
+use crate::reconcile::{self, Mode, Observations};
+use crate::registry::RegistryClient;
+
+pub struct Reconciler {
+    config: DaemonConfig,
+    poll_interval: Duration,
+    remote: RemoteSpec,
+    checkout: Option<Checkout>,
+    scheduler: Scheduler,
+    attempts: AttemptLog,
+    /// The client and the registry settings it was built for; rebuilt when they change.
+    client: Option<(
+        std::collections::BTreeMap<String, RegistrySettings>,
+        RegistryClient,
+    )>,
+    status_tx: watch::Sender<Arc<Status>>,
+    status: Status,
+}
+
+impl Reconciler {
+    pub fn new(
+        config: DaemonConfig,
+        status_tx: watch::Sender<Arc<Status>>,
+    ) -> Result<Self, DaemonError> {
+        let auth = match (&config.git_token_file, &config.git_ssh_key) {
+            (Some(_), Some(_)) => {
+                return Err(DaemonError::Config(
+                    "set either gitTokenFile or gitSshKey, not both".into(),
+                ));
+            }
+            (Some(token), None) => GitAuth::TokenFile(token.clone()),
+            (None, Some(key)) => GitAuth::SshKey {
+                private_key: key.clone(),
+                passphrase_file: config.git_ssh_passphrase_file.clone(),
+            },
+            (None, None) => GitAuth::None,
+        };
+        let remote = RemoteSpec {
+            url: config.repo.clone(),
+            branch: config.branch.clone(),
+            auth,
+        };
+        let status = Status {
+            repo: git::redact_url(&config.repo),
+            branch: config.branch.clone(),
+            ..Status::default()
+        };
+        Ok(Reconciler {
+            poll_interval: config.poll_interval()?,
+            config,
+            remote,
+            checkout: None,
+            scheduler: Scheduler::default(),
+            attempts: AttemptLog::default(),
+            client: None,
+            status_tx,
+            status,
+        })
+    }
+
+    /// Runs passes until shutdown. A pass in flight finishes its commit; none starts after.
+    pub async fn run(mut self, mut triggers: mpsc::Receiver<Trigger>, shutdown: CancellationToken) {
+        let mut last_poll = tokio::time::Instant::now();
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            self.pass(&shutdown).await;
+
+            let until_poll = self.poll_interval.saturating_sub(last_poll.elapsed());
+            let until_due = self
+                .scheduler
+                .next_wakeup()
+                .map(|at| (at - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+                .unwrap_or(until_poll);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(until_poll.min(until_due)) => {}
+                trigger = triggers.recv() => {
+                    if let Some(trigger) = trigger {
+                        tracing::debug!(?trigger, "woken");
+                    }
+                }
+            }
+            if last_poll.elapsed() >= self.poll_interval {
+                last_poll = tokio::time::Instant::now();
+            }
+        }
+        tracing::info!("reconcile loop stopped");
+    }
+
+    /// One pass: every wake-up fetches first, so locks are always computed on the newest head.
+    /// Errors are logged and kept in the status; the loop goes on.
+    async fn pass(&mut self, shutdown: &CancellationToken) {
+        let now = Utc::now();
+        let moved = match self.sync().await {
+            Ok(moved) => moved,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot sync the config repo");
+                self.status.last_sync_error = Some(e.to_string());
+                self.publish(None);
+                return;
+            }
+        };
+        let Some(worktree) = self.checkout.as_ref().map(|c| c.worktree().to_path_buf()) else {
+            return;
+        };
+        let repo = match manifest::load_repo(&worktree) {
+            Ok(repo) => repo,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the config repo");
+                self.status.last_sync_error = Some(e.to_string());
+                self.publish(None);
+                return;
+            }
+        };
+        for diagnostic in &repo.diagnostics {
+            tracing::warn!(%diagnostic, "manifest error; its last good lock stays");
+        }
+        let Some(config) = repo.config.clone() else {
+            tracing::error!("imagelock.yaml is invalid; nothing is locked until it is fixed");
+            self.publish(Some(&repo));
+            return;
+        };
+        let entries_changed = self.scheduler.refresh(&repo.sets, now);
+        let due = self.scheduler.due(now);
+        if due.is_empty() && !entries_changed && !moved {
+            self.publish(Some(&repo));
+            return;
+        }
+
+        let client = match self.client(&config) {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the registry client");
+                self.status.last_commit_error = Some(e.to_string());
+                self.publish(Some(&repo));
+                return;
+            }
+        };
+        let in_due = |set: &manifest::ImageSet, spec: &manifest::ImageSpec| {
+            due.contains(&(set.path.clone(), spec.name.clone()))
+        };
+        let observations = reconcile::observe(&client, &worktree, &repo, &in_due).await;
+        self.scheduler.attempted(&due, now);
+        self.attempts.record(observations.attempts(), now);
+
+        // Shutdown between resolving and committing: the commit is not started.
+        if shutdown.is_cancelled() {
+            return;
+        }
+        self.commit(observations, &config, now).await;
+        // Reload so status shows the pins as committed.
+        match self
+            .checkout
+            .as_ref()
+            .map(|c| manifest::load_repo(c.worktree()))
+        {
+            Some(Ok(repo)) => self.publish(Some(&repo)),
+            _ => self.publish(Some(&repo)),
+        }
+    }
+
+    /// Clones on first use, then fetches and resets. Returns whether the head moved.
+    async fn sync(&mut self) -> Result<bool, String> {
+        let remote = self.remote.clone();
+        let workdir = self.config.workdir.clone();
+        let checkout = self.checkout.take();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut checkout = match checkout {
+                Some(checkout) => checkout,
+                None => Checkout::open_or_clone(remote, &workdir, GitTimeouts::default())?,
+            };
+            let outcome = checkout.sync();
+            Ok::<_, git::GitError>((checkout, outcome))
+        })
+        .await;
+        let (checkout, outcome) = match joined {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(e) => return Err(format!("git task failed: {e}")),
+        };
+        self.checkout = Some(checkout);
+        let outcome = outcome.map_err(|e| e.to_string())?;
+        if outcome.moved {
+            tracing::info!(head = %outcome.head, "config repo moved");
+        }
+        self.status.head = Some(outcome.head);
+        self.status.last_sync = Some(Utc::now());
+        self.status.last_sync_error = None;
+        Ok(outcome.moved)
+    }
+
+    fn client(&mut self, config: &RepoConfig) -> anyhow::Result<RegistryClient> {
+        if let Some((settings, client)) = &self.client
+            && *settings == config.registries
+        {
+            return Ok(client.clone());
+        }
+        let client = crate::cli::build_client(
+            self.config.registry_config.as_deref(),
+            &self.config.insecure_registries,
+            config,
+        )?;
+        self.client = Some((config.registries.clone(), client.clone()));
+        Ok(client)
+    }
+
+    /// Applies the observations on the current head, commits and pushes; on a rejected push,
+    /// fetches and applies again on the new head.
+    async fn commit(
+        &mut self,
+        observations: Observations,
+        config: &RepoConfig,
+        now: DateTime<Utc>,
+    ) {
+        let Some(mut checkout) = self.checkout.take() else {
+            return;
+        };
+        let author = Author {
+            name: config.git.author_name.clone(),
+            email: config.git.author_email.clone(),
+        };
+        let template = config.git.message.clone();
+        let attempts = self.config.push_attempts;
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut changes = Vec::new();
+            let result =
+                git::commit_and_push_with_retry(&mut checkout, &author, attempts, |worktree| {
+                    let outcome = reconcile::apply(worktree, &observations, now, Mode::Write)?;
+                    if outcome.touched.is_empty() {
+                        return Ok(None);
+                    }
+                    let message = reconcile::commit_message(&template, &outcome.changes);
+                    changes = outcome.changes;
+                    Ok::<_, reconcile::ReconcileError>(Some((outcome.touched, message)))
+                });
+            (checkout, result, changes)
+        })
+        .await;
+        let (checkout, result, changes) = match joined {
+            Ok(triple) => triple,
+            Err(e) => {
+                // The checkout went with the failed task; the next pass clones or reopens it.
+                tracing::error!(error = %e, "commit task failed");
+                self.status.last_commit_error = Some(format!("commit task failed: {e}"));
+                return;
+            }
+        };
+        self.checkout = Some(checkout);
+        match result {
+            Ok(PushResult::NothingToCommit) => {
+                tracing::debug!("locks unchanged; nothing to commit");
+                self.status.last_commit_error = None;
+            }
+            Ok(PushResult::Pushed { commit, attempts }) => {
+                for change in &changes {
+                    tracing::info!(lock = %change.lock, %change, "pin changed");
+                }
+                tracing::info!(%commit, attempts, changes = changes.len(), "pushed lock update");
+                self.status.head = Some(commit.clone());
+                self.status.last_commit = Some(commit);
+                self.status.last_commit_error = None;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot commit lock changes");
+                self.status.last_commit_error = Some(e.to_string());
+            }
+        }
+    }
+
+    /// Publishes a status snapshot for the admin endpoints.
+    fn publish(&mut self, repo: Option<&LoadedRepo>) {
+        if let Some(repo) = repo {
+            self.status.ready = true;
+            self.status.manifest_errors =
+                repo.diagnostics.iter().map(ToString::to_string).collect();
+            let root: Option<PathBuf> = self.checkout.as_ref().map(|c| c.worktree().to_path_buf());
+            let mut images = Vec::new();
+            let mut keys = BTreeSet::new();
+            for set in &repo.sets {
+                let locked = root.as_ref().and_then(|r| {
+                    lock::read(&r.join(lock::lock_path_for(&set.path)))
+                        .ok()
+                        .flatten()
+                });
+                for spec in &set.images {
+                    let key = (set.path.clone(), spec.name.clone());
+                    let next_run = self.scheduler.next_run(&key);
+                    let mut image = ImageStatus {
+                        manifest: set.path.clone(),
+                        namespace: set.namespace.clone(),
+                        name: spec.name.clone(),
+                        source: spec.source.to_string(),
+                        next_run,
+                        ..ImageStatus::default()
+                    };
+                    if let Some(locked) = locked.as_ref().and_then(|l| l.images.get(&spec.name)) {
+                        for (tag, pin) in &locked.tags {
+                            image.tags.insert(
+                                tag.clone(),
+                                TagStatus {
+                                    digest: Some(pin.digest.to_string()),
+                                    ..TagStatus::default()
+                                },
+                            );
+                        }
+                    }
+                    self.attempts.annotate(&key, &mut image);
+                    for tag in image.tags.values_mut() {
+                        tag.next_run = next_run;
+                    }
+                    images.push(image);
+                    keys.insert(key);
+                }
+            }
+            self.attempts.retain(|key| keys.contains(key));
+            self.status.images = images;
+        }
+        self.status_tx.send_replace(Arc::new(self.status.clone()));
+    }
+}

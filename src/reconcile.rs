@@ -1,0 +1,334 @@
+//! One reconcile pass over a checkout of the config repo, in two steps:
+//!
+//! 1. [`observe`] (network): resolve the image entries that are due.
+//! 2. [`apply`] (files, no network): load the manifests again, compute each lock from its
+//!    previous version and the observations, write what changed, remove orphaned locks.
+//!
+//! Keeping the steps apart lets the daemon re-run [`apply`] on a fresh head after a rejected
+//! push without asking the registries again.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt as _;
+use futures_util::stream;
+
+use crate::lock::{self, ImageObservation, LockFile, PinChange, Problem, TagObservation};
+use crate::manifest::{self, Diagnostic, ImageSet, ImageSpec, LoadedRepo};
+use crate::reference::Digest;
+use crate::registry::RegistryClient;
+use crate::resolve::resolve_image;
+
+/// Image entries resolved at once across a pass.
+const IMAGE_CONCURRENCY: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Manifest(#[from] manifest::ManifestError),
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+    #[error("{path}: cannot remove orphaned lock file: {source}")]
+    RemoveOrphan {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot list lock files under {path}: {source}")]
+    Walk {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl ReconcileError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ReconcileError::Manifest(_) => "manifest",
+            ReconcileError::Lock(e) => e.metric_label(),
+            ReconcileError::RemoveOrphan { .. } => "remove_orphan",
+            ReconcileError::Walk { .. } => "walk",
+        }
+    }
+}
+
+/// Identifies an image entry across passes: manifest path and alias.
+pub type EntryKey = (PathBuf, String);
+
+/// What the registries said in one pass, with the spec each answer was for.
+#[derive(Debug, Default)]
+pub struct Observations {
+    entries: BTreeMap<EntryKey, (ImageSpec, ImageObservation)>,
+}
+
+impl Observations {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Per entry and tag: the digest it resolved to, or why it did not.
+    pub fn attempts(&self) -> Vec<Attempt> {
+        let mut attempts = Vec::new();
+        for ((path, alias), (_, observation)) in &self.entries {
+            let mk = |tag: Option<&str>, result: Result<Digest, String>| Attempt {
+                manifest: path.clone(),
+                alias: alias.clone(),
+                tag: tag.map(str::to_owned),
+                result,
+            };
+            match &observation.tags {
+                Err(reason) => attempts.push(mk(None, Err(reason.clone()))),
+                Ok(tags) => {
+                    for (tag, t) in tags {
+                        attempts.push(match t {
+                            TagObservation::Resolved(r) => mk(Some(tag), Ok(r.digest.clone())),
+                            TagObservation::Failed(reason) => mk(Some(tag), Err(reason.clone())),
+                        });
+                    }
+                }
+            }
+        }
+        attempts
+    }
+}
+
+/// The result of resolving one tag (or a whole entry, when `tag` is `None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub manifest: PathBuf,
+    pub alias: String,
+    pub tag: Option<String>,
+    pub result: Result<Digest, String>,
+}
+
+/// Resolves every entry of `repo` for which `due` says yes.
+pub async fn observe(
+    client: &RegistryClient,
+    root: &Path,
+    repo: &LoadedRepo,
+    due: &(dyn Fn(&ImageSet, &ImageSpec) -> bool + Sync),
+) -> Observations {
+    let mut work = Vec::new();
+    for set in &repo.sets {
+        let previous = read_previous(root, &set.path);
+        for spec in set.images.iter().filter(|spec| due(set, spec)) {
+            let previous_image = previous
+                .as_ref()
+                .and_then(|p| p.images.get(&spec.name))
+                .cloned();
+            work.push((set.path.clone(), spec.clone(), previous_image));
+        }
+    }
+    let entries = stream::iter(work)
+        .map(|(path, spec, previous)| async move {
+            let observation = resolve_image(client, &spec, previous.as_ref()).await;
+            ((path, spec.name.clone()), (spec, observation))
+        })
+        .buffer_unordered(IMAGE_CONCURRENCY)
+        .collect()
+        .await;
+    Observations { entries }
+}
+
+/// Whether [`apply`] writes files or only computes what would change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Write,
+    DryRun,
+}
+
+/// What a pass changed (or would change).
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub changes: Vec<PinChange>,
+    /// Repo-relative paths written or removed.
+    pub touched: Vec<PathBuf>,
+    /// Pins that could not move, per manifest.
+    pub problems: Vec<(PathBuf, Problem)>,
+    /// Manifest errors; those files' locks were left as they were.
+    pub diagnostics: Vec<Diagnostic>,
+    /// True when `imagelock.yaml` is invalid: nothing was locked.
+    pub config_invalid: bool,
+}
+
+/// Applies `observations` to the checkout at `root`.
+pub fn apply(
+    root: &Path,
+    observations: &Observations,
+    now: DateTime<Utc>,
+    mode: Mode,
+) -> Result<Outcome, ReconcileError> {
+    let repo = manifest::load_repo(root)?;
+    let mut outcome = Outcome {
+        diagnostics: repo.diagnostics.clone(),
+        config_invalid: repo.config.is_none(),
+        ..Outcome::default()
+    };
+    if repo.config.is_none() {
+        return Ok(outcome);
+    }
+    for set in &repo.sets {
+        let lock_rel = lock::lock_path_for(&set.path);
+        let previous = read_previous(root, &set.path);
+        // An observation made for another version of the entry (the manifest changed under a
+        // retried push) is not applied; the entry is resolved again in the next pass.
+        let relevant: BTreeMap<String, ImageObservation> = set
+            .images
+            .iter()
+            .filter_map(|spec| {
+                let (observed_spec, observation) = observations
+                    .entries
+                    .get(&(set.path.clone(), spec.name.clone()))?;
+                same_selection(observed_spec, spec)
+                    .then(|| (spec.name.clone(), observation.clone()))
+            })
+            .collect();
+        let (next, problems) = lock::update_lock(previous.as_ref(), set, &relevant, now);
+        outcome
+            .problems
+            .extend(problems.into_iter().map(|p| (set.path.clone(), p)));
+        let lock_label = lock_rel.to_string_lossy().into_owned();
+        let changes = lock::diff_locks(&lock_label, previous.as_ref(), Some(&next));
+        let path = root.join(&lock_rel);
+        let rendered = lock::render(&next);
+        if std::fs::read(&path).ok().as_deref() != Some(rendered.as_bytes()) {
+            if mode == Mode::Write {
+                lock::write_atomic(&path, &rendered)?;
+            }
+            outcome.touched.push(lock_rel);
+        }
+        outcome.changes.extend(changes);
+    }
+    remove_orphans(root, &repo, mode, &mut outcome)?;
+    Ok(outcome)
+}
+
+fn read_previous(root: &Path, manifest: &Path) -> Option<LockFile> {
+    let path = root.join(lock::lock_path_for(manifest));
+    match lock::read(&path) {
+        Ok(previous) => previous,
+        Err(e) => {
+            tracing::warn!(error = %e, "previous lock unreadable; starting from an empty lock");
+            None
+        }
+    }
+}
+
+/// Same source and same selection rules: an observation for one is valid for the other.
+fn same_selection(a: &ImageSpec, b: &ImageSpec) -> bool {
+    a.source == b.source
+        && a.tags == b.tags
+        && a.matcher == b.matcher
+        && a.digests == b.digests
+        && a.platforms == b.platforms
+        && a.pin == b.pin
+        && a.keep == b.keep
+        && a.mirror == b.mirror
+}
+
+/// Locks whose manifest is gone are removed. A manifest that exists but has errors keeps its
+/// lock (the last good one).
+fn remove_orphans(
+    root: &Path,
+    repo: &LoadedRepo,
+    mode: Mode,
+    outcome: &mut Outcome,
+) -> Result<(), ReconcileError> {
+    let images = root.join("images");
+    let mut stack = vec![images.clone()];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(ReconcileError::Walk { path: dir, source }),
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(file_type) = entry.file_type() else {
+                continue;
+            };
+            if file_type.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if !file_type.is_file() || !lock::is_lock_path(&path) {
+                continue;
+            }
+            let Ok(rel) = path.strip_prefix(root).map(Path::to_path_buf) else {
+                continue;
+            };
+            let name = rel
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let stem = name.trim_end_matches(lock::LOCK_SUFFIX);
+            let has_manifest = ["yaml", "yml"]
+                .iter()
+                .any(|ext| path.with_file_name(format!("{stem}.{ext}")).exists());
+            if has_manifest
+                || repo
+                    .sets
+                    .iter()
+                    .any(|s| lock::lock_path_for(&s.path) == rel)
+            {
+                continue;
+            }
+            let previous = lock::read(&path).ok().flatten();
+            let label = rel.to_string_lossy().into_owned();
+            outcome
+                .changes
+                .extend(lock::diff_locks(&label, previous.as_ref(), None));
+            if mode == Mode::Write {
+                std::fs::remove_file(&path).map_err(|source| ReconcileError::RemoveOrphan {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+            outcome.touched.push(rel);
+        }
+    }
+    outcome.touched.sort();
+    Ok(())
+}
+
+/// The commit message: the configured subject, then one line per pin change.
+pub fn commit_message(subject_template: &str, changes: &[PinChange]) -> String {
+    let subject = subject_template.replace("{count}", &changes.len().to_string());
+    let mut message = subject.trim_end().to_owned();
+    if !changes.is_empty() {
+        message.push_str("\n\n");
+        for change in changes {
+            message.push_str(&format!("{}: {change}\n", change.lock));
+        }
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lock::ChangeKind;
+
+    #[test]
+    fn commit_message_lists_changes() {
+        let d = |c: char| {
+            format!("sha256:{}", c.to_string().repeat(64))
+                .parse::<Digest>()
+                .unwrap()
+        };
+        let changes = vec![PinChange {
+            lock: "images/web.lock.yaml".into(),
+            image: "web".into(),
+            tag: "latest".into(),
+            kind: ChangeKind::Changed,
+            from: Some(d('a')),
+            to: Some(d('b')),
+            generation: Some(2),
+        }];
+        assert_eq!(
+            commit_message("imagelock: update {count} image pin(s)", &changes),
+            "imagelock: update 1 image pin(s)\n\n\
+             images/web.lock.yaml: web:latest sha256:aaaaaaaaaaaa -> sha256:bbbbbbbbbbbb (generation 2)\n"
+        );
+    }
+}
