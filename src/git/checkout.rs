@@ -127,88 +127,16 @@ impl Checkout {
         }
     }
 
-    /// Stages exactly `paths` (repo-relative; new, modified or deleted files) on top of
-    /// HEAD's tree and commits with `author` as author and committer. Nothing else in the
-    /// work tree or index goes into the commit. `Ok(None)` when the tree equals HEAD's.
+    /// Stages exactly `paths` (repo-relative; new, modified or deleted files) and commits
+    /// them on top of HEAD with `author` as author and committer. `Ok(None)` when the tree
+    /// would not change: "nothing to commit" is success.
     pub fn commit(
         &mut self,
         paths: &[PathBuf],
         message: &str,
         author: &Author,
     ) -> Result<Option<String>, GitError> {
-        let op = Operation::Commit;
-        let err = local(op, &self.workdir);
-        // Check every path before touching the index: (repo-relative path, exists on disk).
-        let mut entries = Vec::with_capacity(paths.len());
-        for path in paths {
-            let full = join_repo_path(&self.workdir, path)?;
-            let exists = match std::fs::symlink_metadata(&full) {
-                Ok(meta) if meta.is_dir() => {
-                    return Err(GitError::InvalidPath {
-                        path: path.clone(),
-                        reason: "is a directory; name the files",
-                    });
-                }
-                Ok(_) => true,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-                Err(source) => {
-                    return Err(GitError::Io {
-                        operation: op,
-                        path: full,
-                        source,
-                    });
-                }
-            };
-            entries.push((normalize_repo_path(path)?, exists));
-        }
-        let parent = self.head_commit(op)?;
-        let parent_tree = parent.tree().map_err(&err)?;
-
-        // Start from HEAD's tree, not the index on disk, so that only `paths` change.
-        let mut index = self.repo.index().map_err(&err)?;
-        index.read_tree(&parent_tree).map_err(&err)?;
-        for (relative, exists) in &entries {
-            if *exists {
-                index.add_path(relative).map_err(&err)?;
-            } else {
-                // Deleted: a file, or a whole directory that was tracked.
-                index.remove_path(relative).map_err(&err)?;
-                index.remove_dir(relative, 0).map_err(&err)?;
-            }
-        }
-        let tree_id = index.write_tree().map_err(&err)?;
-        index.write().map_err(&err)?;
-        if tree_id == parent_tree.id() {
-            tracing::debug!(paths = paths.len(), "nothing to commit");
-            return Ok(None);
-        }
-
-        let tree = self.repo.find_tree(tree_id).map_err(&err)?;
-        let signature =
-            Signature::now(&author.name, &author.email).map_err(|e| GitError::Local {
-                operation: op,
-                path: self.workdir.clone(),
-                message: format!(
-                    "invalid author {:?} <{}>: {}",
-                    author.name,
-                    author.email,
-                    e.message()
-                ),
-            })?;
-        let message = git2::message_prettify(message, None).map_err(&err)?;
-        let oid = self
-            .repo
-            .commit(
-                Some("HEAD"),
-                &signature,
-                &signature,
-                &message,
-                &tree,
-                &[&parent],
-            )
-            .map_err(&err)?;
-        tracing::info!(commit = %oid, parent = %parent.id(), paths = paths.len(), "committed");
-        Ok(Some(oid.to_string()))
+        commit_paths(&self.repo, &self.workdir, paths, message, author)
     }
 
     /// Pushes HEAD to the branch. Never forces: a non-fast-forward, or any ref the server
@@ -281,14 +209,7 @@ impl Checkout {
     }
 
     fn head_commit(&self, op: Operation) -> Result<git2::Commit<'_>, GitError> {
-        self.repo
-            .head()
-            .and_then(|head| head.peel_to_commit())
-            .map_err(|e| GitError::Local {
-                operation: op,
-                path: self.workdir.clone(),
-                message: format!("no commit checked out (sync first): {}", e.message()),
-            })
+        head_commit(&self.repo, &self.workdir, op)
     }
 
     fn fetch(&mut self, op: Operation) -> Result<(), GitError> {
@@ -357,6 +278,127 @@ fn check_branch_name(remote: &RemoteSpec) -> Result<(), GitError> {
         });
     }
     Ok(())
+}
+
+/// Commits exactly `paths` in `repo` (work tree at `workdir`) on top of HEAD.
+fn commit_paths(
+    repo: &Repository,
+    workdir: &Path,
+    paths: &[PathBuf],
+    message: &str,
+    author: &Author,
+) -> Result<Option<String>, GitError> {
+    let op = Operation::Commit;
+    let err = local(op, workdir);
+    // Check every path before touching the index: (repo-relative path, exists on disk).
+    let mut entries = Vec::with_capacity(paths.len());
+    for path in paths {
+        let full = join_repo_path(workdir, path)?;
+        let exists = match std::fs::symlink_metadata(&full) {
+            Ok(meta) if meta.is_dir() => {
+                return Err(GitError::InvalidPath {
+                    path: path.clone(),
+                    reason: "is a directory; name the files",
+                });
+            }
+            Ok(_) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(source) => {
+                return Err(GitError::Io {
+                    operation: op,
+                    path: full,
+                    source,
+                });
+            }
+        };
+        entries.push((normalize_repo_path(path)?, exists));
+    }
+    let parent = head_commit(repo, workdir, op)?;
+    let parent_tree = parent.tree().map_err(&err)?;
+
+    // Start from HEAD's tree, not the index on disk, so that only `paths` change.
+    let mut index = repo.index().map_err(&err)?;
+    index.read_tree(&parent_tree).map_err(&err)?;
+    for (relative, exists) in &entries {
+        if *exists {
+            index.add_path(relative).map_err(&err)?;
+        } else {
+            // Deleted: a file, or a whole directory that was tracked.
+            index.remove_path(relative).map_err(&err)?;
+            index.remove_dir(relative, 0).map_err(&err)?;
+        }
+    }
+    let tree_id = index.write_tree().map_err(&err)?;
+    index.write().map_err(&err)?;
+    if tree_id == parent_tree.id() {
+        tracing::debug!(paths = paths.len(), "nothing to commit");
+        return Ok(None);
+    }
+
+    let tree = repo.find_tree(tree_id).map_err(&err)?;
+    let signature = Signature::now(&author.name, &author.email).map_err(|e| GitError::Local {
+        operation: op,
+        path: workdir.to_owned(),
+        message: format!(
+            "invalid author {:?} <{}>: {}",
+            author.name,
+            author.email,
+            e.message()
+        ),
+    })?;
+    let message = git2::message_prettify(message, None).map_err(&err)?;
+    let oid = self
+        .repo
+        .commit(
+            Some("HEAD"),
+            &signature,
+            &signature,
+            &message,
+            &tree,
+            &[&parent],
+        )
+        .map_err(&err)?;
+    tracing::info!(commit = %oid, parent = %parent.id(), paths = paths.len(), "committed");
+    Ok(Some(oid.to_string()))
+}
+
+/// Commits `paths` (relative to `dir`, the root of a Git work tree) in a local repository,
+/// for `imagelock lock --commit`. `Ok(None)` when nothing changed.
+pub fn commit_in(
+    dir: &Path,
+    paths: &[PathBuf],
+    message: &str,
+    author: &Author,
+) -> Result<Option<String>, GitError> {
+    let op = Operation::Commit;
+    let repo = Repository::open(dir).map_err(local(op, dir))?;
+    let is_root = repo
+        .workdir()
+        .and_then(|w| w.canonicalize().ok())
+        .zip(dir.canonicalize().ok())
+        .is_some_and(|(w, d)| w == d);
+    if !is_root {
+        return Err(GitError::Local {
+            operation: op,
+            path: dir.to_owned(),
+            message: "not the root of a Git work tree".into(),
+        });
+    }
+    commit_paths(&repo, dir, paths, message, author)
+}
+
+fn head_commit<'r>(
+    repo: &'r Repository,
+    workdir: &Path,
+    op: Operation,
+) -> Result<git2::Commit<'r>, GitError> {
+    repo.head()
+        .and_then(|head| head.peel_to_commit())
+        .map_err(|e| GitError::Local {
+            operation: op,
+            path: workdir.to_owned(),
+            message: format!("no commit checked out (sync first): {}", e.message()),
+        })
 }
 
 fn local(op: Operation, path: &Path) -> impl Fn(git2::Error) -> GitError + '_ {

@@ -15,7 +15,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use checkout::Checkout;
+pub use checkout::{Checkout, commit_in};
 pub use error::{GitError, Operation, redact_url};
 pub use paths::{join_repo_path, normalize_repo_path};
 pub use retry::{PushResult, RetryError, commit_and_push_with_retry};
