@@ -2,18 +2,114 @@
 //! and validated so that every error names its file, line and column.
 
 mod model;
+mod pattern;
 
 pub use model::*;
 
-/// Parses a standard 5-field cron expression (minute hour day-of-month month day-of-week).
+/// Parses a standard 5-field cron expression (minute hour day-of-month month day-of-week;
+/// weekdays 0-7 with 0 and 7 Sunday, or `SUN`-`SAT`; `@hourly`-style nicknames). When both
+/// day fields are restricted a day matching either runs, as in Vixie cron.
+///
+/// The error says why, for a message like `invalid cron expression "…": <why>`.
 pub fn parse_cron(expression: &str) -> Result<Schedule, String> {
+    let fields = expression.split_whitespace().count();
+    if !expression.trim_start().starts_with('@') && fields != 5 {
+        let hint = match fields {
+            6 | 7 => " (seconds and years are not supported)",
+            _ => "",
+        };
+        return Err(format!(
+            "it has {fields} field(s), not minute hour day-of-month month day-of-week{hint}"
+        ));
+    }
     let cron = croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Disallowed)
         .build()
         .parse(expression)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e {
+            croner::errors::CronError::InvalidPattern(why)
+            | croner::errors::CronError::IllegalCharacters(why)
+            | croner::errors::CronError::ComponentError(why) => why,
+            other => other.to_string(),
+        })?;
     Ok(Schedule {
         expression: expression.to_owned(),
         cron,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Datelike, TimeZone, Utc, Weekday};
+
+    fn next(expression: &str, after: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
+        parse_cron(expression).unwrap().next_after(after).unwrap()
+    }
+
+    // 2026-11-20 is a Friday.
+    fn friday_noon() -> chrono::DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 20, 12, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn default_schedule_is_valid() {
+        assert_eq!(default_schedule().expression, DEFAULT_SCHEDULE);
+    }
+
+    #[test]
+    fn weekday_one_is_monday() {
+        let at = next("0 0 * * 1", friday_noon());
+        assert_eq!(at.weekday(), Weekday::Mon);
+        assert_eq!(at, Utc.with_ymd_and_hms(2026, 11, 23, 0, 0, 0).unwrap());
+        assert_eq!(next("0 0 * * MON", friday_noon()), at);
+        assert_eq!(next("0 0 * * mon", friday_noon()), at);
+        assert_eq!(next("0 0 * * 0", friday_noon()).weekday(), Weekday::Sun);
+        assert_eq!(next("0 0 * * 7", friday_noon()).weekday(), Weekday::Sun);
+        assert_eq!(next("0 0 * * SUN", friday_noon()).weekday(), Weekday::Sun);
+        assert_eq!(next("0 0 * * 6", friday_noon()).weekday(), Weekday::Sat);
+        assert_eq!(
+            next("0 0 * * MON-FRI", friday_noon()).weekday(),
+            Weekday::Mon
+        );
+    }
+
+    #[test]
+    fn steps_and_nicknames() {
+        let start = Utc.with_ymd_and_hms(2026, 11, 20, 12, 7, 30).unwrap();
+        assert_eq!(
+            next("*/15 * * * *", start),
+            Utc.with_ymd_and_hms(2026, 11, 20, 12, 15, 0).unwrap()
+        );
+        assert_eq!(
+            next("@hourly", start),
+            Utc.with_ymd_and_hms(2026, 11, 20, 13, 0, 0).unwrap()
+        );
+        assert_eq!(
+            next("30 2 1 JAN *", start),
+            Utc.with_ymd_and_hms(2027, 1, 1, 2, 30, 0).unwrap()
+        );
+    }
+
+    #[test]
+    fn day_fields_are_ored_like_vixie_cron() {
+        // The 1st of the month or any Monday, whichever comes first.
+        assert_eq!(next("0 0 1 * 1", friday_noon()).weekday(), Weekday::Mon);
+    }
+
+    #[test]
+    fn rejects_wrong_field_counts_and_values() {
+        let six = parse_cron("0 */15 * * * *").unwrap_err();
+        assert!(
+            six.contains("6 field(s)") && six.contains("seconds"),
+            "{six}"
+        );
+        assert!(parse_cron("*/15 * *").unwrap_err().contains("3 field(s)"));
+        assert!(parse_cron("").unwrap_err().contains("0 field(s)"));
+        assert!(parse_cron("0 0 * * 1 2026").is_err());
+        assert!(parse_cron("75 * * * *").is_err());
+        assert!(parse_cron("* 24 * * *").is_err());
+        assert!(parse_cron("* * * * monday").is_err());
+        assert!(parse_cron("@reboot").is_err());
+    }
 }

@@ -42,25 +42,15 @@ impl PartialEq for Schedule {
     }
 }
 
-/// `imagelock.yaml`: settings for the whole config repo.
-#[derive(Debug, Clone, PartialEq)]
+/// `imagelock.yaml`: settings for the whole config repo. A repo without the file gets
+/// `RepoConfig::default()`.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RepoConfig {
     pub mirror: Option<MirrorTarget>,
     /// Per-registry settings keyed by registry host (`quay.io`, `localhost:5000`).
     pub registries: BTreeMap<String, RegistrySettings>,
     pub defaults: Defaults,
     pub git: GitSettings,
-}
-
-impl Default for RepoConfig {
-    fn default() -> Self {
-        RepoConfig {
-            mirror: None,
-            registries: BTreeMap::new(),
-            defaults: Defaults::default(),
-            git: GitSettings::default(),
-        }
-    }
 }
 
 /// Where mirrored images go.
@@ -187,7 +177,11 @@ impl PartialEq for TagMatcher {
         self.pattern == other.pattern
             && self.allow_prerelease == other.allow_prerelease
             && self.select == other.select
-            && self.exclude.iter().map(regex::Regex::as_str).eq(other.exclude.iter().map(regex::Regex::as_str))
+            && self
+                .exclude
+                .iter()
+                .map(regex::Regex::as_str)
+                .eq(other.exclude.iter().map(regex::Regex::as_str))
     }
 }
 
@@ -200,7 +194,10 @@ pub enum VersionPattern {
         text: String,
     },
     /// A semver range such as `>=2.13, <2.14`.
-    Semver { req: semver::VersionReq, text: String },
+    Semver {
+        req: semver::VersionReq,
+        text: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
