@@ -1,10 +1,79 @@
 //! The config repo's files: `imagelock.yaml` and ImageSet manifests, parsed with positions
 //! and validated so that every error names its file, line and column.
+//!
+//! [`parse_repo_config`] checks one file's text and reports all of its errors at once.
 
+mod common;
+mod config;
 mod model;
 mod pattern;
+mod yaml;
 
+use std::fmt;
+use std::path::PathBuf;
+
+pub use config::parse_repo_config;
 pub use model::*;
+
+/// API version of every file imagelock reads or writes.
+pub const API_VERSION: &str = "imagelock.dev/v1alpha1";
+
+/// One problem in one file, at a 1-based line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// Path relative to the repo root (`images/team-a/web.yaml`).
+    pub path: PathBuf,
+    pub position: Position,
+    /// What is wrong and what would be right, usually starting with the field path
+    /// (`spec.images[1].schedule: invalid cron expression ...`).
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    /// `images/team-a/web.yaml:12:7: spec.images[1].schedule: ...`, the form editors and CI
+    /// annotations understand.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.path.display(),
+            self.position.line,
+            self.position.col,
+            self.message
+        )
+    }
+}
+
+/// Errors of the manifest module. Problems inside files are [`Diagnostic`]s, not errors:
+/// only a repo that cannot be read at all is an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read the config repo at {}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the config repo {} is not a directory", path.display())]
+    NotADirectory { path: PathBuf },
+    /// For callers that need all of a repo's diagnostics as one error.
+    #[error("{} error(s) in the config repo:{}", .0.len(), list(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+impl ManifestError {
+    /// A short, bounded label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ManifestError::Io { .. } => "io",
+            ManifestError::NotADirectory { .. } => "not_a_directory",
+            ManifestError::Invalid(_) => "invalid",
+        }
+    }
+}
+
+fn list(diagnostics: &[Diagnostic]) -> String {
+    diagnostics.iter().map(|d| format!("\n  {d}")).collect()
+}
 
 /// Parses a standard 5-field cron expression (minute hour day-of-month month day-of-week;
 /// weekdays 0-7 with 0 and 7 Sunday, or `SUN`-`SAT`; `@hourly`-style nicknames). When both
@@ -111,5 +180,24 @@ mod tests {
         assert!(parse_cron("* 24 * * *").is_err());
         assert!(parse_cron("* * * * monday").is_err());
         assert!(parse_cron("@reboot").is_err());
+    }
+
+    #[test]
+    fn diagnostic_display() {
+        let d = Diagnostic {
+            path: PathBuf::from("images/team-a/web.yaml"),
+            position: Position { line: 12, col: 7 },
+            message: "spec.images[1].schedule: bad".into(),
+        };
+        assert_eq!(
+            d.to_string(),
+            "images/team-a/web.yaml:12:7: spec.images[1].schedule: bad"
+        );
+        let e = ManifestError::Invalid(vec![d.clone(), d]);
+        assert_eq!(e.metric_label(), "invalid");
+        assert!(
+            e.to_string()
+                .starts_with("2 error(s) in the config repo:\n  images/")
+        );
     }
 }
