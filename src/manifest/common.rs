@@ -184,6 +184,23 @@ pub(crate) fn check_registry_host(doc: &mut Doc<'_>, value: &Value<'_>, host: &s
     false
 }
 
+/// A DNS-1123 label: at most 63 lowercase letters, digits and `-`, starting and ending with a
+/// letter or digit (Kubernetes namespace names).
+pub(crate) fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// DNS-1123 labels joined by `.`, at most `max` characters (object names, image aliases).
+pub(crate) fn is_dns_name(name: &str, max: usize) -> bool {
+    name.len() <= max && name.split('.').all(is_dns_label)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +229,17 @@ mod tests {
         ] {
             assert!(!is_registry_host(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn dns_names() {
+        assert!(is_dns_label("team-a"));
+        assert!(!is_dns_label("Team-a"));
+        assert!(!is_dns_label("team_a"));
+        assert!(!is_dns_label("-team"));
+        assert!(!is_dns_label(&"a".repeat(64)));
+        assert!(is_dns_name("web.frontend", 63));
+        assert!(!is_dns_name("web..frontend", 63));
+        assert!(!is_dns_name("web.", 63));
     }
 }

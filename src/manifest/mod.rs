@@ -1,10 +1,12 @@
 //! The config repo's files: `imagelock.yaml` and ImageSet manifests, parsed with positions
 //! and validated so that every error names its file, line and column.
 //!
-//! [`parse_repo_config`] checks one file's text and reports all of its errors at once.
+//! [`parse_repo_config`] and [`parse_image_set`] check one file's text and report all of its
+//! errors at once.
 
 mod common;
 mod config;
+mod imageset;
 mod model;
 mod pattern;
 mod yaml;
@@ -13,6 +15,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use config::parse_repo_config;
+pub use imageset::parse_image_set;
 pub use model::*;
 
 /// API version of every file imagelock reads or writes.

@@ -175,6 +175,8 @@ pub struct ImageSpec {
     pub mirror: bool,
     /// Where the entry starts in its manifest, for errors found after parsing.
     pub position: Position,
+    /// Where the entry's `name:` value is (duplicate aliases are reported there).
+    pub name_position: Position,
 }
 
 /// Which tags of a repository a `match:` entry selects.

@@ -40,6 +40,19 @@ impl Value<'_> {
         matches!(data(self.node), YamlData::Value(Scalar::Null))
     }
 
+    pub fn is_integer(&self) -> bool {
+        matches!(data(self.node), YamlData::Value(Scalar::Integer(_)))
+    }
+
+    /// `[]` or `{}`.
+    pub fn is_empty_collection(&self) -> bool {
+        match data(self.node) {
+            YamlData::Sequence(items) => items.is_empty(),
+            YamlData::Mapping(entries) => entries.is_empty(),
+            _ => false,
+        }
+    }
+
     pub fn is_mapping(&self) -> bool {
         matches!(data(self.node), YamlData::Mapping(_))
     }
