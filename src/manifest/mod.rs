@@ -1,12 +1,14 @@
 //! The config repo's files: `imagelock.yaml` and ImageSet manifests, parsed with positions
 //! and validated so that every error names its file, line and column.
 //!
+//! [`load_repo`] reads a whole checkout and never lets one bad file stop the others;
 //! [`parse_repo_config`] and [`parse_image_set`] check one file's text and report all of its
 //! errors at once.
 
 mod common;
 mod config;
 mod imageset;
+mod load;
 mod model;
 mod pattern;
 mod yaml;
@@ -16,6 +18,7 @@ use std::path::PathBuf;
 
 pub use config::parse_repo_config;
 pub use imageset::parse_image_set;
+pub use load::{LoadedRepo, load_repo};
 pub use model::*;
 
 /// API version of every file imagelock reads or writes.
