@@ -42,25 +42,29 @@ impl PartialEq for Schedule {
     }
 }
 
-/// `imagelock.yaml`: settings for the whole config repo.
-#[derive(Debug, Clone, PartialEq)]
+/// `imagelock.yaml`: settings for the whole config repo. A repo without the file gets
+/// `RepoConfig::default()`.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RepoConfig {
     pub mirror: Option<MirrorTarget>,
-    /// Per-registry settings keyed by registry host (`quay.io`, `localhost:5000`).
+    /// Per-registry settings keyed by registry host (`quay.io`, `localhost:5000`); Docker Hub's
+    /// aliases (`index.docker.io`) are stored as `docker.io`, as in [`ImageRepo`].
     pub registries: BTreeMap<String, RegistrySettings>,
     pub defaults: Defaults,
     pub git: GitSettings,
+    /// `outputs:`, only checked to be a mapping until the outputs module defines it.
+    pub outputs: Option<RawSection>,
+    /// `admission:`, only checked to be a mapping until the admission module defines it.
+    pub admission: Option<RawSection>,
 }
 
-impl Default for RepoConfig {
-    fn default() -> Self {
-        RepoConfig {
-            mirror: None,
-            registries: BTreeMap::new(),
-            defaults: Defaults::default(),
-            git: GitSettings::default(),
-        }
-    }
+/// A section of `imagelock.yaml` kept as plain data for a module that validates it later.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawSection {
+    /// Where the section's mapping starts, for that module's own diagnostics.
+    pub position: Position,
+    /// The section as JSON data (always an object).
+    pub value: serde_json::Value,
 }
 
 /// Where mirrored images go.
@@ -171,6 +175,8 @@ pub struct ImageSpec {
     pub mirror: bool,
     /// Where the entry starts in its manifest, for errors found after parsing.
     pub position: Position,
+    /// Where the entry's `name:` value is (duplicate aliases are reported there).
+    pub name_position: Position,
 }
 
 /// Which tags of a repository a `match:` entry selects.

@@ -1,0 +1,603 @@
+//! `imagelock.yaml`: repo settings.
+//!
+//! ```yaml
+//! apiVersion: imagelock.dev/v1alpha1
+//! kind: Config
+//! mirror:                               # optional; one of the two layouts
+//!   registry: registry.internal
+//!   layout: "{namespace}/{name}"        # one repository per image (the default)
+//!   # repository: all-images            # or everything in one repository,
+//!   # tagPrefix: "{namespace}-{name}"   # tags prefixed (this prefix is the default)
+//! registries:
+//!   quay.io: {rateLimit: 10, concurrency: 4, insecure: false, credential: quay-robot}
+//! defaults: {schedule: "*/15 * * * *", keep: 25, mirror: false, platforms: [linux/amd64]}
+//! git: {authorName: imagelock, authorEmail: imagelock@example.com, message: "..."}
+//! outputs: {...}                        # kept raw for now
+//! admission: {...}                      # kept raw for now
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::reference::{DOCKER_HUB, ImageRepo, is_valid_tag};
+
+use super::Diagnostic;
+use super::common::{self, top_level};
+use super::model::{
+    Defaults, GitSettings, MirrorLayout, MirrorTarget, RawSection, RegistrySettings, RepoConfig,
+};
+use super::yaml::{Doc, Node, Value, describe};
+
+const ROOT: &[&str] = &[
+    "apiVersion",
+    "kind",
+    "mirror",
+    "registries",
+    "defaults",
+    "git",
+    "outputs",
+    "admission",
+];
+const MIRROR: &[&str] = &["registry", "layout", "repository", "tagPrefix"];
+const REGISTRY: &[&str] = &["rateLimit", "concurrency", "insecure", "credential"];
+const DEFAULTS: &[&str] = &["schedule", "keep", "mirror", "platforms"];
+const GIT: &[&str] = &["authorName", "authorEmail", "message"];
+
+/// The per-image layout when `mirror:` names only a registry.
+pub const DEFAULT_LAYOUT: &str = "{namespace}/{name}";
+/// The tag prefix when `mirror:` names one repository without `tagPrefix:`.
+pub const DEFAULT_TAG_PREFIX: &str = "{namespace}-{name}";
+
+/// Parses and validates `imagelock.yaml`; `path` is repo-relative and only used in diagnostics.
+/// Returns every problem of the file, not only the first.
+pub fn parse_repo_config(path: &Path, text: &str) -> Result<RepoConfig, Vec<Diagnostic>> {
+    let mut doc = Doc::new(path, text);
+    let config = doc
+        .load("repo settings with kind: Config")
+        .and_then(|root| repo_config(&mut doc, &root));
+    doc.finish(config)
+}
+
+fn repo_config(doc: &mut Doc<'_>, root: &Node<'_>) -> Option<RepoConfig> {
+    let map = top_level(doc, root, "Config", ROOT)?;
+    let mut config = RepoConfig::default();
+    if let Some(value) = map.get("mirror") {
+        config.mirror = mirror(doc, value);
+    }
+    if let Some(value) = map.get("registries") {
+        config.registries = registries(doc, value).unwrap_or_default();
+    }
+    if let Some(value) = map.get("defaults") {
+        config.defaults = defaults(doc, value, config.mirror.is_some()).unwrap_or_default();
+    }
+    if let Some(value) = map.get("git") {
+        config.git = git(doc, value).unwrap_or_default();
+    }
+    config.outputs = map.get("outputs").and_then(|value| raw_section(doc, value));
+    config.admission = map
+        .get("admission")
+        .and_then(|value| raw_section(doc, value));
+    Some(config)
+}
+
+fn mirror(doc: &mut Doc<'_>, value: &Value<'_>) -> Option<MirrorTarget> {
+    let map = doc.mapping(value, MIRROR)?;
+    let registry = doc
+        .required(
+            &map,
+            "registry",
+            "the mirror's registry host, like registry.internal or localhost:5000",
+        )
+        .and_then(|value| common::registry_host(doc, value));
+    let layout = match (
+        map.get("layout"),
+        map.get("repository"),
+        map.get("tagPrefix"),
+    ) {
+        (None, None, None) => Some(MirrorLayout::PerImage {
+            template: DEFAULT_LAYOUT.to_owned(),
+        }),
+        (Some(layout), None, None) => template(doc, layout, Target::Repository)
+            .map(|template| MirrorLayout::PerImage { template }),
+        (None, Some(repository), prefix) => {
+            let repository = single_repository(doc, repository);
+            let tag_prefix = match prefix {
+                Some(prefix) => template(doc, prefix, Target::TagPrefix),
+                None => Some(DEFAULT_TAG_PREFIX.to_owned()),
+            };
+            Some(MirrorLayout::Single {
+                repository: repository?,
+                tag_prefix: tag_prefix?,
+            })
+        }
+        (Some(_), Some(repository), _) => {
+            doc.error(
+                repository.position,
+                &repository.field,
+                "layout: and repository: exclude each other; use layout: for one repository per image, or repository: with tagPrefix: for everything in one repository",
+            );
+            None
+        }
+        (None, None, Some(prefix)) | (Some(_), None, Some(prefix)) => {
+            doc.error(
+                prefix.position,
+                &prefix.field,
+                "tagPrefix: only applies with repository: (everything in one repository); add repository: or remove tagPrefix:",
+            );
+            None
+        }
+    };
+    Some(MirrorTarget {
+        registry: registry?,
+        layout: layout?,
+    })
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Target {
+    Repository,
+    TagPrefix,
+}
+
+/// A layout template over `{namespace}` and `{name}` that must name both (or images of
+/// different namespaces or aliases would share a repository or tags) and render to a valid
+/// repository path or tag.
+fn template(doc: &mut Doc<'_>, value: &Value<'_>, target: Target) -> Option<String> {
+    let text = doc.string(value)?;
+    let example = match target {
+        Target::Repository => "\"{namespace}/{name}\" or \"mirror/{namespace}/{name}\"",
+        Target::TagPrefix => "\"{namespace}-{name}\"",
+    };
+    let mut rest = text.as_str();
+    let mut rendered = String::new();
+    let (mut has_namespace, mut has_name) = (false, false);
+    while let Some(open) = rest.find(['{', '}']) {
+        rendered.push_str(&rest[..open]);
+        let Some(close) = rest[open..]
+            .find('}')
+            .filter(|_| rest[open..].starts_with('{'))
+        else {
+            doc.error(
+                value.position,
+                &value.field,
+                format!("unbalanced braces in {text:?}; expected a template like {example}"),
+            );
+            return None;
+        };
+        match &rest[open + 1..open + close] {
+            "namespace" => {
+                has_namespace = true;
+                rendered.push_str("team-a");
+            }
+            "name" => {
+                has_name = true;
+                rendered.push_str("web");
+            }
+            other => {
+                doc.error(
+                    value.position,
+                    &value.field,
+                    format!(
+                        "unknown placeholder {{{other}}} in {text:?}; only {{namespace}} and {{name}} are available"
+                    ),
+                );
+                return None;
+            }
+        }
+        rest = &rest[open + close + 1..];
+    }
+    rendered.push_str(rest);
+    if !(has_namespace && has_name) {
+        doc.error(
+            value.position,
+            &value.field,
+            format!(
+                "{text:?} must use both {{namespace}} and {{name}}, so that no two images share a {}; expected a template like {example}",
+                match target {
+                    Target::Repository => "repository",
+                    Target::TagPrefix => "tag",
+                }
+            ),
+        );
+        return None;
+    }
+    let valid = match target {
+        Target::Repository => ImageRepo::parse(&format!("registry.invalid/{rendered}")).is_ok(),
+        Target::TagPrefix => is_valid_tag(&format!("{rendered}-1.0")),
+    };
+    if !valid {
+        let rule = match target {
+            Target::Repository => {
+                "a repository path of lowercase letters, digits and . _ - separated by /"
+            }
+            Target::TagPrefix => "a tag prefix of letters, digits and _ . -",
+        };
+        doc.error(
+            value.position,
+            &value.field,
+            format!("{text:?} does not give {rule}; expected a template like {example}"),
+        );
+        return None;
+    }
+    Some(text)
+}
+
+fn single_repository(doc: &mut Doc<'_>, value: &Value<'_>) -> Option<String> {
+    let text = doc.string(value)?;
+    if text.contains(['{', '}']) {
+        doc.error(
+            value.position,
+            &value.field,
+            "the single mirror repository takes no placeholders; they go into tagPrefix:",
+        );
+        return None;
+    }
+    if ImageRepo::parse(&format!("registry.invalid/{text}")).is_err() {
+        doc.error(
+            value.position,
+            &value.field,
+            format!(
+                "invalid repository {text:?}: use lowercase letters, digits and . _ - separated by /, like all-images"
+            ),
+        );
+        return None;
+    }
+    Some(text)
+}
+
+fn registries(doc: &mut Doc<'_>, value: &Value<'_>) -> Option<BTreeMap<String, RegistrySettings>> {
+    let entries = doc.dict(value)?;
+    let mut registries = BTreeMap::new();
+    let mut first_seen: BTreeMap<String, String> = BTreeMap::new();
+    for (host, key_position, settings) in entries {
+        let host_value = Value {
+            node: settings.node,
+            field: value.field.clone(),
+            position: key_position,
+        };
+        if !common::check_registry_host(doc, &host_value, &host) {
+            continue;
+        }
+        // Image references name Docker Hub `docker.io`; settings must use the same key.
+        let host = match host.as_str() {
+            "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_owned(),
+            _ => host,
+        };
+        if let Some(first) = first_seen.get(&host) {
+            doc.error(
+                settings.position,
+                &settings.field,
+                format!("{host} is configured twice (also as {first})"),
+            );
+            continue;
+        }
+        first_seen.insert(host.clone(), settings.field.clone());
+        if let Some(settings) = registry_settings(doc, &settings) {
+            registries.insert(host, settings);
+        }
+    }
+    Some(registries)
+}
+
+fn registry_settings(doc: &mut Doc<'_>, value: &Value<'_>) -> Option<RegistrySettings> {
+    let map = doc.mapping(value, REGISTRY)?;
+    let mut settings = RegistrySettings::default();
+    if let Some(value) = map.get("rateLimit") {
+        settings.rate_limit = doc
+            .integer(value, 1, 100_000, "requests per second")
+            .and_then(|n| u32::try_from(n).ok());
+    }
+    if let Some(value) = map.get("concurrency") {
+        settings.concurrency = doc
+            .integer(value, 1, 1024, "requests in flight")
+            .and_then(|n| usize::try_from(n).ok());
+    }
+    if let Some(value) = map.get("insecure") {
+        settings.insecure = doc.boolean(value).unwrap_or_default();
+    }
+    if let Some(value) = map.get("credential") {
+        settings.credential = common::line(doc, value, "quay-robot");
+    }
+    Some(settings)
+}
+
+fn defaults(doc: &mut Doc<'_>, value: &Value<'_>, has_mirror: bool) -> Option<Defaults> {
+    let map = doc.mapping(value, DEFAULTS)?;
+    let mut defaults = Defaults::default();
+    if let Some(value) = map.get("schedule") {
+        defaults.schedule = common::schedule(doc, value).unwrap_or(defaults.schedule);
+    }
+    if let Some(value) = map.get("keep") {
+        defaults.keep = common::keep(doc, value).unwrap_or(defaults.keep);
+    }
+    if let Some(value) = map.get("mirror") {
+        defaults.mirror = doc.boolean(value).unwrap_or_default();
+        if defaults.mirror && !has_mirror {
+            doc.error(
+                value.position,
+                &value.field,
+                "is true but there is no mirror: target; add mirror: {registry: ...} or set it to false",
+            );
+        }
+    }
+    if let Some(value) = map.get("platforms") {
+        defaults.platforms = common::platforms(doc, value).unwrap_or_default();
+    }
+    Some(defaults)
+}
+
+fn git(doc: &mut Doc<'_>, value: &Value<'_>) -> Option<GitSettings> {
+    let map = doc.mapping(value, GIT)?;
+    let mut git = GitSettings::default();
+    if let Some(value) = map.get("authorName") {
+        git.author_name = common::line(doc, value, "imagelock").unwrap_or_default();
+    }
+    if let Some(value) = map.get("authorEmail") {
+        git.author_email = author_email(doc, value).unwrap_or_default();
+    }
+    if let Some(value) = map.get("message") {
+        git.message =
+            common::line(doc, value, "imagelock: update {count} image pin(s)").unwrap_or_default();
+    }
+    Some(git)
+}
+
+fn author_email(doc: &mut Doc<'_>, value: &Value<'_>) -> Option<String> {
+    let email = common::line(doc, value, "imagelock@example.com")?;
+    let valid = email
+        .split_once('@')
+        .is_some_and(|(user, host)| !user.is_empty() && !host.is_empty())
+        && !email.contains(|c: char| c.is_whitespace() || c == '<' || c == '>');
+    if !valid {
+        doc.error(
+            value.position,
+            &value.field,
+            format!("invalid email address {email:?}; expected one like imagelock@example.com"),
+        );
+        return None;
+    }
+    Some(email)
+}
+
+fn raw_section(doc: &mut Doc<'_>, value: &Value<'_>) -> Option<RawSection> {
+    // Only the shape is checked until the module that owns the section defines it.
+    if !value.is_mapping() {
+        doc.error(
+            value.position,
+            &value.field,
+            format!("expected a mapping, found {}", describe(value.node)),
+        );
+        return None;
+    }
+    Some(RawSection {
+        position: value.position,
+        value: doc.json(value)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PATH: &str = "imagelock.yaml";
+
+    fn mk_config(body: &str) -> String {
+        format!("apiVersion: imagelock.dev/v1alpha1\nkind: Config\n{body}")
+    }
+
+    fn parse(text: &str) -> RepoConfig {
+        match parse_repo_config(Path::new(PATH), text) {
+            Ok(config) => config,
+            Err(diagnostics) => panic!("{diagnostics:#?}"),
+        }
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse_repo_config(Path::new(PATH), text) {
+            Ok(config) => panic!("expected errors, parsed {config:#?}"),
+            Err(diagnostics) => diagnostics.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn full_example() {
+        let config = parse(include_str!(
+            "../../tests/fixtures/manifests/imagelock.yaml"
+        ));
+        assert_eq!(
+            config.mirror,
+            Some(MirrorTarget {
+                registry: "registry.internal".into(),
+                layout: MirrorLayout::PerImage {
+                    template: "{namespace}/{name}".into()
+                },
+            })
+        );
+        assert_eq!(
+            config.registries["quay.io"],
+            RegistrySettings {
+                rate_limit: Some(10),
+                concurrency: Some(4),
+                insecure: false,
+                credential: Some("quay-robot".into()),
+            }
+        );
+        assert!(config.registries["localhost:5000"].insecure);
+        // Docker Hub's alias is stored under the name references use.
+        assert_eq!(config.registries["docker.io"].concurrency, Some(2));
+        assert_eq!(config.defaults.schedule.expression, "0 * * * *");
+        assert_eq!(config.defaults.keep, 30);
+        assert!(config.defaults.mirror);
+        assert_eq!(config.defaults.platforms.len(), 1);
+        assert_eq!(config.git.author_name, "imagelock-bot");
+        assert_eq!(config.git.author_email, "imagelock@example.com");
+        assert_eq!(config.git.message, "chore(images): pin {count} image(s)");
+        let outputs = config.outputs.unwrap();
+        assert_eq!(
+            outputs.position,
+            crate::manifest::Position { line: 25, col: 3 }
+        );
+        assert_eq!(
+            outputs.value,
+            serde_json::json!({"kustomize": [{"path": "apps/web/kustomization.yaml"}]})
+        );
+        assert_eq!(
+            config.admission.unwrap().value,
+            serde_json::json!({"namespaces": {"team-a": "enforce"}})
+        );
+    }
+
+    #[test]
+    fn minimal_file_is_all_defaults() {
+        assert_eq!(parse(&mk_config("")), RepoConfig::default());
+    }
+
+    #[test]
+    fn mirror_layouts() {
+        let config = parse(&mk_config("mirror: {registry: \"localhost:5000\"}\n"));
+        assert_eq!(
+            config.mirror.unwrap().layout,
+            MirrorLayout::PerImage {
+                template: DEFAULT_LAYOUT.into()
+            }
+        );
+        let config = parse(&mk_config(
+            "mirror:\n  registry: registry.internal\n  layout: \"mirror/{namespace}/{name}\"\n",
+        ));
+        assert_eq!(
+            config.mirror.unwrap().layout,
+            MirrorLayout::PerImage {
+                template: "mirror/{namespace}/{name}".into()
+            }
+        );
+        let config = parse(&mk_config(
+            "mirror:\n  registry: registry.internal\n  repository: all-images\n",
+        ));
+        assert_eq!(
+            config.mirror.unwrap().layout,
+            MirrorLayout::Single {
+                repository: "all-images".into(),
+                tag_prefix: DEFAULT_TAG_PREFIX.into()
+            }
+        );
+        let config = parse(&mk_config(
+            "mirror:\n  registry: registry.internal\n  repository: mirror/all\n  tagPrefix: \"{name}_{namespace}\"\n",
+        ));
+        assert_eq!(
+            config.mirror.unwrap().layout,
+            MirrorLayout::Single {
+                repository: "mirror/all".into(),
+                tag_prefix: "{name}_{namespace}".into()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_mirror() {
+        let cases = [
+            (
+                "mirror: {layout: \"{namespace}/{name}\"}\n",
+                "imagelock.yaml:3:9: mirror: missing required field \"registry\"; the mirror's registry host, like registry.internal or localhost:5000",
+            ),
+            (
+                "mirror: {registry: \"https://registry.internal\"}\n",
+                "imagelock.yaml:3:20: mirror.registry: invalid registry host \"https://registry.internal\": expected host[:port] like registry.internal or localhost:5000; leave out the scheme (plain HTTP is set per registry with insecure: true)",
+            ),
+            (
+                "mirror: {registry: registry.internal/mirror}\n",
+                "imagelock.yaml:3:20: mirror.registry: invalid registry host \"registry.internal/mirror\": expected host[:port] like registry.internal or localhost:5000; leave out the path (a mirror's path goes into layout:, like \"mirror/{namespace}/{name}\")",
+            ),
+            (
+                "mirror: {registry: r.io, layout: \"{team}/{name}\"}\n",
+                "imagelock.yaml:3:34: mirror.layout: unknown placeholder {team} in \"{team}/{name}\"; only {namespace} and {name} are available",
+            ),
+            (
+                "mirror: {registry: r.io, layout: \"{name}\"}\n",
+                "imagelock.yaml:3:34: mirror.layout: \"{name}\" must use both {namespace} and {name}, so that no two images share a repository; expected a template like \"{namespace}/{name}\" or \"mirror/{namespace}/{name}\"",
+            ),
+            (
+                "mirror: {registry: r.io, layout: \"{namespace}/{name\"}\n",
+                "imagelock.yaml:3:34: mirror.layout: unbalanced braces in \"{namespace}/{name\"; expected a template like \"{namespace}/{name}\" or \"mirror/{namespace}/{name}\"",
+            ),
+            (
+                "mirror: {registry: r.io, layout: \"Mirror/{namespace}/{name}\"}\n",
+                "imagelock.yaml:3:34: mirror.layout: \"Mirror/{namespace}/{name}\" does not give a repository path of lowercase letters, digits and . _ - separated by /; expected a template like \"{namespace}/{name}\" or \"mirror/{namespace}/{name}\"",
+            ),
+            (
+                "mirror: {registry: r.io, layout: \"{namespace}/{name}\", repository: all}\n",
+                "imagelock.yaml:3:68: mirror.repository: layout: and repository: exclude each other; use layout: for one repository per image, or repository: with tagPrefix: for everything in one repository",
+            ),
+            (
+                "mirror: {registry: r.io, tagPrefix: \"{namespace}-{name}\"}\n",
+                "imagelock.yaml:3:37: mirror.tagPrefix: tagPrefix: only applies with repository: (everything in one repository); add repository: or remove tagPrefix:",
+            ),
+            (
+                "mirror: {registry: r.io, repository: \"{namespace}\"}\n",
+                "imagelock.yaml:3:38: mirror.repository: the single mirror repository takes no placeholders; they go into tagPrefix:",
+            ),
+            (
+                "mirror: {registry: r.io, repository: all, tagPrefix: \"{namespace}/{name}\"}\n",
+                "imagelock.yaml:3:54: mirror.tagPrefix: \"{namespace}/{name}\" does not give a tag prefix of letters, digits and _ . -; expected a template like \"{namespace}-{name}\"",
+            ),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(errors(&mk_config(body)), [expected], "{body}");
+        }
+    }
+
+    #[test]
+    fn bad_registries() {
+        let text = mk_config(
+            "registries:\n  quay.io:\n    rateLimit: 0\n    concurrency: many\n    insecure: \"yes\"\n    credentials: robot\n  Quay.IO: {}\n  docker.io: {}\n  index.docker.io: {}\n",
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "imagelock.yaml:5:16: registries[\"quay.io\"].rateLimit: 0 is out of range; expected requests per second from 1 to 100000",
+                "imagelock.yaml:6:18: registries[\"quay.io\"].concurrency: expected requests in flight from 1 to 1024, found the string \"many\"",
+                "imagelock.yaml:7:15: registries[\"quay.io\"].insecure: expected true or false, found the string \"yes\"",
+                "imagelock.yaml:8:5: unknown field \"credentials\" in registries[\"quay.io\"]; did you mean \"credential\"?",
+                "imagelock.yaml:9:3: registries: invalid registry host \"Quay.IO\": expected host[:port] like registry.internal or localhost:5000; use lowercase",
+                "imagelock.yaml:11:20: registries[\"index.docker.io\"]: docker.io is configured twice (also as registries[\"docker.io\"])",
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_defaults_and_git() {
+        let text = mk_config(
+            "defaults:\n  schedule: \"* * * * * *\"\n  keep: 5000\n  mirror: true\n  platforms: [linux]\ngit:\n  authorName: \"\"\n  authorEmail: imagelock\n  mesage: x\n",
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "imagelock.yaml:4:13: defaults.schedule: invalid cron expression \"* * * * * *\": it has 6 field(s), not minute hour day-of-month month day-of-week (seconds and years are not supported); expected 5 fields like \"*/15 * * * *\"",
+                "imagelock.yaml:5:9: defaults.keep: 5000 is out of range; expected a number of generations from 1 to 1000",
+                "imagelock.yaml:6:11: defaults.mirror: is true but there is no mirror: target; add mirror: {registry: ...} or set it to false",
+                "imagelock.yaml:7:15: defaults.platforms[0]: invalid platform \"linux\": expected os/arch or os/arch/variant, like linux/amd64 or linux/arm64/v8",
+                "imagelock.yaml:9:15: git.authorName: expected one non-empty line, like \"imagelock\"",
+                "imagelock.yaml:10:16: git.authorEmail: invalid email address \"imagelock\"; expected one like imagelock@example.com",
+                "imagelock.yaml:11:3: unknown field \"mesage\" in git; did you mean \"message\"?",
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_header_and_raw_sections() {
+        assert_eq!(
+            errors("apiVersion: imagelock.dev/v1alpha1\nkind: ImageSet\nspec: {}\n"),
+            ["imagelock.yaml:2:7: kind: expected \"Config\", found \"ImageSet\""]
+        );
+        assert_eq!(
+            errors(&mk_config("outputs: [kustomize]\nadmision: {}\n")),
+            [
+                "imagelock.yaml:3:10: outputs: expected a mapping, found a list",
+                "imagelock.yaml:4:1: unknown field \"admision\" at the top level; did you mean \"admission\"?",
+            ]
+        );
+        assert_eq!(
+            errors(""),
+            ["imagelock.yaml:1:1: the file is empty; expected repo settings with kind: Config"]
+        );
+    }
+}
