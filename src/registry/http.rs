@@ -311,7 +311,9 @@ impl Engine {
                 .get(CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
-            if status.is_success() && declared.is_some_and(|len| len > max_body) {
+            // A HEAD's Content-Length describes the body a GET would send.
+            let head = request.method == Method::HEAD;
+            if !head && status.is_success() && declared.is_some_and(|len| len > max_body) {
                 return Err(Failure::TooLarge);
             }
             // Error bodies are read up to their own small cap and cut there: only the
@@ -322,7 +324,7 @@ impl Engine {
                 MAX_ERROR_BODY
             };
             let mut body = Vec::new();
-            if request.method != Method::HEAD {
+            if !head {
                 while let Some(chunk) = response.chunk().await.map_err(classify)? {
                     if body.len() + chunk.len() > cap {
                         if status.is_success() {
