@@ -249,9 +249,8 @@ impl Engine {
         let base = Url::parse(&format!("{scheme}://{authority}/"))
             .ok()
             .filter(|u| u.path() == "/" && u.query().is_none() && u.host().is_some())
-            .ok_or_else(|| RegistryError::InvalidResponse {
-                target: target.clone(),
-                reason: format!("{registry:?} is not a registry host name"),
+            .ok_or_else(|| RegistryError::Config {
+                reason: format!("{target}: {registry:?} is not a registry host name"),
             })?;
         let credential = match &settings.credential {
             Some(name) => self.credentials.by_name(name).cloned(),

@@ -355,6 +355,88 @@ async fn retry_after_beyond_the_limit_fails_with_the_reason() {
 }
 
 #[tokio::test]
+async fn concurrency_per_registry_is_bounded() {
+    let registry = TestRegistry::start();
+    push_image(
+        &registry.host(),
+        "team/web",
+        "1.0",
+        ImageSpec::small("linux/amd64"),
+    )
+    .await;
+    let proxy = FaultProxy::start(&registry.host()).await;
+    proxy.add_rule("manifests", Fault::Delay(Duration::from_millis(100)), None);
+    let client = RegistryClient::new(ClientConfig {
+        registries: [(
+            proxy.host(),
+            RegistrySettings {
+                concurrency: Some(2),
+                insecure: true,
+                ..RegistrySettings::default()
+            },
+        )]
+        .into(),
+        ..mk_config(&[])
+    })
+    .unwrap();
+    let repo = mk_repo(&proxy.host(), "team/web");
+    let lookups = (0..8).map(|_| {
+        let client = client.clone();
+        let repo = repo.clone();
+        tokio::spawn(async move { client.head_manifest(&repo, "1.0").await })
+    });
+    for lookup in lookups.collect::<Vec<_>>() {
+        assert!(lookup.await.unwrap().unwrap().is_some());
+    }
+    assert_eq!(proxy.count("manifests"), 8);
+    assert_eq!(proxy.max_in_flight(), 2);
+}
+
+#[tokio::test]
+async fn rate_limit_spaces_request_starts() {
+    let registry = TestRegistry::start();
+    push_image(
+        &registry.host(),
+        "team/web",
+        "1.0",
+        ImageSpec::small("linux/amd64"),
+    )
+    .await;
+    let host = registry.host();
+    let client = RegistryClient::new(ClientConfig {
+        registries: [(
+            host.clone(),
+            RegistrySettings {
+                rate_limit: Some(20),
+                ..RegistrySettings::default()
+            },
+        )]
+        .into(),
+        ..mk_config(&[&host])
+    })
+    .unwrap();
+    let repo = mk_repo(&host, "team/web");
+    let started = std::time::Instant::now();
+    let lookups: Vec<_> = (0..5)
+        .map(|_| {
+            let client = client.clone();
+            let repo = repo.clone();
+            tokio::spawn(async move { client.head_manifest(&repo, "1.0").await })
+        })
+        .collect();
+    for lookup in lookups {
+        assert!(lookup.await.unwrap().unwrap().is_some());
+    }
+    // Five starts 50 ms apart take at least 200 ms, however fast the registry is (a lower
+    // bound only: a slow machine cannot make this fail).
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn registry_down_is_a_connect_error() {
     let host = format!("127.0.0.1:{}", free_port());
     let client = RegistryClient::new(ClientConfig {

@@ -36,6 +36,9 @@ pub enum Fault {
     /// `last` honoured), from the registry's full list. With `link`, pages that have more after
     /// them carry `Link: <...>; rel="next"`; without, clients must use `last` themselves.
     PaginateTags { link: bool },
+    /// Hold the request this long before forwarding it. While held it counts as in flight,
+    /// see [`FaultProxy::max_in_flight`].
+    Delay(std::time::Duration),
     /// Demand `Authorization: Bearer <token>`: answer 401 with a Bearer challenge whose realm
     /// is this proxy's `/token`, which hands out `token` (with `expires_in`).
     RequireBearer { token: String, expires_in: u64 },
@@ -67,6 +70,9 @@ pub struct Seen {
 struct State {
     rules: Vec<Rule>,
     seen: Vec<Seen>,
+    /// Requests inside a `Delay` now, and the most there ever were at once.
+    in_flight: usize,
+    max_in_flight: usize,
 }
 
 /// The proxy; stops when dropped.
@@ -156,6 +162,11 @@ impl FaultProxy {
             .into_iter()
             .filter(|s| pattern.is_match(&format!("{} {}", s.method, s.target)))
             .collect()
+    }
+
+    /// The most requests held by a `Delay` rule at the same time.
+    pub fn max_in_flight(&self) -> usize {
+        self.lock().max_in_flight
     }
 
     pub fn count(&self, pattern: &str) -> usize {
@@ -280,6 +291,22 @@ async fn handle(
         }
         Some(Fault::PaginateTags { link }) => {
             let response = paginate_tags(&request, upstream, link).await?;
+            (
+                write_response(&mut client, &request, &response, false).await?,
+                false,
+            )
+        }
+        Some(Fault::Delay(delay)) => {
+            {
+                let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+                state.in_flight += 1;
+                state.max_in_flight = state.max_in_flight.max(state.in_flight);
+            }
+            tokio::time::sleep(delay).await;
+            // Leave before answering, so the client cannot start its next request while this
+            // one still counts.
+            state.lock().unwrap_or_else(|e| e.into_inner()).in_flight -= 1;
+            let response = forward(&request, upstream).await?;
             (
                 write_response(&mut client, &request, &response, false).await?,
                 false,
