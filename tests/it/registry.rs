@@ -437,6 +437,33 @@ async fn rate_limit_spaces_request_starts() {
 }
 
 #[tokio::test]
+async fn slow_registry_times_out_after_bounded_attempts() {
+    let registry = TestRegistry::start();
+    push_image(
+        &registry.host(),
+        "team/web",
+        "1.0",
+        ImageSpec::small("linux/amd64"),
+    )
+    .await;
+    let proxy = FaultProxy::start(&registry.host()).await;
+    proxy.add_rule("manifests", Fault::Delay(Duration::from_secs(2)), None);
+    let client = RegistryClient::new(ClientConfig {
+        request_timeout: Duration::from_millis(200),
+        max_attempts: 2,
+        ..mk_config(&[&proxy.host()])
+    })
+    .unwrap();
+    let err = client
+        .head_manifest(&mk_repo(&proxy.host(), "team/web"), "1.0")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Timeout { .. }), "{err:?}");
+    assert!(err.is_retryable());
+    assert_eq!(err.metric_label(), "timeout");
+}
+
+#[tokio::test]
 async fn registry_down_is_a_connect_error() {
     let host = format!("127.0.0.1:{}", free_port());
     let client = RegistryClient::new(ClientConfig {
