@@ -1,4 +1,6 @@
-//! Integration tests: real Git repositories (and later a real registry), driven through the
-//! library.
+//! The one integration test binary: real Git repositories, a real `docker-registry`, image
+//! pushing and a fault-injecting proxy (`common`). Add a module per area.
 
+mod common;
 mod git;
+mod registry;

@@ -1,0 +1,640 @@
+//! The request engine under [`RegistryClient`](super::RegistryClient): per-host limits,
+//! timeouts, retries with backoff and `Retry-After`, and the 401 challenge round trip.
+
+use std::collections::{BTreeSet, HashMap};
+use std::error::Error as _;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER,
+    WWW_AUTHENTICATE,
+};
+use reqwest::{Method, StatusCode, Url};
+use tokio::sync::Semaphore;
+
+use super::ClientConfig;
+use super::auth::{self, TokenCache};
+use super::credentials::{Credential, CredentialStore, Secret};
+use super::error::{RegistryError, Target, registry_message};
+use super::retry::{backoff_delay, parse_retry_after};
+use crate::manifest::RegistrySettings;
+use crate::reference::DOCKER_HUB;
+
+/// Requests in flight per registry when its settings do not say.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+/// The header in which registries name a manifest's digest.
+pub const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
+/// Largest token-realm answer read.
+const MAX_TOKEN_BODY: u64 = 1 << 20;
+/// Largest error body read (the message is all we want from it).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// One registry host: where it is, how it is reached and the limits that protect it.
+pub(crate) struct Host {
+    /// As written in image references (`docker.io`, `localhost:5000`).
+    pub name: String,
+    /// `scheme://host[:port]`.
+    pub base: Url,
+    permits: Semaphore,
+    spacing: Option<Duration>,
+    next_start: Mutex<Instant>,
+    credential: Option<Credential>,
+}
+
+impl Host {
+    /// Waits for this request's start slot under the rate limit: starts are spaced
+    /// `1 / rate_limit` apart, first come first served.
+    async fn pace(&self) {
+        let Some(spacing) = self.spacing else { return };
+        let start = {
+            let mut next = self.next_start.lock().unwrap_or_else(|e| e.into_inner());
+            let start = (*next).max(Instant::now());
+            *next = start + spacing;
+            start
+        };
+        tokio::time::sleep_until(start.into()).await;
+    }
+}
+
+/// One logical request; it may be sent several times.
+pub(crate) struct Request<'a> {
+    pub target: &'a Target,
+    pub method: Method,
+    pub url: Url,
+    pub accept: Option<&'static str>,
+    /// Largest body read for a successful response; more is [`RegistryError::TooLarge`].
+    pub max_body: u64,
+    /// `Some(scope)`: registry auth, answered from the token cache and by challenge.
+    /// `None`: send `fixed_auth` as is (token realm requests).
+    pub scope: Option<&'a str>,
+    pub fixed_auth: Option<Secret>,
+    /// An `application/x-www-form-urlencoded` body.
+    pub form: Option<String>,
+}
+
+pub(crate) struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: impl reqwest::header::AsHeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The registry's explanation from the body, for errors.
+    pub fn message(&self) -> String {
+        registry_message(&self.body)
+    }
+}
+
+/// Why one send failed before a complete response arrived.
+enum Failure {
+    Timeout,
+    Connect(String),
+    Network(String),
+    TooLarge,
+    Invalid(String),
+}
+
+impl Failure {
+    fn retryable(&self) -> bool {
+        matches!(
+            self,
+            Failure::Timeout | Failure::Connect(_) | Failure::Network(_)
+        )
+    }
+
+    fn into_error(self, target: &Target, timeout: Duration, max_body: u64) -> RegistryError {
+        let target = target.clone();
+        match self {
+            Failure::Timeout => RegistryError::Timeout {
+                target,
+                after: timeout,
+            },
+            Failure::Connect(cause) => RegistryError::Connect { target, cause },
+            Failure::Network(cause) => RegistryError::Network { target, cause },
+            Failure::TooLarge => RegistryError::TooLarge {
+                target,
+                limit: max_body,
+            },
+            Failure::Invalid(reason) => RegistryError::InvalidResponse { target, reason },
+        }
+    }
+}
+
+/// A reqwest error and its causes on one line ("…: Connection refused (os error 111)"),
+/// without the URL.
+fn describe(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn classify(error: reqwest::Error) -> Failure {
+    if error.is_timeout() {
+        Failure::Timeout
+    } else if error.is_connect() {
+        Failure::Connect(describe(error))
+    } else if error.is_builder() {
+        Failure::Invalid(describe(error))
+    } else {
+        Failure::Network(describe(error))
+    }
+}
+
+pub(crate) struct Engine {
+    http: reqwest::Client,
+    request_timeout: Duration,
+    max_attempts: u32,
+    backoff_base: Duration,
+    max_retry_after: Duration,
+    insecure_hosts: BTreeSet<String>,
+    registries: std::collections::BTreeMap<String, RegistrySettings>,
+    credentials: CredentialStore,
+    hosts: Mutex<HashMap<String, Arc<Host>>>,
+    tokens: TokenCache,
+}
+
+impl Engine {
+    pub fn new(config: ClientConfig) -> Result<Self, RegistryError> {
+        let config_err = |reason: String| RegistryError::Config { reason };
+        for (registry, settings) in &config.registries {
+            if settings.concurrency == Some(0) {
+                return Err(config_err(format!(
+                    "{registry}: concurrency must be at least 1"
+                )));
+            }
+            if settings.rate_limit == Some(0) {
+                return Err(config_err(format!(
+                    "{registry}: rate_limit must be at least 1"
+                )));
+            }
+            if let Some(name) = &settings.credential
+                && config.credentials.by_name(name).is_none()
+            {
+                return Err(config_err(format!(
+                    "{registry}: credential {name:?} is not in the credentials file"
+                )));
+            }
+        }
+        if config.max_attempts == 0 {
+            return Err(config_err("max_attempts must be at least 1".into()));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .user_agent(concat!("imagelock/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                // Blob downloads redirect to storage (S3, a CDN); never from https down to
+                // plain http. reqwest drops Authorization when the host changes.
+                let downgrade = attempt.url().scheme() == "http"
+                    && attempt.previous().iter().any(|u| u.scheme() == "https");
+                if downgrade {
+                    attempt.error("redirect from https to plain http refused")
+                } else if attempt.previous().len() > 10 {
+                    attempt.error("more than 10 redirects")
+                } else {
+                    attempt.follow()
+                }
+            }))
+            .build()
+            .map_err(|e| config_err(format!("cannot build the HTTP client: {}", describe(e))))?;
+        Ok(Engine {
+            http,
+            request_timeout: config.request_timeout,
+            max_attempts: config.max_attempts,
+            backoff_base: config.backoff_base,
+            max_retry_after: config.max_retry_after,
+            insecure_hosts: config.insecure_hosts,
+            registries: config.registries,
+            credentials: config.credentials,
+            hosts: Mutex::new(HashMap::new()),
+            tokens: TokenCache::default(),
+        })
+    }
+
+    fn is_insecure(&self, host: &str) -> bool {
+        self.insecure_hosts.contains(host) || self.registries.get(host).is_some_and(|s| s.insecure)
+    }
+
+    /// The state of `registry`, created on first use.
+    pub fn host(&self, registry: &str, target: &Target) -> Result<Arc<Host>, RegistryError> {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(host) = hosts.get(registry) {
+            return Ok(host.clone());
+        }
+        let settings = self.registries.get(registry).cloned().unwrap_or_default();
+        let scheme = if self.is_insecure(registry) {
+            "http"
+        } else {
+            "https"
+        };
+        // Docker Hub's API does not live at the name used in references.
+        let authority = if registry == DOCKER_HUB {
+            "registry-1.docker.io"
+        } else {
+            registry
+        };
+        let base = Url::parse(&format!("{scheme}://{authority}/"))
+            .ok()
+            .filter(|u| u.path() == "/" && u.query().is_none() && u.host().is_some())
+            .ok_or_else(|| RegistryError::Config {
+                reason: format!("{target}: {registry:?} is not a registry host name"),
+            })?;
+        let credential = match &settings.credential {
+            Some(name) => self.credentials.by_name(name).cloned(),
+            None => self.credentials.for_registry(registry).cloned(),
+        };
+        let host = Arc::new(Host {
+            name: registry.to_owned(),
+            base,
+            permits: Semaphore::new(settings.concurrency.unwrap_or(DEFAULT_CONCURRENCY)),
+            spacing: settings
+                .rate_limit
+                .map(|per_second| Duration::from_secs(1) / per_second.max(1)),
+            next_start: Mutex::new(Instant::now()),
+            credential,
+        });
+        hosts.insert(registry.to_owned(), host.clone());
+        Ok(host)
+    }
+
+    /// Sends once: waits for a permit and a start slot, then the request and its whole body
+    /// within the request timeout.
+    async fn once(
+        &self,
+        host: &Host,
+        request: &Request<'_>,
+        auth: Option<&Secret>,
+    ) -> Result<Response, Failure> {
+        let _permit = host
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| Failure::Invalid("client is shutting down".into()))?;
+        host.pace().await;
+        let mut builder = self
+            .http
+            .request(request.method.clone(), request.url.clone());
+        if let Some(accept) = request.accept {
+            builder = builder.header(ACCEPT, accept);
+        }
+        if let Some(auth) = auth {
+            let mut value = HeaderValue::from_str(auth.expose())
+                .map_err(|_| Failure::Invalid("credential is not a valid header value".into()))?;
+            value.set_sensitive(true);
+            builder = builder.header(AUTHORIZATION, value);
+        }
+        if let Some(form) = &request.form {
+            builder = builder
+                .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(form.clone());
+        }
+        let max_body = request.max_body;
+        let exchange = async {
+            let mut response = builder.send().await.map_err(classify)?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let declared = headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            // A HEAD's Content-Length describes the body a GET would send.
+            let head = request.method == Method::HEAD;
+            if !head && status.is_success() && declared.is_some_and(|len| len > max_body) {
+                return Err(Failure::TooLarge);
+            }
+            // Error bodies are read up to their own small cap and cut there: only the
+            // message matters.
+            let cap = if status.is_success() {
+                usize::try_from(max_body).unwrap_or(usize::MAX)
+            } else {
+                MAX_ERROR_BODY
+            };
+            let mut body = Vec::new();
+            if !head {
+                while let Some(chunk) = response.chunk().await.map_err(classify)? {
+                    if body.len() + chunk.len() > cap {
+                        if status.is_success() {
+                            return Err(Failure::TooLarge);
+                        }
+                        body.extend_from_slice(&chunk[..cap - body.len()]);
+                        break;
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+            }
+            Ok(Response {
+                status,
+                headers,
+                body,
+            })
+        };
+        match tokio::time::timeout(self.request_timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(Failure::Timeout),
+        }
+    }
+
+    /// Sends `request` until it gets a final answer: answers one 401 challenge, retries
+    /// 5xx, 429 and network failures with backoff (honouring `Retry-After`) up to
+    /// `max_attempts`. Any other status is returned for the caller to judge.
+    pub async fn send(
+        &self,
+        host: &Host,
+        request: &Request<'_>,
+    ) -> Result<Response, RegistryError> {
+        let target = request.target;
+        let mut attempt = 0u32;
+        let mut challenged = false;
+        loop {
+            attempt += 1;
+            let auth = match request.scope {
+                Some(scope) => self.tokens.get(&host.name, scope),
+                None => request.fixed_auth.clone(),
+            };
+            let outcome = self.once(host, request, auth.as_ref()).await;
+            let (delay, why) = match outcome {
+                Ok(response)
+                    if response.status == StatusCode::UNAUTHORIZED
+                        && !challenged
+                        && request.scope.is_some() =>
+                {
+                    challenged = true;
+                    // The challenge round trip is not a failed attempt.
+                    attempt -= 1;
+                    let scope = request.scope.unwrap_or_default();
+                    self.authenticate(host, target, scope, &response).await?;
+                    continue;
+                }
+                Ok(response)
+                    if response.status == StatusCode::TOO_MANY_REQUESTS
+                        || response.status.is_server_error() =>
+                {
+                    let status = response.status;
+                    let retry_after = response
+                        .header(RETRY_AFTER)
+                        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                    if let Some(wait) = retry_after
+                        && wait > self.max_retry_after
+                    {
+                        let reason = format!(
+                            "the registry asks to retry after {}s, more than the {}s allowed",
+                            wait.as_secs(),
+                            self.max_retry_after.as_secs()
+                        );
+                        return Err(final_status_error(target, &response, reason));
+                    }
+                    if attempt >= self.max_attempts {
+                        let reason = format!("gave up after {attempt} attempts");
+                        return Err(final_status_error(target, &response, reason));
+                    }
+                    let delay =
+                        retry_after.unwrap_or_else(|| backoff_delay(self.backoff_base, attempt));
+                    (delay, format!("HTTP {}", status.as_u16()))
+                }
+                Ok(response) => return Ok(response),
+                Err(failure) if failure.retryable() && attempt < self.max_attempts => {
+                    let why = match &failure {
+                        Failure::Timeout => "timeout".to_owned(),
+                        Failure::Connect(cause) => format!("cannot connect: {cause}"),
+                        Failure::Network(cause) | Failure::Invalid(cause) => cause.clone(),
+                        Failure::TooLarge => "too large".to_owned(),
+                    };
+                    (backoff_delay(self.backoff_base, attempt), why)
+                }
+                Err(failure) => {
+                    return Err(failure.into_error(target, self.request_timeout, request.max_body));
+                }
+            };
+            if attempt == 1 {
+                tracing::debug!(
+                    registry = %target.registry, repository = %target.repository,
+                    method = %request.method, path = request.url.path(), attempt,
+                    delay_ms = delay.as_millis() as u64, "retrying after {why}"
+                );
+            } else {
+                tracing::warn!(
+                    registry = %target.registry, repository = %target.repository,
+                    method = %request.method, path = request.url.path(), attempt,
+                    delay_ms = delay.as_millis() as u64, "retrying after {why}"
+                );
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Answers a 401: caches Basic credentials, or fetches and caches a Bearer token.
+    async fn authenticate(
+        &self,
+        host: &Host,
+        target: &Target,
+        scope: &str,
+        response: &Response,
+    ) -> Result<(), RegistryError> {
+        let challenges: Vec<auth::Challenge> = response
+            .headers
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(auth::parse_challenges)
+            .collect();
+        let unauthorized = |message: String| RegistryError::Unauthorized {
+            target: target.clone(),
+            status: 401,
+            message,
+        };
+        let Some(challenge) = auth::preferred_challenge(&challenges) else {
+            return Err(unauthorized(join_message(
+                &response.message(),
+                "no Basic or Bearer challenge in WWW-Authenticate",
+            )));
+        };
+        if challenge.scheme == "basic" {
+            let header = host.credential.as_ref().and_then(auth::basic_for);
+            let Some(header) = header else {
+                return Err(unauthorized(format!(
+                    "the registry requires a user name and password; none configured for {}",
+                    host.name
+                )));
+            };
+            self.tokens.put_basic(&host.name, scope, header);
+            return Ok(());
+        }
+        let realm = challenge
+            .param("realm")
+            .ok_or_else(|| unauthorized("Bearer challenge without a realm".into()))?;
+        let (token, lifetime) = self
+            .fetch_token(
+                host,
+                target,
+                realm,
+                challenge.param("service"),
+                challenge.param("scope").unwrap_or(scope),
+            )
+            .await?;
+        self.tokens.put_bearer(&host.name, scope, &token, lifetime);
+        Ok(())
+    }
+
+    /// Gets a Bearer token from `realm` (token spec; OAuth2 refresh-token grant for identity
+    /// tokens). Credentials go only over https, or to a host explicitly marked insecure.
+    async fn fetch_token(
+        &self,
+        host: &Host,
+        target: &Target,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<(Secret, Duration), RegistryError> {
+        let invalid = |reason: String| RegistryError::InvalidResponse {
+            target: target.clone(),
+            reason,
+        };
+        let mut url = Url::parse(realm)
+            .map_err(|_| invalid(format!("token realm {realm:?} is not a URL")))?;
+        if !matches!(url.scheme(), "https" | "http") {
+            return Err(invalid(format!("token realm {realm:?} is not http(s)")));
+        }
+        let realm_host = match (url.host_str(), url.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_owned(),
+            _ => String::new(),
+        };
+        if host.credential.is_some() && url.scheme() == "http" && !self.is_insecure(&realm_host) {
+            return Err(RegistryError::Unauthorized {
+                target: target.clone(),
+                status: 401,
+                message: format!(
+                    "refusing to send credentials to the plain-http token realm {realm_host}; mark it insecure to allow"
+                ),
+            });
+        }
+        let scopes: Vec<&str> = scope.split_whitespace().collect();
+        let mut request = Request {
+            target,
+            method: Method::GET,
+            url: url.clone(),
+            accept: Some("application/json"),
+            max_body: MAX_TOKEN_BODY,
+            scope: None,
+            fixed_auth: None,
+            form: None,
+        };
+        match &host.credential {
+            Some(Credential::IdentityToken { token, .. }) => {
+                let mut form = form_urlencoded::Serializer::new(String::new());
+                form.append_pair("grant_type", "refresh_token");
+                form.append_pair("client_id", "imagelock");
+                form.append_pair("refresh_token", token.expose());
+                if let Some(service) = service {
+                    form.append_pair("service", service);
+                }
+                for scope in &scopes {
+                    form.append_pair("scope", scope);
+                }
+                request.method = Method::POST;
+                request.form = Some(form.finish());
+            }
+            credential => {
+                {
+                    let mut query = url.query_pairs_mut();
+                    if let Some(service) = service {
+                        query.append_pair("service", service);
+                    }
+                    for scope in &scopes {
+                        query.append_pair("scope", scope);
+                    }
+                }
+                request.url = url;
+                request.fixed_auth = credential.as_ref().and_then(auth::basic_for);
+            }
+        }
+        // Boxed: `send` -> `authenticate` -> `fetch_token` -> `send` is a (bounded) cycle,
+        // since realm requests carry no scope and never reach `authenticate` again.
+        let response = Box::pin(self.send(host, &request)).await?;
+        match response.status {
+            status if status.is_success() => {}
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return Err(RegistryError::Unauthorized {
+                    target: target.clone(),
+                    status: response.status.as_u16(),
+                    message: join_message(
+                        &response.message(),
+                        &format!("token realm {realm_host} refused the request"),
+                    ),
+                });
+            }
+            status => {
+                return Err(RegistryError::Http {
+                    target: target.clone(),
+                    status: status.as_u16(),
+                    message: join_message(
+                        &response.message(),
+                        &format!("token realm {realm_host}"),
+                    ),
+                });
+            }
+        }
+        serde_json::from_slice::<auth::TokenResponse>(&response.body)
+            .ok()
+            .and_then(auth::TokenResponse::into_token)
+            .ok_or_else(|| invalid(format!("token realm {realm_host} answered without a token")))
+    }
+}
+
+fn join_message(registry_message: &str, ours: &str) -> String {
+    if registry_message.is_empty() {
+        ours.to_owned()
+    } else {
+        format!("{ours}: {registry_message}")
+    }
+}
+
+/// The error for a 429 or 5xx that will not be retried any more.
+fn final_status_error(target: &Target, response: &Response, reason: String) -> RegistryError {
+    let message = join_message(&response.message(), &reason);
+    if response.status == StatusCode::TOO_MANY_REQUESTS {
+        RegistryError::TooManyRequests {
+            target: target.clone(),
+            reason: message,
+        }
+    } else {
+        RegistryError::Http {
+            target: target.clone(),
+            status: response.status.as_u16(),
+            message,
+        }
+    }
+}
+
+/// The error for a final non-success status other than 429/5xx.
+pub(crate) fn status_error(target: &Target, response: &Response) -> RegistryError {
+    let target = target.clone();
+    let message = response.message();
+    match response.status {
+        StatusCode::UNAUTHORIZED => RegistryError::Unauthorized {
+            target,
+            status: 401,
+            message,
+        },
+        StatusCode::FORBIDDEN => RegistryError::Denied { target, message },
+        StatusCode::NOT_FOUND => RegistryError::NotFound { target, message },
+        status => RegistryError::Http {
+            target,
+            status: status.as_u16(),
+            message,
+        },
+    }
+}

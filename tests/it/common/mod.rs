@@ -1,0 +1,21 @@
+//! Shared integration-test fixtures.
+//!
+//! - [`TestRegistry`]: a real `docker-registry` (distribution 2.8) on a free port, anonymous or
+//!   with htpasswd Basic auth; `TestRegistry::start()` is synchronous and blocks until
+//!   `GET /v2/` answers; the process is killed on drop.
+//! - [`Pusher`] and the `push_*` functions: images, indexes and many tags pushed through the
+//!   registry API with plain reqwest, independent of the code under test.
+//! - [`FaultProxy`]: a scripted proxy for the faults a real registry will not produce.
+
+#![allow(dead_code, unused_imports)] // Not every test module uses every fixture.
+
+mod proxy;
+mod push;
+mod registry;
+
+pub use proxy::{Fault, FaultProxy, Seen};
+pub use push::{
+    ImageSpec, PushedImage, PushedIndex, Pusher, push_blob, push_image, push_index, push_many_tags,
+    skopeo_digest,
+};
+pub use registry::{TestRegistry, free_port};
