@@ -32,6 +32,7 @@ impl Scheduler {
                 let key = (set.path.clone(), spec.name.clone());
                 let mut spec = spec.clone();
                 spec.position = Default::default();
+                spec.name_position = Default::default();
                 match self.entries.get_mut(&key) {
                     Some(entry) if entry.spec == spec => {}
                     Some(entry) => {
@@ -130,6 +131,7 @@ mod tests {
                 platforms: vec![],
                 mirror: false,
                 position: Default::default(),
+                name_position: Default::default(),
             }],
         }
     }

@@ -347,8 +347,7 @@ fn commit_paths(
         ),
     })?;
     let message = git2::message_prettify(message, None).map_err(&err)?;
-    let oid = self
-        .repo
+    let oid = repo
         .commit(
             Some("HEAD"),
             &signature,

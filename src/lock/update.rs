@@ -279,6 +279,7 @@ mod tests {
                 platforms: vec![],
                 mirror: false,
                 position: Default::default(),
+                name_position: Default::default(),
             }],
         }
     }

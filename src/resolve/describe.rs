@@ -47,8 +47,7 @@ impl<'a> Describer<'a> {
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("manifest {digest} not found in {}", self.repo))?;
-        let parsed = ParsedManifest::parse(&manifest.media_type, &manifest.bytes)
-            .map_err(|e| e.to_string())?;
+        let parsed = manifest.parse().map_err(|e| e.to_string())?;
         let mut platforms = BTreeMap::new();
         match parsed {
             ParsedManifest::Index(index) => {
