@@ -9,10 +9,12 @@
 
 #![allow(dead_code, unused_imports)] // Not every test module uses every fixture.
 
+mod gitops;
 mod proxy;
 mod push;
 mod registry;
 
+pub use gitops::{ConfigRepo, git, image_set, repo_config, write};
 pub use proxy::{Fault, FaultProxy, Seen};
 pub use push::{
     ImageSpec, PushedImage, PushedIndex, Pusher, push_blob, push_image, push_index, push_many_tags,
