@@ -138,7 +138,8 @@ fn update_image(
             image.tags.insert(tag.clone(), next);
         }
     }
-    Some(image)
+    // An entry with nothing pinned yet has no place in the lock.
+    (!image.tags.is_empty()).then_some(image)
 }
 
 struct Generation {

@@ -42,7 +42,15 @@ impl ConfigRepo {
         git(&work, &["add", "-A"]);
         git(&work, &["commit", "-q", "-m", "initial manifests"]);
         git(dir.path(), &["clone", "-q", "--bare", "work", "remote.git"]);
-        git(&work, &["remote", "add", "origin", bare.to_str().expect("utf-8 path")]);
+        git(
+            &work,
+            &[
+                "remote",
+                "add",
+                "origin",
+                bare.to_str().expect("utf-8 path"),
+            ],
+        );
         git(&work, &["fetch", "-q", "origin"]);
         git(&work, &["branch", "-q", "--set-upstream-to=origin/main"]);
         ConfigRepo {
