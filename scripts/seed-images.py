@@ -67,7 +67,8 @@ def image(host, repo, platform, layers, seed):
     os_name, arch, *variant = platform.split("/")
     layer_descs = []
     for i in range(layers):
-        data = hashlib.sha256(f"{seed}-{platform}-{i}".encode()).digest() * 64 + os.urandom(16)
+        # Same seed, same bytes, same digests: the example repo can name a digest.
+        data = hashlib.sha256(f"{seed}-{platform}-{i}".encode()).digest() * 64
         layer_descs.append(
             {"mediaType": OCI_LAYER, "digest": push_blob(host, repo, data), "size": len(data)}
         )

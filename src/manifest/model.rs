@@ -32,6 +32,9 @@ impl Schedule {
         &self,
         after: chrono::DateTime<chrono::Utc>,
     ) -> Option<chrono::DateTime<chrono::Utc>> {
+        // Cron has minute granularity; drop the clock's sub-second part so runs land on the
+        // minute (croner keeps it otherwise).
+        let after = chrono::Timelike::with_nanosecond(&after, 0).unwrap_or(after);
         self.cron.find_next_occurrence(&after, false).ok()
     }
 }
