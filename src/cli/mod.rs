@@ -74,11 +74,14 @@ pub enum Command {
     Serve(Box<ServeArgs>),
 }
 
-/// How to reach registries: credentials and plain-HTTP hosts.
-#[derive(Debug, Clone, Args)]
+/// How to reach registries: credentials and plain-HTTP hosts. Serialized (camelCase, unset
+/// fields skipped) so `serve` can merge it over its config file.
+#[derive(Debug, Clone, Default, Args, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RegistryArgs {
     /// Docker config.json (or kubernetes.io/dockerconfigjson) file with registry credentials.
     #[arg(long, env = "IMAGELOCK_REGISTRY_CONFIG")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub registry_config: Option<PathBuf>,
     /// Registry host reached over plain HTTP (repeatable). Never implied.
     #[arg(
@@ -87,6 +90,7 @@ pub struct RegistryArgs {
         env = "IMAGELOCK_INSECURE_REGISTRIES",
         value_delimiter = ','
     )]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub insecure_registries: Vec<String>,
 }
 

@@ -11,6 +11,7 @@ use figment::providers::{Format as _, Serialized};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use super::RegistryArgs;
 use crate::daemon::{self, DaemonConfig};
 
 /// Flags of `serve`. Each overrides the same key of the config file; unset flags do not.
@@ -49,19 +50,9 @@ pub struct ServeArgs {
     #[arg(long, env = "IMAGELOCK_GIT_SSH_PASSPHRASE_FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub git_ssh_passphrase_file: Option<PathBuf>,
-    /// Docker config.json with registry credentials.
-    #[arg(long, env = "IMAGELOCK_REGISTRY_CONFIG")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub registry_config: Option<PathBuf>,
-    /// Registry host reached over plain HTTP (repeatable). Never implied.
-    #[arg(
-        long = "insecure-registry",
-        value_name = "HOST",
-        env = "IMAGELOCK_INSECURE_REGISTRIES",
-        value_delimiter = ','
-    )]
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub insecure_registries: Vec<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub registry: RegistryArgs,
     /// Address of the admin endpoints [default: 0.0.0.0:8081].
     #[arg(long, env = "IMAGELOCK_ADMIN_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
