@@ -141,7 +141,7 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
             source,
         })?;
     tracing::info!(addr = %config.admin_listen, "admin endpoints listening");
-    let admin = tokio::spawn(admin::serve(listener, status_rx, shutdown.clone()));
+    let mut admin = tokio::spawn(admin::serve(listener, status_rx, shutdown.clone()));
 
     // Keep the watcher alive for the daemon's lifetime; dropping it stops the watch.
     let _watcher = match watch::local_repo_path(&config.repo) {
@@ -150,23 +150,31 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
     };
 
     let reconciler = reconciler::Reconciler::new(config, status_tx)?;
-    let reconcile = tokio::spawn(reconciler.run(trigger_rx, shutdown.clone()));
+    let mut reconcile = tokio::spawn(reconciler.run(trigger_rx, shutdown.clone()));
 
-    let result = tokio::select! {
-        r = admin => match r {
-            Ok(Ok(())) if shutdown.is_cancelled() => Ok(()),
-            Ok(Err(e)) => Err(DaemonError::Admin(e)),
-            _ => Err(DaemonError::TaskEnded("admin server")),
-        },
-        r = reconcile => match r {
-            Ok(()) if shutdown.is_cancelled() => Ok(()),
-            _ => Err(DaemonError::TaskEnded("reconcile loop")),
-        },
+    let admin_result = |r: Result<std::io::Result<()>, tokio::task::JoinError>, cancelled| match r {
+        Ok(Ok(())) if cancelled => Ok(()),
+        Ok(Err(e)) => Err(DaemonError::Admin(e)),
+        _ => Err(DaemonError::TaskEnded("admin server")),
     };
-    // Whatever ended first, the rest stop too.
+    let reconcile_result = |r: Result<(), tokio::task::JoinError>, cancelled| match r {
+        Ok(()) if cancelled => Ok(()),
+        _ => Err(DaemonError::TaskEnded("reconcile loop")),
+    };
+    let (first, admin_ended) = tokio::select! {
+        r = &mut admin => (admin_result(r, shutdown.is_cancelled()), true),
+        r = &mut reconcile => (reconcile_result(r, shutdown.is_cancelled()), false),
+    };
+    // Whatever ended first, the rest stop too, and `run` returns only once they have: the
+    // admin port is closed and a commit in flight has finished.
     shutdown.cancel();
     drop(trigger_tx);
-    result
+    let rest = if admin_ended {
+        reconcile_result(reconcile.await, true)
+    } else {
+        admin_result(admin.await, true)
+    };
+    first.and(rest)
 }
 
 /// Cancels `token` on SIGTERM or Ctrl-C.

@@ -158,7 +158,12 @@ impl Reconciler {
         let in_due = |set: &manifest::ImageSet, spec: &manifest::ImageSpec| {
             due.contains(&(set.path.clone(), spec.name.clone()))
         };
-        let observations = reconcile::observe(&client, &worktree, &repo, &in_due).await;
+        // Resolving has no side effects: on shutdown, drop it rather than wait for slow
+        // registries (`run` waits for this loop to end).
+        let observations = tokio::select! {
+            observations = reconcile::observe(&client, &worktree, &repo, &in_due) => observations,
+            _ = shutdown.cancelled() => return,
+        };
         self.scheduler.attempted(&due, now);
         self.attempts.record(observations.attempts(), now);
 

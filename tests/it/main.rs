@@ -2,5 +2,6 @@
 //! pushing and a fault-injecting proxy (`common`). Add a module per area.
 
 mod common;
+mod daemon;
 mod git;
 mod registry;

@@ -1,0 +1,610 @@
+//! `imagelock::daemon::run` in-process, end to end: a real `docker-registry`, a bare `file://`
+//! config repo with the `git` CLI as the other writer, and the admin endpoints over HTTP.
+//!
+//! Nothing here asserts on durations: every wait is a bounded poll for an observable result
+//! (a commit on the remote, a field of `/status`), so a slow machine only makes a test slower.
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use imagelock::daemon::{DaemonConfig, DaemonError};
+use imagelock::git::{
+    Author, Checkout, GitAuth, GitTimeouts, PushResult, RemoteSpec, commit_and_push_with_retry,
+};
+use imagelock::lock::{LockFile, LockedTag};
+use imagelock::manifest;
+use imagelock::reconcile::{self, Mode};
+use imagelock::registry::{ClientConfig, RegistryClient};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{
+    ConfigRepo, Fault, FaultProxy, ImageSpec, PushedImage, PushedIndex, TestRegistry, free_port,
+    git, image_set, push_image, push_index, repo_config, skopeo_digest,
+};
+
+/// Upper bound of every wait: far above what a pass takes, so only a hang reaches it.
+const WAIT: Duration = Duration::from_secs(30);
+const TICK: Duration = Duration::from_millis(100);
+
+const WEB_MANIFEST: &str = "images/team-a/web.yaml";
+const WEB_LOCK: &str = "images/team-a/web.lock.yaml";
+
+// ---- helpers -------------------------------------------------------------------------
+
+/// Polls `check` every [`TICK`] until it yields a value; panics naming `what` after [`WAIT`].
+async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
+        tokio::time::sleep(TICK).await;
+    }
+}
+
+/// libgit2's socket timeouts are process-wide and the first checkout sets them (see
+/// `git::remote::ensure_socket_timeouts`). The daemon uses the default (a 120 s socket stall
+/// limit); `git.rs` relies on 5 s. Claim the same 5 s first, whichever module runs first.
+fn git_timeouts() -> GitTimeouts {
+    GitTimeouts {
+        connect: Duration::from_secs(5),
+        operation: Duration::from_secs(5),
+    }
+}
+
+fn claim_git_socket_timeouts(repo: &ConfigRepo) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    Checkout::open_or_clone(remote_spec(repo), &dir.path().join("repo"), git_timeouts())
+        .expect("warm-up clone");
+}
+
+fn remote_spec(repo: &ConfigRepo) -> RemoteSpec {
+    RemoteSpec {
+        url: repo.url(),
+        branch: "main".to_owned(),
+        auth: GitAuth::None,
+    }
+}
+
+/// One `web` entry on `host` following `latest` and `1.0`, plus `extra` entries (YAML).
+fn web_manifest(host: &str, extra: &str) -> String {
+    image_set(
+        "team-a",
+        "web",
+        &format!(
+            "    - name: web\n      source: {host}/team-a/web\n      tags: [latest, \"1.0\"]\n{extra}"
+        ),
+    )
+}
+
+/// A config repo with `imagelock.yaml`, a README and `images/team-a/web.yaml`.
+fn config_repo(manifest: String) -> ConfigRepo {
+    ConfigRepo::new(&[
+        ("imagelock.yaml", repo_config()),
+        ("README.md", "config repo\n".to_owned()),
+        (WEB_MANIFEST, manifest),
+    ])
+}
+
+/// `latest` as a two-platform index and `1.0` as a single-arch image, on `team-a/web`.
+async fn push_web(host: &str) -> (PushedIndex, PushedImage) {
+    let index = push_index(
+        host,
+        "team-a/web",
+        "latest",
+        &["linux/amd64", "linux/arm64"],
+    )
+    .await;
+    let single = push_image(host, "team-a/web", "1.0", ImageSpec::small("linux/amd64")).await;
+    (index, single)
+}
+
+/// The lock at `path` on the remote's main, parsed.
+fn remote_lock(repo: &ConfigRepo, path: &str) -> Option<LockFile> {
+    let text = repo.show(path)?;
+    Some(imagelock::lock::parse(Path::new(path), &text).expect("lock parses"))
+}
+
+fn tag<'l>(lock: &'l LockFile, image: &str, tag: &str) -> &'l LockedTag {
+    lock.images
+        .get(image)
+        .and_then(|i| i.tags.get(tag))
+        .unwrap_or_else(|| panic!("no pin for {image}:{tag} in {lock:#?}"))
+}
+
+fn timestamp(value: &Value) -> Option<DateTime<Utc>> {
+    value.as_str()?.parse().ok()
+}
+
+/// `/status` entry of the image `name`.
+fn image<'s>(status: &'s Value, name: &str) -> &'s Value {
+    status["images"]
+        .as_array()
+        .and_then(|images| images.iter().find(|i| i["name"] == name))
+        .unwrap_or_else(|| panic!("no image {name:?} in /status: {status:#}"))
+}
+
+/// A daemon running in this process, cancelled (not awaited) on drop so a failed test leaves
+/// nothing behind.
+struct Daemon {
+    token: CancellationToken,
+    handle: Option<JoinHandle<Result<(), DaemonError>>>,
+    admin: SocketAddr,
+    http: reqwest::Client,
+}
+
+impl Daemon {
+    /// Starts `daemon::run` and waits until its admin endpoints answer. The admin port was
+    /// free when chosen; if something took it before the daemon bound it, tries another.
+    async fn start(
+        repo: &ConfigRepo,
+        workdir: &Path,
+        poll_interval: &str,
+        insecure: &[&str],
+    ) -> Self {
+        claim_git_socket_timeouts(repo);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("http client");
+        for _ in 0..3 {
+            let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let config = DaemonConfig {
+                repo: repo.url(),
+                workdir: workdir.to_owned(),
+                poll_interval: poll_interval.to_owned(),
+                insecure_registries: insecure.iter().map(|h| (*h).to_owned()).collect(),
+                admin_listen: admin,
+                ..DaemonConfig::default()
+            };
+            let token = CancellationToken::new();
+            let handle = tokio::spawn(imagelock::daemon::run(config, token.clone()));
+            let mut daemon = Daemon {
+                token,
+                handle: Some(handle),
+                admin,
+                http: http.clone(),
+            };
+            let up = wait_for("the admin endpoints to answer", || async {
+                if daemon.get("/healthz").await == Some(200) {
+                    return Some(true);
+                }
+                (!daemon.is_running()).then_some(false)
+            })
+            .await;
+            if up {
+                return daemon;
+            }
+            let handle = daemon.handle.take().expect("handle");
+            match handle.await.expect("daemon task") {
+                Err(DaemonError::Listen { .. }) => continue,
+                other => panic!("daemon::run ended before its admin port answered: {other:?}"),
+            }
+        }
+        panic!("daemon::run could not listen on a free port in 3 tries");
+    }
+
+    /// The HTTP status of `GET path` on the admin port, or `None` when nothing answers.
+    async fn get(&self, path: &str) -> Option<u16> {
+        let response = self
+            .http
+            .get(format!("http://{}{path}", self.admin))
+            .send()
+            .await
+            .ok()?;
+        Some(response.status().as_u16())
+    }
+
+    async fn status(&self) -> Option<Value> {
+        let response = self
+            .http
+            .get(format!("http://{}/status", self.admin))
+            .send()
+            .await
+            .ok()?;
+        assert_eq!(response.status().as_u16(), 200, "/status");
+        Some(response.json().await.expect("/status is JSON"))
+    }
+
+    /// Waits for the status `ready` returns `Some` for.
+    async fn wait_status<T>(&self, what: &str, ready: impl Fn(&Value) -> Option<T>) -> T {
+        wait_for(what, || async {
+            self.status().await.as_ref().and_then(&ready)
+        })
+        .await
+    }
+
+    /// Waits until the daemon has pushed a commit and returns `/status` then.
+    async fn wait_committed(&self) -> Value {
+        self.wait_status("the daemon to push a lock commit", |s| {
+            (!s["lastCommit"].is_null()).then(|| s.clone())
+        })
+        .await
+    }
+
+    /// Waits until the first pass (resolve, commit step, status) is done: every image shows
+    /// an attempt. Returns `/status` then.
+    async fn wait_first_pass(&self) -> Value {
+        self.wait_status("the first pass to finish", |s| {
+            let images = s["images"].as_array()?;
+            (!images.is_empty() && images.iter().all(|i| !i["lastAttempt"].is_null()))
+                .then(|| s.clone())
+        })
+        .await
+    }
+
+    /// Waits until `lastSync` is later than `after`; returns the new `lastSync`.
+    async fn wait_sync_after(&self, after: DateTime<Utc>) -> DateTime<Utc> {
+        self.wait_status("another sync of the config repo", |s| {
+            timestamp(&s["lastSync"]).filter(|t| *t > after)
+        })
+        .await
+    }
+
+    fn is_running(&self) -> bool {
+        self.handle.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
+    /// Cancels and asserts that `run` returns `Ok` within [`WAIT`].
+    async fn stop(mut self) {
+        self.token.cancel();
+        let handle = self.handle.take().expect("running");
+        match tokio::time::timeout(WAIT, handle).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => panic!("daemon::run failed on shutdown: {e}"),
+            Ok(Err(e)) => panic!("daemon task panicked: {e}"),
+            Err(_) => panic!("daemon::run did not return within {WAIT:?} of cancellation"),
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+// ---- end to end ----------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lock_commit_end_to_end_with_status_and_a_down_registry() {
+    let registry = TestRegistry::start();
+    let host = registry.host();
+    let (index, single) = push_web(&host).await;
+    let down = format!("127.0.0.1:{}", free_port());
+    let repo = config_repo(web_manifest(
+        &host,
+        &format!("    - name: down\n      source: {down}/x/y\n      tags: [latest]\n"),
+    ));
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let daemon = Daemon::start(&repo, &dir.path().join("checkout"), "1s", &[&host, &down]).await;
+    assert_eq!(daemon.get("/healthz").await, Some(200));
+    wait_for("/readyz to be 200", || async {
+        (daemon.get("/readyz").await == Some(200)).then_some(())
+    })
+    .await;
+    let status = daemon.wait_committed().await;
+
+    // Exactly one commit on top of the initial one.
+    assert_eq!(repo.commit_count(), 2, "{:?}", repo.subjects());
+    let lock = remote_lock(&repo, WEB_LOCK).expect("lock on the remote");
+    let latest = tag(&lock, "web", "latest");
+    assert_eq!(latest.digest, index.digest);
+    assert_eq!(latest.media_type, "application/vnd.oci.image.index.v1+json");
+    assert_eq!(latest.platforms, index.children);
+    assert_eq!(latest.generation, 1);
+    let one = tag(&lock, "web", "1.0");
+    assert_eq!(one.digest, single.digest);
+    assert_eq!(one.generation, 1);
+    assert_eq!(
+        skopeo_digest(&host, "team-a/web", "latest").await,
+        latest.digest
+    );
+    assert_eq!(skopeo_digest(&host, "team-a/web", "1.0").await, one.digest);
+    // The unreachable entry never resolved: nothing to pin, so no place in the lock.
+    assert!(!lock.images.contains_key("down"), "{lock:#?}");
+
+    // /status: the good image resolved, the down one failed with its reason.
+    assert_eq!(status["ready"], true);
+    assert!(status["lastCommitError"].is_null(), "{status:#}");
+    assert_eq!(status["head"], status["lastCommit"]);
+    let web = image(&status, "web");
+    assert_eq!(web["success"], true, "{web:#}");
+    assert_eq!(web["tags"]["latest"]["digest"], index.digest.as_str());
+    assert_eq!(web["tags"]["latest"]["success"], true);
+    assert_eq!(web["tags"]["1.0"]["digest"], single.digest.as_str());
+    assert!(timestamp(&web["nextRun"]).is_some(), "{web:#}");
+    let down_status = image(&status, "down");
+    assert_eq!(down_status["success"], false, "{down_status:#}");
+    assert!(
+        timestamp(&down_status["nextRun"]).is_some(),
+        "{down_status:#}"
+    );
+    // A per-tag failure: the reason sits on the tag (the entry-wide `reason` is for failures
+    // such as a tag listing).
+    let reason = down_status["tags"]["latest"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.contains(&down), "{down_status:#}");
+    assert_eq!(down_status["tags"]["latest"]["success"], false);
+    assert!(down_status["tags"]["latest"]["digest"].is_null());
+
+    // The failure stays local: the daemon goes on syncing and answering.
+    let synced = timestamp(&status["lastSync"]).expect("lastSync");
+    daemon.wait_sync_after(synced).await;
+    assert!(daemon.is_running());
+    assert_eq!(daemon.get("/healthz").await, Some(200));
+    assert_eq!(daemon.get("/readyz").await, Some(200));
+    assert_eq!(repo.commit_count(), 2, "{:?}", repo.subjects());
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_second_commit_without_registry_changes() {
+    let registry = TestRegistry::start();
+    let host = registry.host();
+    push_web(&host).await;
+    let repo = config_repo(web_manifest(&host, ""));
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let daemon = Daemon::start(&repo, &dir.path().join("first"), "1s", &[&host]).await;
+    let status = daemon.wait_committed().await;
+    assert_eq!(repo.commit_count(), 2);
+    let lock = repo.show(WEB_LOCK).expect("lock");
+
+    // Several polls later: synced twice more, nothing committed.
+    let mut synced = timestamp(&status["lastSync"]).expect("lastSync");
+    for _ in 0..2 {
+        synced = daemon.wait_sync_after(synced).await;
+    }
+    assert_eq!(repo.commit_count(), 2, "{:?}", repo.subjects());
+    daemon.stop().await;
+
+    // A new daemon on a fresh clone resolves every entry at start: same pins, same bytes.
+    let daemon = Daemon::start(&repo, &dir.path().join("second"), "1s", &[&host]).await;
+    let status = daemon.wait_first_pass().await;
+    assert_eq!(image(&status, "web")["success"], true, "{status:#}");
+    assert!(status["lastCommit"].is_null(), "{status:#}");
+    assert!(status["lastCommitError"].is_null(), "{status:#}");
+    daemon
+        .wait_sync_after(timestamp(&status["lastSync"]).expect("lastSync"))
+        .await;
+    assert_eq!(repo.commit_count(), 2, "{:?}", repo.subjects());
+    assert_eq!(repo.show(WEB_LOCK).as_deref(), Some(lock.as_str()));
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_moved_tag_makes_exactly_one_commit_with_a_new_generation() {
+    let registry = TestRegistry::start();
+    let host = registry.host();
+    let (old, single) = push_web(&host).await;
+    let repo = config_repo(web_manifest(&host, ""));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workdir = dir.path().join("checkout");
+
+    let daemon = Daemon::start(&repo, &workdir, "1s", &[&host]).await;
+    daemon.wait_committed().await;
+    daemon.stop().await;
+    assert_eq!(repo.commit_count(), 2);
+    let before = remote_lock(&repo, WEB_LOCK).expect("lock");
+    let old_resolved_at = tag(&before, "web", "latest").resolved_at.clone();
+
+    // `latest` moves upstream; the restarted daemon (same work dir) resolves it at start.
+    let new = push_index(
+        &host,
+        "team-a/web",
+        "latest",
+        &["linux/amd64", "linux/arm64"],
+    )
+    .await;
+    assert_ne!(new.digest, old.digest);
+    let daemon = Daemon::start(&repo, &workdir, "1s", &[&host]).await;
+    let status = daemon.wait_committed().await;
+    assert_eq!(repo.commit_count(), 3, "{:?}", repo.subjects());
+
+    let lock = remote_lock(&repo, WEB_LOCK).expect("lock");
+    let latest = tag(&lock, "web", "latest");
+    assert_eq!(latest.digest, new.digest);
+    assert_eq!(latest.generation, 2);
+    assert_eq!(latest.history.len(), 1, "{latest:#?}");
+    assert_eq!(latest.history[0].generation, 1);
+    assert_eq!(latest.history[0].digest, old.digest);
+    assert_eq!(latest.history[0].resolved_at, old_resolved_at);
+    // The tag that did not move is untouched.
+    assert_eq!(tag(&lock, "web", "1.0"), tag(&before, "web", "1.0"));
+    assert_eq!(tag(&lock, "web", "1.0").digest, single.digest);
+
+    let message = git(&repo.bare, &["log", "-1", "--format=%B", "main"]);
+    let line = format!(
+        "web:latest {} -> {}",
+        old.digest.short(),
+        new.digest.short()
+    );
+    assert!(message.contains(&line), "{line:?} not in {message:?}");
+    assert!(!message.contains("web:1.0"), "{message}");
+    assert_eq!(
+        image(&status, "web")["tags"]["latest"]["digest"],
+        new.digest.as_str()
+    );
+
+    // And only one: later polls find nothing more to do.
+    daemon
+        .wait_sync_after(timestamp(&status["lastSync"]).expect("lastSync"))
+        .await;
+    assert_eq!(repo.commit_count(), 3, "{:?}", repo.subjects());
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_push_to_the_local_repo_wakes_the_daemon_without_a_poll() {
+    let registry = TestRegistry::start();
+    let host = registry.host();
+    push_web(&host).await;
+    let api = push_image(&host, "team-b/api", "2.0", ImageSpec::small("linux/arm64")).await;
+    let repo = config_repo(web_manifest(&host, ""));
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // No poll for an hour: only the file watch on the bare repo can start the next pass.
+    let daemon = Daemon::start(&repo, &dir.path().join("checkout"), "1h", &[&host]).await;
+    daemon.wait_committed().await;
+    assert_eq!(repo.commit_count(), 2);
+
+    let manifest = image_set(
+        "team-b",
+        "api",
+        &format!("    - name: api\n      source: {host}/team-b/api\n      tags: [\"2.0\"]\n"),
+    );
+    repo.push_change("images/team-b/api.yaml", &manifest, "add api");
+    let lock = wait_for("the api lock on the remote", || async {
+        remote_lock(&repo, "images/team-b/api.lock.yaml")
+    })
+    .await;
+    assert_eq!(tag(&lock, "api", "2.0").digest, api.digest);
+    assert_eq!(repo.commit_count(), 4, "{:?}", repo.subjects());
+    assert_eq!(repo.subjects()[1], "add api");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelling_an_idle_daemon_returns_ok_and_closes_the_admin_port() {
+    let registry = TestRegistry::start();
+    let host = registry.host();
+    push_web(&host).await;
+    let repo = config_repo(web_manifest(&host, ""));
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let daemon = Daemon::start(&repo, &dir.path().join("checkout"), "1h", &[&host]).await;
+    daemon.wait_committed().await;
+    assert_eq!(daemon.get("/healthz").await, Some(200));
+    let admin = daemon.admin;
+    daemon.stop().await;
+    // `run` has returned: nothing listens on the admin port any more.
+    assert!(
+        TcpStream::connect_timeout(&admin, Duration::from_secs(1)).is_err(),
+        "the admin port still accepts connections after run returned"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelling_while_a_registry_stalls_does_not_wait_for_it() {
+    let registry = TestRegistry::start();
+    push_web(&registry.host()).await;
+    // Far longer than any wait here: `run` must not sit out the registry's timeouts.
+    let proxy = FaultProxy::start(&registry.host()).await;
+    proxy.add_rule("manifests", Fault::Delay(Duration::from_secs(3600)), None);
+    let host = proxy.host();
+    let repo = config_repo(web_manifest(&host, ""));
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let daemon = Daemon::start(&repo, &dir.path().join("checkout"), "1h", &[&host]).await;
+    wait_for("a manifest request held by the proxy", || async {
+        (proxy.max_in_flight() > 0).then_some(())
+    })
+    .await;
+    let admin = daemon.admin;
+    daemon.stop().await;
+    assert!(TcpStream::connect_timeout(&admin, Duration::from_secs(1)).is_err());
+    assert_eq!(repo.commit_count(), 1, "{:?}", repo.subjects());
+}
+
+// ---- the race with a second writer ---------------------------------------------------
+
+/// The daemon's commit step, driven directly: another writer lands a commit between our sync
+/// and our push; the retry rebuilds the lock on their commit and pushes on top.
+#[test]
+fn a_second_writer_racing_the_push_keeps_both_commits() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let registry = TestRegistry::start();
+    let host = registry.host();
+    let (index, _) = runtime.block_on(push_web(&host));
+    let repo = config_repo(web_manifest(&host, ""));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut checkout = Checkout::open_or_clone(
+        remote_spec(&repo),
+        &dir.path().join("checkout"),
+        git_timeouts(),
+    )
+    .expect("clone");
+    checkout.sync().expect("sync");
+    let initial = checkout.head().expect("head");
+
+    let client = RegistryClient::new(ClientConfig {
+        insecure_hosts: [host.clone()].into(),
+        ..ClientConfig::default()
+    })
+    .expect("client");
+    let loaded = manifest::load_repo(checkout.worktree()).expect("load");
+    let observations = runtime.block_on(reconcile::observe(
+        &client,
+        checkout.worktree(),
+        &loaded,
+        &|_, _| true,
+    ));
+    let now = Utc::now();
+
+    let mut calls = 0;
+    let mut theirs = None;
+    let author = Author {
+        name: "imagelock-bot".to_owned(),
+        email: "bot@example.com".to_owned(),
+    };
+    let result = commit_and_push_with_retry(&mut checkout, &author, 3, |worktree| {
+        calls += 1;
+        if calls == 1 {
+            repo.push_change("README.md", "edited by another writer\n", "docs: readme");
+            theirs = Some(git(&repo.bare, &["rev-parse", "main"]).trim().to_owned());
+        }
+        let outcome = reconcile::apply(worktree, &observations, now, Mode::Write)?;
+        let message = reconcile::commit_message("chore(images): {count} pin(s)", &outcome.changes);
+        Ok::<_, reconcile::ReconcileError>(Some((outcome.touched, message)))
+    })
+    .expect("commit and push");
+
+    let PushResult::Pushed { commit, attempts } = result else {
+        panic!("expected a push, got {result:?}");
+    };
+    assert_eq!((attempts, calls), (2, 2));
+    let theirs = theirs.expect("the other writer ran");
+    assert_eq!(
+        repo.subjects(),
+        [
+            "chore(images): 2 pin(s)",
+            "docs: readme",
+            "initial manifests"
+        ]
+    );
+    assert_eq!(git(&repo.bare, &["rev-parse", "main"]).trim(), commit);
+    assert_eq!(
+        git(&repo.bare, &["rev-parse", "main^"]).trim(),
+        theirs,
+        "our commit sits directly on the other writer's"
+    );
+    assert_ne!(theirs, initial);
+    assert_eq!(
+        repo.show("README.md").as_deref(),
+        Some("edited by another writer\n")
+    );
+    let lock = remote_lock(&repo, WEB_LOCK).expect("lock");
+    assert_eq!(tag(&lock, "web", "latest").digest, index.digest);
+    // Our commit touched only the lock.
+    let files = git(
+        &repo.bare,
+        &["diff-tree", "--no-commit-id", "--name-only", "-r", "main"],
+    );
+    assert_eq!(files.trim(), WEB_LOCK);
+}
