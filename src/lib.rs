@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod git;
 pub mod lock;
 pub mod manifest;
+pub mod mirror;
 pub mod reconcile;
 pub mod reference;
 pub mod registry;
