@@ -1,7 +1,9 @@
 //! One reconcile pass over a checkout of the config repo, in two steps:
 //!
 //! 1. [`observe`] (network): resolve the image entries that are due.
-//! 2. [`apply`] (files, no network): load the manifests again, compute each lock from its
+//! 2. [`mirror`] (network): copy the pins those entries would get into the mirror; a pin whose
+//!    copy fails becomes a failure, so the lock never points at what the mirror lacks.
+//! 3. [`apply`] (files, no network): load the manifests again, compute each lock from its
 //!    previous version and the observations, write what changed, remove orphaned locks.
 //!
 //! Keeping the steps apart lets the daemon re-run [`apply`] on a fresh head after a rejected
@@ -16,6 +18,7 @@ use futures_util::stream;
 
 use crate::lock::{self, ImageObservation, LockFile, PinChange, Problem, TagObservation};
 use crate::manifest::{self, Diagnostic, ImageSet, ImageSpec, LoadedRepo};
+use crate::mirror::{CopyReport, MirrorEngine, plan};
 use crate::reference::Digest;
 use crate::registry::RegistryClient;
 use crate::resolve::resolve_image;
@@ -64,6 +67,21 @@ pub struct Observations {
 impl Observations {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Turns `tags` of an entry (all of them when `None`) into failures with `reason`.
+    fn fail_tags(&mut self, key: &EntryKey, tags: Option<&[String]>, reason: &str) {
+        let Some((_, observation)) = self.entries.get_mut(key) else {
+            return;
+        };
+        let Ok(observed) = &mut observation.tags else {
+            return;
+        };
+        for (tag, t) in observed.iter_mut() {
+            if tags.is_none_or(|only| only.contains(tag)) {
+                *t = TagObservation::Failed(reason.to_owned());
+            }
+        }
     }
 
     /// Per entry and tag: the digest it resolved to, or why it did not.
@@ -128,6 +146,79 @@ pub async fn observe(
         .collect()
         .await;
     Observations { entries }
+}
+
+/// Copies into the mirror every pin that the observed, mirrored entries would get. Tags whose
+/// copy fails (or whose entry has no valid mirror placement) become failures with the reason,
+/// so [`apply`] keeps their previous pins. Sets each mirrored observation's `mirror` name.
+pub async fn mirror(
+    engine: &MirrorEngine,
+    root: &Path,
+    repo: &LoadedRepo,
+    observations: &mut Observations,
+    now: DateTime<Utc>,
+) -> CopyReport {
+    let target = repo.config.as_ref().and_then(|c| c.mirror.as_ref());
+    let mut sets = Vec::new();
+    let mut locks = BTreeMap::new();
+    for set in &repo.sets {
+        let mut observed = set.clone();
+        observed.images.retain(|spec| {
+            spec.mirror
+                && observations
+                    .entries
+                    .contains_key(&(set.path.clone(), spec.name.clone()))
+        });
+        if observed.images.is_empty() {
+            continue;
+        }
+        let relevant: BTreeMap<String, ImageObservation> = observed
+            .images
+            .iter()
+            .filter_map(|spec| {
+                let (_, observation) = observations
+                    .entries
+                    .get(&(set.path.clone(), spec.name.clone()))?;
+                Some((spec.name.clone(), observation.clone()))
+            })
+            .collect();
+        let previous = read_previous(root, &set.path);
+        let (prospective, _) = lock::update_lock(previous.as_ref(), &observed, &relevant, now);
+        for spec in &observed.images {
+            let name = plan::placement(target, &observed, spec).and_then(Result::ok);
+            if let Some(entry) = observations
+                .entries
+                .get_mut(&(set.path.clone(), spec.name.clone()))
+            {
+                entry.1.mirror = name.map(|p| p.lock_name());
+            }
+        }
+        locks.insert(set.path.clone(), prospective);
+        sets.push(observed);
+    }
+
+    let (wanted, placement_errors) = plan::wanted(target, &sets, &locks);
+    for error in placement_errors {
+        let key = (PathBuf::from(&error.manifest), error.alias.clone());
+        observations.fail_tags(&key, None, &format!("mirror: {}", error.reason));
+    }
+    let requests = wanted.iter().map(|w| w.request.clone()).collect();
+    let mut report = CopyReport::default();
+    for (copy, (request, result)) in wanted.iter().zip(engine.copy_all(requests).await) {
+        match result {
+            Ok(copied) => report.add(&copied),
+            Err(e) => {
+                tracing::warn!(image = %request.source, digest = %request.digest, error = %e, "mirror copy failed; the pin stays where it was");
+                let reason = format!("mirror to {}: {e}", request.destination);
+                observations.fail_tags(
+                    &(copy.manifest.clone(), copy.alias.clone()),
+                    Some(&copy.source_tags),
+                    &reason,
+                );
+            }
+        }
+    }
+    report
 }
 
 /// Whether [`apply`] writes files or only computes what would change.

@@ -2,19 +2,34 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 
 use super::RegistryArgs;
 use crate::git::{self, Author};
 use crate::manifest;
+use crate::mirror::progress::TerminalProgress;
+use crate::mirror::{EngineOptions, MirrorEngine};
 use crate::reconcile::{self, Mode};
 
 pub async fn run(dir: &Path, commit: bool, registry: &RegistryArgs) -> anyhow::Result<ExitCode> {
     let repo = manifest::load_repo(dir)?;
     let config = repo.config.clone().unwrap_or_default();
     let client = registry.client(&config)?;
-    let observations = reconcile::observe(&client, dir, &repo, &|_, _| true).await;
+    let mut observations = reconcile::observe(&client, dir, &repo, &|_, _| true).await;
+    if repo
+        .sets
+        .iter()
+        .any(|set| set.images.iter().any(|spec| spec.mirror))
+    {
+        let progress = Arc::new(TerminalProgress::new(0));
+        let engine = MirrorEngine::new(client.clone(), EngineOptions::default(), progress.clone());
+        let report =
+            reconcile::mirror(&engine, dir, &repo, &mut observations, chrono::Utc::now()).await;
+        progress.finish();
+        println!("mirror: {}", super::mirror::summary(&report));
+    }
     let outcome = reconcile::apply(dir, &observations, chrono::Utc::now(), Mode::Write)?;
     let failed = super::plan::report_errors(&outcome);
     for change in &outcome.changes {

@@ -3,7 +3,9 @@
 //! Exit codes: 0 success, 1 failure (including any manifest or resolution error), 2 usage.
 
 mod check;
+mod copy;
 mod lock;
+mod mirror;
 mod plan;
 mod serve;
 
@@ -67,6 +69,31 @@ pub enum Command {
         /// Commit the changed lock files (nothing changed: no commit).
         #[arg(long)]
         commit: bool,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Make the mirror hold everything the locks pin: prints the sets already present, to
+    /// copy and missing at the source, then copies.
+    Mirror {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Print the three sets; copy nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Copy one image between registries, digest preserved (`registry/repo:tag` or `@sha256:...`).
+    Copy {
+        source: String,
+        destination: String,
+        /// For a multi-arch image, copy the index and every platform (default: only this
+        /// machine's platform, or --platform).
+        #[arg(long)]
+        all: bool,
+        /// The platform to copy from a multi-arch image, `os/arch[/variant]`.
+        #[arg(long, conflicts_with = "all")]
+        platform: Option<crate::reference::Platform>,
         #[command(flatten)]
         registry: RegistryArgs,
     },
@@ -160,6 +187,18 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             commit,
             registry,
         } => lock::run(&dir, commit, &registry).await,
+        Command::Mirror {
+            dir,
+            dry_run,
+            registry,
+        } => mirror::run(&dir, dry_run, &registry).await,
+        Command::Copy {
+            source,
+            destination,
+            all,
+            platform,
+            registry,
+        } => copy::run(&source, &destination, all, platform.as_ref(), &registry).await,
         Command::Serve(args) => serve::run(*args).await,
     }
 }

@@ -15,6 +15,8 @@ use super::{DaemonConfig, DaemonError, Trigger};
 use crate::git::{self, Author, Checkout, GitAuth, GitTimeouts, PushResult, RemoteSpec};
 use crate::lock;
 use crate::manifest::{self, LoadedRepo, RegistrySettings, RepoConfig};
+use crate::mirror::progress::Silent;
+use crate::mirror::{EngineOptions, MirrorEngine};
 use crate::reconcile::{self, Mode, Observations};
 use crate::registry::RegistryClient;
 
@@ -160,10 +162,31 @@ impl Reconciler {
         };
         // Resolving has no side effects: on shutdown, drop it rather than wait for slow
         // registries (`run` waits for this loop to end).
-        let observations = tokio::select! {
+        let mut observations = tokio::select! {
             observations = reconcile::observe(&client, &worktree, &repo, &in_due) => observations,
             _ = shutdown.cancelled() => return,
         };
+        if repo
+            .sets
+            .iter()
+            .any(|set| set.images.iter().any(|spec| spec.mirror))
+        {
+            // One engine per pass: blobs shared by images are copied once. Dropping a copy
+            // on shutdown is safe: the registry keeps only complete, verified content.
+            let engine =
+                MirrorEngine::new(client.clone(), EngineOptions::default(), Arc::new(Silent));
+            let report = tokio::select! {
+                report = reconcile::mirror(&engine, &worktree, &repo, &mut observations, now) => report,
+                _ = shutdown.cancelled() => return,
+            };
+            tracing::info!(
+                manifests = report.manifests_pushed,
+                blobs = report.blobs_uploaded,
+                bytes = report.bytes_uploaded,
+                mounted = report.blobs_mounted,
+                "mirror pass done"
+            );
+        }
         self.scheduler.attempted(&due, now);
         self.attempts.record(observations.attempts(), now);
 

@@ -109,3 +109,37 @@ impl MirrorError {
         }
     }
 }
+
+/// Where `request` stands: present when the destination already has the digest under every
+/// requested tag (or by digest when there are none); otherwise to copy, or missing when the
+/// source lacks it. One HEAD per tag when present: the warm path stays cheap.
+pub async fn standing(
+    client: &crate::registry::RegistryClient,
+    request: &CopyRequest,
+) -> Result<plan::Standing, MirrorError> {
+    let references: Vec<&str> = if request.tags.is_empty() {
+        vec![request.digest.as_str()]
+    } else {
+        request.tags.iter().map(String::as_str).collect()
+    };
+    let mut present = true;
+    for reference in references {
+        let head = client
+            .head_manifest(&request.destination, reference)
+            .await?;
+        if head.is_none_or(|h| h.digest != request.digest) {
+            present = false;
+            break;
+        }
+    }
+    if present {
+        return Ok(plan::Standing::Present);
+    }
+    match client
+        .head_manifest(&request.source, request.digest.as_str())
+        .await?
+    {
+        Some(_) => Ok(plan::Standing::ToCopy),
+        None => Ok(plan::Standing::MissingAtSource),
+    }
+}
