@@ -2,7 +2,8 @@
 """Push small synthetic images to a local registry over plain HTTP, for the demo.
 
 Usage:
-  seed-images.py HOST REPO:TAG[,TAG...] [--platforms linux/amd64,linux/arm64] [--layers N] [--seed S]
+  seed-images.py HOST REPO:TAG[,TAG...] [--platforms linux/amd64,linux/arm64] [--layers N]
+                 [--seed S] [--layer-size BYTES]
 
 Each call pushes one image (an OCI index when more than one platform is given) and points
 every listed tag at it. Prints the manifest digest. Standard library only, so the demo runs
@@ -63,12 +64,19 @@ def push_manifest(host, repo, reference, body, media_type):
     return digest(body)
 
 
-def image(host, repo, platform, layers, seed):
+def layer_bytes(seed, platform, index, size):
+    """Same seed, same bytes, same digests (the example repo names a digest). With a size,
+    incompressible bytes of that size (random: for benchmarks)."""
+    if size:
+        return os.urandom(size)
+    return hashlib.sha256(f"{seed}-{platform}-{index}".encode()).digest() * 64
+
+
+def image(host, repo, platform, layers, seed, layer_size=0):
     os_name, arch, *variant = platform.split("/")
     layer_descs = []
     for i in range(layers):
-        # Same seed, same bytes, same digests: the example repo can name a digest.
-        data = hashlib.sha256(f"{seed}-{platform}-{i}".encode()).digest() * 64
+        data = layer_bytes(seed, platform, i, layer_size)
         layer_descs.append(
             {"mediaType": OCI_LAYER, "digest": push_blob(host, repo, data), "size": len(data)}
         )
@@ -101,6 +109,7 @@ def main():
     parser.add_argument("--platforms", default="linux/amd64")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--seed", default="")
+    parser.add_argument("--layer-size", type=int, default=0, help="random layers of this many bytes")
     args = parser.parse_args()
 
     repo, _, tags = args.target.rpartition(":")
@@ -108,12 +117,12 @@ def main():
     seed = args.seed or os.urandom(8).hex()
     platforms = args.platforms.split(",")
     if len(platforms) == 1:
-        body = image(args.host, repo, platforms[0], args.layers, seed)
+        body = image(args.host, repo, platforms[0], args.layers, seed, args.layer_size)
         media_type = OCI_MANIFEST
     else:
         children = []
         for platform in platforms:
-            child = image(args.host, repo, platform, args.layers, seed)
+            child = image(args.host, repo, platform, args.layers, seed, args.layer_size)
             child_digest = push_manifest(args.host, repo, digest(child), child, OCI_MANIFEST)
             os_name, arch, *variant = platform.split("/")
             entry = {"os": os_name, "architecture": arch}
