@@ -5,4 +5,5 @@ mod common;
 mod daemon;
 mod git;
 mod lock;
+mod mirror_engine;
 mod registry;
