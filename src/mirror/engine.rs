@@ -258,7 +258,7 @@ impl MirrorEngine {
             .await?;
             return Ok(report);
         }
-        let manifest = self.fetch_source(source, &request.digest).await?;
+        let manifest = self.fetch(source, &request.digest).await?;
         self.push_manifest(
             source,
             destination,
@@ -318,14 +318,6 @@ impl MirrorEngine {
                 repo: repo.clone(),
                 digest: digest.clone(),
             })
-    }
-
-    async fn fetch_source(
-        &self,
-        source: &ImageRepo,
-        digest: &Digest,
-    ) -> Result<FetchedManifest, MirrorError> {
-        self.fetch(source, digest).await
     }
 
     /// Makes `manifest` (fetched from `source`) present in `destination` by digest: an

@@ -610,3 +610,35 @@ async fn refused_monolithic_put_falls_back_to_chunked_patch() {
     );
     assert_pullable(&destination.host(), "m/web", &digest).await;
 }
+
+#[tokio::test]
+async fn refused_write_carries_the_registry_message() {
+    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
+    let proxy = FaultProxy::start(&destination.host()).await;
+    let (src, dst) = (source.host(), proxy.host());
+    let image = push_image(&src, "team/web", "1.0", ImageSpec::small("linux/amd64")).await;
+    proxy.add_rule(
+        "^POST /v2/m/web/blobs/uploads/",
+        Fault::Respond {
+            status: 403,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: r#"{"errors":[{"code":"DENIED","message":"storage quota exceeded"}]}"#.into(),
+        },
+        None,
+    );
+    let error = mk_engine(&[&src, &dst])
+        .copy(&mk_request(
+            &mk_repo(&src, "team/web"),
+            &image.digest,
+            &mk_repo(&dst, "m/web"),
+            &[],
+        ))
+        .await
+        .expect_err("the destination refuses uploads");
+    assert_eq!(error.metric_label(), "denied");
+    assert!(
+        error.to_string().contains("DENIED: storage quota exceeded"),
+        "{error}"
+    );
+    assert_eq!(proxy.count("^PUT "), 0, "nothing pushed after the refusal");
+}
