@@ -229,6 +229,7 @@ pub async fn transfer(
     chunked: &AtomicBool,
 ) -> Result<Transferred, MirrorError> {
     let mut done = Transferred::default();
+    let mut reauthenticated = false;
     loop {
         done.attempts += 1;
         let last_attempt = done.attempts >= MAX_ATTEMPTS;
@@ -320,6 +321,14 @@ pub async fn transfer(
                 .into());
             }
             (Err(_), PullEnd::Source(e)) => e,
+            // The token expired while the transfer waited; the registry's challenge has been
+            // answered, so one more attempt goes out with a fresh token.
+            (Err(e @ RegistryError::Unauthorized { .. }), _) if !reauthenticated => {
+                reauthenticated = true;
+                client.cancel_upload(&session).await;
+                tracing::debug!(destination = %blob.destination, "upload refused ({e}); retrying with a new token");
+                continue;
+            }
             (Err(e), _) => {
                 if mode == UploadMode::Monolithic && refuses_monolithic(&e) {
                     tracing::info!(

@@ -56,6 +56,8 @@ impl std::fmt::Debug for TransferSlots {
 pub struct UploadSession {
     repo: ImageRepo,
     url: Url,
+    /// The auth scope the session was opened with; its requests use the same cached token.
+    scope: String,
 }
 
 impl UploadSession {
@@ -295,6 +297,7 @@ impl RegistryClient {
             StatusCode::ACCEPTED | StatusCode::CREATED => Ok(UploadStart::Session(UploadSession {
                 repo: repo.clone(),
                 url: self.upload_location(&target, &endpoint, &url, &response)?,
+                scope: endpoint.scope.clone(),
             })),
             _ => Err(write_error(&target, &response)),
         }
@@ -330,7 +333,8 @@ impl RegistryClient {
 
     /// Streams `body` (exactly `size` bytes) into `session` and commits it as `digest`. One
     /// attempt: a streamed body cannot be sent twice, so the caller retries with a new
-    /// session. A body that ends with an error aborts the request before its last bytes and
+    /// session. A 401 (a token that expired since the session opened) is answered for the
+    /// next attempt and returned as [`RegistryError::Unauthorized`]. A body that ends with an error aborts the request before its last bytes and
     /// the registry commits nothing. A refusal of the mode itself (405, 411, 413, 415, 501,
     /// or 400 `BLOB_UPLOAD_INVALID`/`SIZE_INVALID` on a monolithic PUT) comes back as the
     /// registry's error; try [`UploadMode::Chunked`] then.
@@ -348,7 +352,9 @@ impl RegistryClient {
         E: Into<BoxError> + 'static,
     {
         let target = Target::new(&session.repo, Some(digest.as_str()));
-        let (endpoint, _) = self.push_endpoint(&target, &session.repo, "blobs/uploads/", None)?;
+        let (mut endpoint, _) =
+            self.push_endpoint(&target, &session.repo, "blobs/uploads/", None)?;
+        endpoint.scope = session.scope.clone();
         let body = body.map(|item| item.map_err(Into::into));
         let mut url = session.url.clone();
         if mode == UploadMode::Chunked && size > 0 {

@@ -531,10 +531,18 @@ impl Engine {
             })
         };
         let stalled = watch.stalled(self.request_timeout);
-        tokio::select! {
-            result = exchange => result.map_err(|f: Failure| f.into_error(target, watch.idle, 0)),
-            after = stalled => Err(RegistryError::Timeout { target: target.clone(), after }),
+        let response = tokio::select! {
+            result = exchange => result.map_err(|f: Failure| f.into_error(target, watch.idle, 0))?,
+            after = stalled => return Err(RegistryError::Timeout { target: target.clone(), after }),
+        };
+        if response.status == StatusCode::UNAUTHORIZED
+            && let Some(scope) = request.scope
+        {
+            // The body is spent: answer the challenge so the caller's next attempt carries a
+            // valid token, and let the 401 through.
+            self.authenticate(host, target, scope, &response).await?;
         }
+        Ok(response)
     }
 
     /// Sends `request` until it gets a final answer: answers one 401 challenge, retries

@@ -642,3 +642,32 @@ async fn refused_write_carries_the_registry_message() {
     );
     assert_eq!(proxy.count("^PUT "), 0, "nothing pushed after the refusal");
 }
+
+#[tokio::test]
+async fn uploads_to_a_bearer_protected_registry() {
+    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
+    let proxy = FaultProxy::start(&destination.host()).await;
+    proxy.add_rule(
+        ".*",
+        Fault::RequireBearer {
+            token: "push-token".into(),
+            expires_in: 300,
+        },
+        None,
+    );
+    let (src, dst) = (source.host(), proxy.host());
+    let image = push_image(&src, "team/web", "1.0", ImageSpec::small("linux/amd64")).await;
+    let report = mk_engine(&[&src, &dst])
+        .copy(&mk_request(
+            &mk_repo(&src, "team/web"),
+            &image.digest,
+            &mk_repo(&dst, "m/web"),
+            &["1.0"],
+        ))
+        .await
+        .expect("copy");
+    assert_eq!(report.blobs_uploaded, 2);
+    let uploads = proxy.requests_matching("^PUT /v2/m/web/blobs/uploads/");
+    assert_eq!(uploads.len(), 2, "one streamed PUT per blob, never resent");
+    assert!(uploads.iter().all(|s| s.authorized && s.status == 201));
+}
