@@ -1,9 +1,38 @@
-//! The copy engine (being written).
+//! The copy engine: images by digest from a source repository into a destination, bytes
+//! unchanged.
+//!
+//! Per image: HEAD the destination manifest (same digest: done, only the tags are checked);
+//! otherwise fetch the source manifest by digest (verified), copy an index's children first
+//! and the index last, an image's blobs (largest first) before its manifest, every manifest
+//! PUT verbatim so its digest is preserved; then the tags and the referrers (cosign tags and
+//! the OCI referrers API).
+//!
+//! Per run (one engine): each distinct blob is copied once per destination registry, however
+//! many images share it: the first image to need it does the work and the others wait for its
+//! outcome (a blob that landed in another repository of the same registry is mounted from
+//! there). Blob transfers in flight are bounded by `blobs_in_flight`; per-host connection
+//! limits come from the client.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
+use futures_util::StreamExt as _;
+use futures_util::future::join_all;
+use tokio::sync::{OnceCell, Semaphore};
+
+use super::blob::{self, Blob};
 use super::progress::Progress;
-use crate::registry::RegistryClient;
+use super::{CopyReport, CopyRequest, MirrorError};
+use crate::reference::{Digest, ImageRepo, Platform};
+use crate::registry::{
+    Descriptor, FetchedManifest, ImageIndex, ParsedManifest, RegistryClient, UploadStart,
+};
+
+/// The registry code for a manifest that names a blob or child manifest the registry lacks.
+const MANIFEST_BLOB_UNKNOWN: &str = "MANIFEST_BLOB_UNKNOWN";
+/// BuildKit names the image an attestation manifest is about in this annotation.
+const DOCKER_REFERENCE_DIGEST: &str = "vnd.docker.reference.digest";
 
 /// Limits for one engine.
 #[derive(Debug, Clone, Copy)]
@@ -23,11 +52,127 @@ impl Default for EngineOptions {
     }
 }
 
+/// Where a blob landed in a destination registry, or why it did not (shared with every image
+/// of the run that needs it).
+type BlobOutcome = Result<ImageRepo, Arc<str>>;
+/// The blobs of a run: per (destination registry, digest), its one copy; per (destination
+/// repository, digest), its one mount from where that copy landed.
+type BlobCells = HashMap<(String, Digest), Arc<OnceCell<BlobOutcome>>>;
+
 /// Copies images between registries; one per run so blobs are deduplicated across images.
 pub struct MirrorEngine {
-    client: RegistryClient,
+    pub(super) client: RegistryClient,
     options: EngineOptions,
-    progress: Arc<dyn Progress>,
+    pub(super) progress: Arc<dyn Progress>,
+    /// Bounds blob transfers across the run; FIFO, so an image's blobs start in the order
+    /// asked (largest first).
+    transfers: Semaphore,
+    /// Per (destination registry, digest): the one copy of that blob in this run.
+    blobs: Mutex<BlobCells>,
+    /// Per destination registry: whether it refused a monolithic PUT (then: chunked PATCH).
+    chunked: Mutex<HashMap<String, Arc<AtomicBool>>>,
+}
+
+impl std::fmt::Debug for MirrorEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MirrorEngine")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who landed a blob: this caller (with its own result and error), or another image of the
+/// run (its shared outcome).
+enum Landing {
+    Mine(Result<CopyReport, MirrorError>),
+    Theirs(BlobOutcome),
+}
+
+/// Runs `land` unless another caller already did (or is doing) it for `cell`.
+async fn once<F, Fut>(cell: &OnceCell<BlobOutcome>, destination: &ImageRepo, land: F) -> Landing
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<CopyReport, MirrorError>>,
+{
+    let mut mine = None;
+    let outcome = cell
+        .get_or_init(|| async {
+            let result = land().await;
+            let outcome = match &result {
+                Ok(_) => Ok(destination.clone()),
+                Err(e) => Err(Arc::from(e.to_string())),
+            };
+            mine = Some(result);
+            outcome
+        })
+        .await
+        .clone();
+    match mine {
+        Some(result) => Landing::Mine(result),
+        None => Landing::Theirs(outcome),
+    }
+}
+
+/// True when the index child `platform` satisfies a required `want`: a requirement without a
+/// variant accepts any variant (`linux/arm64` matches `linux/arm64/v8`).
+fn platform_matches(have: &Platform, want: &Platform) -> bool {
+    have.os == want.os
+        && have.architecture == want.architecture
+        && (want.variant.is_none() || have.variant == want.variant)
+}
+
+/// Splits an index's children into those `platforms` require (with their attestations) and
+/// the rest; every child is required when `platforms` is empty. A required platform that no
+/// child has is returned in the error string.
+fn split_children<'a>(
+    index: &'a ImageIndex,
+    platforms: &[Platform],
+) -> Result<(Vec<&'a Descriptor>, Vec<&'a Descriptor>), String> {
+    if platforms.is_empty() {
+        return Ok((index.manifests.iter().collect(), Vec::new()));
+    }
+    let missing: Vec<String> = platforms
+        .iter()
+        .filter(|want| {
+            !index
+                .platform_manifests()
+                .any(|(have, _)| platform_matches(have, want))
+        })
+        .map(Platform::to_string)
+        .collect();
+    if !missing.is_empty() {
+        return Err(missing.join(", "));
+    }
+    let wanted: HashSet<&Digest> = index
+        .platform_manifests()
+        .filter(|(have, _)| platforms.iter().any(|want| platform_matches(have, want)))
+        .map(|(_, d)| &d.digest)
+        .collect();
+    let (required, rest) = index.manifests.iter().partition(|d| {
+        wanted.contains(&d.digest)
+            || d.annotations
+                .get(DOCKER_REFERENCE_DIGEST)
+                .and_then(|r| r.parse::<Digest>().ok())
+                .is_some_and(|r| wanted.contains(&r))
+    });
+    Ok((required, rest))
+}
+
+/// Adds the reports of `results` to `report`; returns the first error.
+fn sum_reports(
+    results: Vec<Result<CopyReport, MirrorError>>,
+    report: &mut CopyReport,
+) -> Option<MirrorError> {
+    let mut first_error = None;
+    for result in results {
+        match result {
+            Ok(part) => report.add(&part),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    first_error
 }
 
 impl MirrorEngine {
@@ -40,6 +185,439 @@ impl MirrorEngine {
             client,
             options,
             progress,
+            transfers: Semaphore::new(options.blobs_in_flight.max(1)),
+            blobs: Mutex::new(HashMap::new()),
+            chunked: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether the destination already has the manifest (a HEAD answers with its digest).
+    pub async fn is_present(&self, request: &CopyRequest) -> Result<bool, MirrorError> {
+        Ok(self
+            .client
+            .head_manifest(&request.destination, request.digest.as_str())
+            .await?
+            .is_some_and(|d| d.digest == request.digest))
+    }
+
+    /// Whether the source still has the manifest.
+    pub async fn exists_at_source(&self, request: &CopyRequest) -> Result<bool, MirrorError> {
+        Ok(self
+            .client
+            .head_manifest(&request.source, request.digest.as_str())
+            .await?
+            .is_some_and(|d| d.digest == request.digest))
+    }
+
+    /// Copies every request, `images_in_flight` at a time, sharing blobs across them. Results
+    /// come back in the order of `requests`.
+    pub async fn copy_all(
+        &self,
+        requests: Vec<CopyRequest>,
+    ) -> Vec<(CopyRequest, Result<CopyReport, MirrorError>)> {
+        futures_util::stream::iter(requests)
+            .map(|request| async move {
+                let result = self.copy(&request).await;
+                (request, result)
+            })
+            .buffered(self.options.images_in_flight.max(1))
+            .collect()
+            .await
+    }
+
+    /// Copies one image (manifest, children, blobs, tags, referrers) unless the destination
+    /// already has it, in which case only its tags are checked.
+    pub async fn copy(&self, request: &CopyRequest) -> Result<CopyReport, MirrorError> {
+        let name = format!("{}@{}", request.destination, request.digest);
+        self.progress.image_started(&name);
+        let result = self.copy_image(request).await;
+        self.progress.image_finished(&name, result.is_ok());
+        if let Err(e) = &result {
+            tracing::debug!(image = %name, "copy failed: {e}");
+        }
+        result
+    }
+
+    async fn copy_image(&self, request: &CopyRequest) -> Result<CopyReport, MirrorError> {
+        let mut report = CopyReport::default();
+        let (source, destination) = (&request.source, &request.destination);
+        let present = self
+            .client
+            .head_manifest(destination, request.digest.as_str())
+            .await?
+            .is_some_and(|d| d.digest == request.digest);
+        if present {
+            report.manifests_present += 1;
+            self.ensure_tags(
+                destination,
+                &request.digest,
+                &request.tags,
+                None,
+                &mut report,
+            )
+            .await?;
+            return Ok(report);
+        }
+        let manifest = self.fetch(source, &request.digest).await?;
+        self.push_manifest(
+            source,
+            destination,
+            &manifest,
+            &request.platforms,
+            &mut report,
+        )
+        .await?;
+        for tag in &request.tags {
+            self.client
+                .put_manifest(destination, tag, &manifest.media_type, &manifest.bytes)
+                .await?;
+            report.manifests_pushed += 1;
+        }
+        self.copy_referrers(source, destination, &request.digest, &mut report)
+            .await?;
+        Ok(report)
+    }
+
+    /// Points each of `tags` at `digest` in `repo` where it does not already (HEAD per tag,
+    /// then a PUT of the manifest bytes, fetched from `repo` itself when not given).
+    pub(super) async fn ensure_tags(
+        &self,
+        repo: &ImageRepo,
+        digest: &Digest,
+        tags: &[String],
+        mut manifest: Option<FetchedManifest>,
+        report: &mut CopyReport,
+    ) -> Result<(), MirrorError> {
+        for tag in tags {
+            let current = self.client.head_manifest(repo, tag).await?;
+            if current.is_some_and(|d| d.digest == *digest) {
+                continue;
+            }
+            let manifest = match manifest.as_ref() {
+                Some(manifest) => manifest,
+                None => manifest.insert(self.fetch(repo, digest).await?),
+            };
+            self.client
+                .put_manifest(repo, tag, &manifest.media_type, &manifest.bytes)
+                .await?;
+            report.manifests_pushed += 1;
+        }
+        Ok(())
+    }
+
+    /// A manifest by digest from `repo`, verified; missing is [`MirrorError::MissingAtSource`].
+    pub(super) async fn fetch(
+        &self,
+        repo: &ImageRepo,
+        digest: &Digest,
+    ) -> Result<FetchedManifest, MirrorError> {
+        self.client
+            .get_manifest(repo, digest.as_str())
+            .await?
+            .ok_or_else(|| MirrorError::MissingAtSource {
+                repo: repo.clone(),
+                digest: digest.clone(),
+            })
+    }
+
+    /// Makes `manifest` (fetched from `source`) present in `destination` by digest: an
+    /// image's blobs then the image; an index's children then the index.
+    pub(super) async fn push_manifest(
+        &self,
+        source: &ImageRepo,
+        destination: &ImageRepo,
+        manifest: &FetchedManifest,
+        platforms: &[Platform],
+        report: &mut CopyReport,
+    ) -> Result<(), MirrorError> {
+        let invalid = |reason: String| MirrorError::InvalidManifest {
+            repo: source.clone(),
+            digest: manifest.digest.clone(),
+            reason,
+        };
+        let parsed = manifest.parse().map_err(|e| invalid(e.to_string()))?;
+        match parsed {
+            ParsedManifest::Image(image) => {
+                let mut blobs: Vec<&Descriptor> = Vec::new();
+                for descriptor in std::iter::once(&image.config).chain(&image.layers) {
+                    if !blobs.iter().any(|b| b.digest == descriptor.digest) {
+                        blobs.push(descriptor);
+                    }
+                }
+                // Largest first: the long transfers start early and the run ends sooner.
+                blobs.sort_by_key(|b| std::cmp::Reverse(b.size));
+                let results =
+                    join_all(blobs.iter().map(|d| self.copy_blob(source, destination, d))).await;
+                if let Some(e) = sum_reports(results, report) {
+                    return Err(e);
+                }
+                self.put_by_digest(destination, manifest).await?;
+                report.manifests_pushed += 1;
+            }
+            ParsedManifest::Index(index) => {
+                let (required, rest) = split_children(&index, platforms).map_err(|missing| {
+                    MirrorError::MissingPlatforms {
+                        repo: source.clone(),
+                        digest: manifest.digest.clone(),
+                        missing,
+                    }
+                })?;
+                self.copy_children(source, destination, &required, report)
+                    .await?;
+                match self.put_by_digest(destination, manifest).await {
+                    Ok(()) => {}
+                    // Registries that insist on every child (distribution does) get them all;
+                    // the index itself, and so its digest, stays as it is.
+                    Err(e) if !rest.is_empty() && e.code() == Some(MANIFEST_BLOB_UNKNOWN) => {
+                        tracing::debug!(
+                            %destination, digest = %manifest.digest,
+                            "the registry wants every child of the index; copying the other {}",
+                            rest.len()
+                        );
+                        self.copy_children(source, destination, &rest, report)
+                            .await?;
+                        self.put_by_digest(destination, manifest).await?;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                report.manifests_pushed += 1;
+            }
+        }
+        Ok(())
+    }
+
+    async fn put_by_digest(
+        &self,
+        destination: &ImageRepo,
+        manifest: &FetchedManifest,
+    ) -> Result<(), crate::registry::RegistryError> {
+        self.client
+            .put_manifest(
+                destination,
+                manifest.digest.as_str(),
+                &manifest.media_type,
+                &manifest.bytes,
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Copies the child manifests of an index (each complete), concurrently.
+    async fn copy_children(
+        &self,
+        source: &ImageRepo,
+        destination: &ImageRepo,
+        children: &[&Descriptor],
+        report: &mut CopyReport,
+    ) -> Result<(), MirrorError> {
+        let results = join_all(children.iter().map(|child| async move {
+            let mut part = CopyReport::default();
+            self.copy_by_digest(source, destination, &child.digest, &mut part)
+                .await?;
+            Ok(part)
+        }))
+        .await;
+        sum_reports(results, report).map_or(Ok(()), Err)
+    }
+
+    /// Makes the manifest `digest` present in `destination` unless it already is.
+    pub(super) async fn copy_by_digest(
+        &self,
+        source: &ImageRepo,
+        destination: &ImageRepo,
+        digest: &Digest,
+        report: &mut CopyReport,
+    ) -> Result<(), MirrorError> {
+        let present = self
+            .client
+            .head_manifest(destination, digest.as_str())
+            .await?
+            .is_some_and(|d| d.digest == *digest);
+        if present {
+            report.manifests_present += 1;
+            return Ok(());
+        }
+        let manifest = self.fetch(source, digest).await?;
+        Box::pin(self.push_manifest(source, destination, &manifest, &[], report)).await
+    }
+
+    /// One blob of an image, copied at most once per destination registry in this run: the
+    /// first image to need it lands it in its repository; an image bound for another
+    /// repository of that registry then mounts it from there (once per repository too).
+    async fn copy_blob(
+        &self,
+        source: &ImageRepo,
+        destination: &ImageRepo,
+        descriptor: &Descriptor,
+    ) -> Result<CopyReport, MirrorError> {
+        let digest = &descriptor.digest;
+        let first = self.cell(destination.registry.clone(), digest);
+        let landed = match once(&first, destination, || {
+            self.land_blob(source, destination, descriptor, None)
+        })
+        .await
+        {
+            Landing::Mine(result) => return result,
+            Landing::Theirs(landed) => landed.map_err(|reason| MirrorError::SharedBlob {
+                digest: digest.clone(),
+                reason,
+            })?,
+        };
+        if landed == *destination {
+            return Ok(CopyReport {
+                blobs_present: 1,
+                ..CopyReport::default()
+            });
+        }
+        // Another image of this run put it in another repository of this registry.
+        let here = self.cell(format!("{destination}"), digest);
+        match once(&here, destination, || {
+            self.land_blob(source, destination, descriptor, Some(&landed))
+        })
+        .await
+        {
+            Landing::Mine(result) => result,
+            Landing::Theirs(Ok(_)) => Ok(CopyReport {
+                blobs_present: 1,
+                ..CopyReport::default()
+            }),
+            Landing::Theirs(Err(reason)) => Err(MirrorError::SharedBlob {
+                digest: digest.clone(),
+                reason,
+            }),
+        }
+    }
+
+    /// The run's cell for `digest` under `scope` (a registry, or a repository).
+    fn cell(&self, scope: String, digest: &Digest) -> Arc<OnceCell<BlobOutcome>> {
+        let mut blobs = self.blobs.lock().unwrap_or_else(|e| e.into_inner());
+        blobs.entry((scope, digest.clone())).or_default().clone()
+    }
+
+    /// Makes one blob present in `destination`: present already, mounted (from `mount_from`,
+    /// or from the source when it is on the same registry), or streamed from the source.
+    async fn land_blob(
+        &self,
+        source: &ImageRepo,
+        destination: &ImageRepo,
+        descriptor: &Descriptor,
+        mount_from: Option<&ImageRepo>,
+    ) -> Result<CopyReport, MirrorError> {
+        let digest = &descriptor.digest;
+        if self
+            .client
+            .blob_exists(destination, digest)
+            .await?
+            .is_some()
+        {
+            return Ok(CopyReport {
+                blobs_present: 1,
+                ..CopyReport::default()
+            });
+        }
+        let same_registry = source.registry == destination.registry && source != destination;
+        let mount_from = mount_from.or(same_registry.then_some(source));
+        let mounted = CopyReport {
+            blobs_mounted: 1,
+            ..CopyReport::default()
+        };
+        let session = match mount_from {
+            Some(from) => match self
+                .client
+                .start_upload(destination, Some((digest, from)))
+                .await?
+            {
+                UploadStart::Mounted => return Ok(mounted),
+                UploadStart::Session(session) => Some(session),
+            },
+            None => None,
+        };
+        let _permit = self
+            .transfers
+            .acquire()
+            .await
+            .map_err(|_| MirrorError::SharedBlob {
+                digest: digest.clone(),
+                reason: Arc::from("the engine is shutting down"),
+            })?;
+        let chunked = {
+            let mut chunked = self.chunked.lock().unwrap_or_else(|e| e.into_inner());
+            chunked
+                .entry(destination.registry.clone())
+                .or_default()
+                .clone()
+        };
+        self.progress.blob_started(digest, descriptor.size);
+        let blob = Blob {
+            source,
+            destination,
+            digest,
+            size: descriptor.size,
+        };
+        let result = blob::transfer(&self.client, &self.progress, &blob, session, &chunked).await;
+        self.progress.blob_finished(digest);
+        let done = result?;
+        if done.mounted {
+            return Ok(mounted);
+        }
+        Ok(CopyReport {
+            blobs_uploaded: 1,
+            bytes_uploaded: descriptor.size,
+            ..CopyReport::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mk_index(children: &[(&str, char)]) -> ImageIndex {
+        let manifests = children
+            .iter()
+            .map(|(platform, c)| {
+                let digest = format!("sha256:{}", c.to_string().repeat(64));
+                format!(
+                    r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{digest}","size":1,"platform":{}}}"#,
+                    match platform.split('/').collect::<Vec<_>>()[..] {
+                        [os, arch] => format!(r#"{{"os":"{os}","architecture":"{arch}"}}"#),
+                        [os, arch, v] =>
+                            format!(r#"{{"os":"{os}","architecture":"{arch}","variant":"{v}"}}"#),
+                        _ => unreachable!(),
+                    }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        serde_json::from_str(&format!(
+            r#"{{"schemaVersion":2,"manifests":[{manifests}]}}"#
+        ))
+        .unwrap()
+    }
+
+    fn mk_platforms(list: &[&str]) -> Vec<Platform> {
+        list.iter().map(|p| p.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn children_split_by_required_platforms() {
+        let index = mk_index(&[
+            ("linux/amd64", 'a'),
+            ("linux/arm64/v8", 'b'),
+            ("linux/s390x", 'c'),
+        ]);
+        let (all, none) = split_children(&index, &[]).unwrap();
+        assert_eq!((all.len(), none.len()), (3, 0));
+        let (required, rest) =
+            split_children(&index, &mk_platforms(&["linux/arm64", "linux/amd64"])).unwrap();
+        let first: Vec<char> = required
+            .iter()
+            .map(|d| d.digest.hex().chars().next().unwrap())
+            .collect();
+        assert_eq!(first, ['a', 'b']);
+        assert_eq!(rest.len(), 1);
+        let missing =
+            split_children(&index, &mk_platforms(&["linux/arm/v7", "linux/amd64"])).unwrap_err();
+        assert_eq!(missing, "linux/arm/v7");
     }
 }

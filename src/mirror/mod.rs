@@ -1,15 +1,18 @@
 //! Mirroring: copy pinned images into the configured registry with their bytes unchanged.
 //!
 //! - `engine`: copies images by digest. Manifests are copied verbatim, blobs are streamed,
-//!   hashed while streaming and deduplicated across a run.
+//!   hashed while streaming and deduplicated across a run (`blob`: one verified, resumable
+//!   transfer; `referrers`: signatures, attestations and SBOMs copied along).
 //! - `layout`: where each image goes in the mirror (`imagelock.yaml` `mirror:`), pure.
 //! - `plan`: what is already present, what to copy, what is missing at the source, pure.
 //! - `progress`: bars on a terminal, summary lines when piped.
 
+mod blob;
 mod engine;
 pub mod layout;
 pub mod plan;
 pub mod progress;
+mod referrers;
 
 use std::sync::Arc;
 

@@ -61,6 +61,16 @@ pub enum RegistryError {
         status: u16,
         message: String,
     },
+    /// A write (blob upload, manifest push) the registry refused with a 4xx other than
+    /// 401/403/404, with the registry's first error code (`MANIFEST_BLOB_UNKNOWN`,
+    /// `DIGEST_INVALID`, `SIZE_INVALID`, `BLOB_UPLOAD_INVALID`, a quota code...) and message.
+    #[error("{target}: rejected (HTTP {status}){}", detail(message))]
+    Rejected {
+        target: Target,
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("{target}: no complete response within {}s", after.as_secs_f32())]
     Timeout { target: Target, after: Duration },
     /// No connection: refused, DNS, TLS handshake.
@@ -118,6 +128,7 @@ impl RegistryError {
             RegistryError::NotFound { .. } => "not_found",
             RegistryError::Http { status, .. } if *status >= 500 => "server_error",
             RegistryError::Http { .. } => "http_error",
+            RegistryError::Rejected { .. } => "rejected",
             RegistryError::Timeout { .. } => "timeout",
             RegistryError::Connect { .. } => "connect",
             RegistryError::Network { .. } => "network",
@@ -149,12 +160,20 @@ impl RegistryError {
     /// The HTTP status behind the error, when there was a response.
     pub fn status(&self) -> Option<u16> {
         match self {
-            RegistryError::Unauthorized { status, .. } | RegistryError::Http { status, .. } => {
-                Some(*status)
-            }
+            RegistryError::Unauthorized { status, .. }
+            | RegistryError::Http { status, .. }
+            | RegistryError::Rejected { status, .. } => Some(*status),
             RegistryError::Denied { .. } => Some(403),
             RegistryError::NotFound { .. } => Some(404),
             RegistryError::TooManyRequests { .. } => Some(429),
+            _ => None,
+        }
+    }
+
+    /// The registry's error code (`MANIFEST_BLOB_UNKNOWN`, `DENIED`...) of a refused write.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            RegistryError::Rejected { code, .. } if !code.is_empty() => Some(code),
             _ => None,
         }
     }
@@ -166,6 +185,7 @@ impl RegistryError {
             | RegistryError::Denied { target, .. }
             | RegistryError::NotFound { target, .. }
             | RegistryError::Http { target, .. }
+            | RegistryError::Rejected { target, .. }
             | RegistryError::Timeout { target, .. }
             | RegistryError::Connect { target, .. }
             | RegistryError::Network { target, .. }
@@ -193,6 +213,15 @@ struct ErrorEntry {
     code: String,
     #[serde(default)]
     message: String,
+}
+
+/// The first error code of a distribution error body, or `""`.
+pub fn registry_code(body: &[u8]) -> String {
+    serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .and_then(|parsed| parsed.errors.into_iter().find(|e| !e.code.is_empty()))
+        .map(|e| e.code)
+        .unwrap_or_default()
 }
 
 /// Longest piece of a non-JSON error body quoted in an error.
@@ -243,6 +272,8 @@ mod tests {
             registry_message(body),
             "MANIFEST_UNKNOWN: manifest unknown; DENIED"
         );
+        assert_eq!(registry_code(body), "MANIFEST_UNKNOWN");
+        assert_eq!(registry_code(b"<html>"), "");
     }
 
     #[test]

@@ -6,17 +6,18 @@ use std::error::Error as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use reqwest::header::{
-    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER,
-    WWW_AUTHENTICATE,
+    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue,
+    RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use reqwest::{Method, StatusCode, Url};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ClientConfig;
 use super::auth::{self, TokenCache};
 use super::credentials::{Credential, CredentialStore, Secret};
-use super::error::{RegistryError, Target, registry_message};
+use super::error::{RegistryError, Target, registry_code, registry_message};
 use super::retry::{backoff_delay, parse_retry_after};
 use crate::manifest::RegistrySettings;
 use crate::reference::DOCKER_HUB;
@@ -36,7 +37,9 @@ pub(crate) struct Host {
     pub name: String,
     /// `scheme://host[:port]`.
     pub base: Url,
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
+    /// How many permits `permits` started with.
+    capacity: usize,
     spacing: Option<Duration>,
     next_start: Mutex<Instant>,
     credential: Option<Credential>,
@@ -55,6 +58,19 @@ impl Host {
         };
         tokio::time::sleep_until(start.into()).await;
     }
+
+    /// Up to `count` connection slots of this host (never more than it has), held until the
+    /// permit is dropped.
+    pub async fn slots(&self, count: usize) -> Result<OwnedSemaphorePermit, RegistryError> {
+        let count = u32::try_from(count.clamp(1, self.capacity)).unwrap_or(1);
+        self.permits
+            .clone()
+            .acquire_many_owned(count)
+            .await
+            .map_err(|_| RegistryError::Config {
+                reason: "registry client is shutting down".into(),
+            })
+    }
 }
 
 /// One logical request; it may be sent several times.
@@ -71,12 +87,45 @@ pub(crate) struct Request<'a> {
     pub fixed_auth: Option<Secret>,
     /// An `application/x-www-form-urlencoded` body.
     pub form: Option<String>,
+    /// A small body sent as is with its `Content-Type` (manifests); cheap to resend.
+    pub body: Option<(String, Bytes)>,
+    /// More headers (`Range`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Leave a successful response's body unread, in [`Response::stream`]: the request
+    /// timeout then covers only the response head.
+    pub stream: bool,
+    /// Whether to take one of the host's connection permits. `false` when the caller already
+    /// holds slots for this request ([`Host::slots`]) and for token realm requests, which must
+    /// never wait for a permit held by the request they authenticate.
+    pub take_permit: bool,
+}
+
+impl<'a> Request<'a> {
+    /// A request authenticated for `scope`, with no body.
+    pub fn new(target: &'a Target, method: Method, url: Url, scope: &'a str) -> Self {
+        Request {
+            target,
+            method,
+            url,
+            accept: None,
+            max_body: 0,
+            scope: Some(scope),
+            fixed_auth: None,
+            form: None,
+            body: None,
+            headers: Vec::new(),
+            stream: false,
+            take_permit: true,
+        }
+    }
 }
 
 pub(crate) struct Response {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
+    /// With [`Request::stream`] and a success status: the response, its body unread.
+    pub stream: Option<reqwest::Response>,
 }
 
 impl Response {
@@ -87,6 +136,48 @@ impl Response {
     /// The registry's explanation from the body, for errors.
     pub fn message(&self) -> String {
         registry_message(&self.body)
+    }
+}
+
+/// Watches a streaming request body for stalls: the body calls [`IdleWatch::touch`] for each
+/// chunk and [`IdleWatch::finish`] at its end.
+pub(crate) struct IdleWatch {
+    pub idle: Duration,
+    /// Last progress, and when the body ended.
+    state: Mutex<(Instant, Option<Instant>)>,
+}
+
+impl IdleWatch {
+    pub fn new(idle: Duration) -> Self {
+        IdleWatch {
+            idle,
+            state: Mutex::new((Instant::now(), None)),
+        }
+    }
+
+    pub fn touch(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = Instant::now();
+    }
+
+    pub fn finish(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.1.get_or_insert_with(Instant::now);
+    }
+
+    /// Resolves when the body made no progress for `idle`, or when it ended more than
+    /// `answer` ago without an answer; yields the limit that was hit.
+    async fn stalled(&self, answer: Duration) -> Duration {
+        let tick = (self.idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        loop {
+            tokio::time::sleep(tick).await;
+            let (last, finished) = *self.state.lock().unwrap_or_else(|e| e.into_inner());
+            match finished {
+                Some(at) if at.elapsed() > answer => return answer,
+                Some(_) => {}
+                None if last.elapsed() > self.idle => return self.idle,
+                None => {}
+            }
+        }
     }
 }
 
@@ -142,6 +233,14 @@ fn describe(error: reqwest::Error) -> String {
     text
 }
 
+pub(crate) fn classify_error(
+    error: reqwest::Error,
+    target: &Target,
+    timeout: Duration,
+) -> RegistryError {
+    classify(error).into_error(target, timeout, 0)
+}
+
 fn classify(error: reqwest::Error) -> Failure {
     if error.is_timeout() {
         Failure::Timeout
@@ -157,6 +256,7 @@ fn classify(error: reqwest::Error) -> Failure {
 pub(crate) struct Engine {
     http: reqwest::Client,
     request_timeout: Duration,
+    pub idle_timeout: Duration,
     max_attempts: u32,
     backoff_base: Duration,
     max_retry_after: Duration,
@@ -213,6 +313,7 @@ impl Engine {
         Ok(Engine {
             http,
             request_timeout: config.request_timeout,
+            idle_timeout: config.idle_timeout,
             max_attempts: config.max_attempts,
             backoff_base: config.backoff_base,
             max_retry_after: config.max_retry_after,
@@ -256,10 +357,12 @@ impl Engine {
             Some(name) => self.credentials.by_name(name).cloned(),
             None => self.credentials.for_registry(registry).cloned(),
         };
+        let concurrency = settings.concurrency.unwrap_or(DEFAULT_CONCURRENCY).max(1);
         let host = Arc::new(Host {
             name: registry.to_owned(),
             base,
-            permits: Semaphore::new(settings.concurrency.unwrap_or(DEFAULT_CONCURRENCY)),
+            permits: Arc::new(Semaphore::new(concurrency)),
+            capacity: concurrency,
             spacing: settings
                 .rate_limit
                 .map(|per_second| Duration::from_secs(1) / per_second.max(1)),
@@ -270,36 +373,35 @@ impl Engine {
         Ok(host)
     }
 
-    /// Sends once: waits for a permit and a start slot, then the request and its whole body
-    /// within the request timeout.
+    /// Sends once: waits for a permit (unless the caller holds one) and a start slot, then the
+    /// request and its whole body within the request timeout.
     async fn once(
         &self,
         host: &Host,
         request: &Request<'_>,
         auth: Option<&Secret>,
     ) -> Result<Response, Failure> {
-        let _permit = host
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| Failure::Invalid("client is shutting down".into()))?;
+        let _permit = if request.take_permit {
+            Some(
+                host.permits
+                    .acquire()
+                    .await
+                    .map_err(|_| Failure::Invalid("client is shutting down".into()))?,
+            )
+        } else {
+            None
+        };
         host.pace().await;
-        let mut builder = self
-            .http
-            .request(request.method.clone(), request.url.clone());
-        if let Some(accept) = request.accept {
-            builder = builder.header(ACCEPT, accept);
-        }
-        if let Some(auth) = auth {
-            let mut value = HeaderValue::from_str(auth.expose())
-                .map_err(|_| Failure::Invalid("credential is not a valid header value".into()))?;
-            value.set_sensitive(true);
-            builder = builder.header(AUTHORIZATION, value);
-        }
+        let mut builder = self.builder(request, auth)?;
         if let Some(form) = &request.form {
             builder = builder
                 .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
                 .body(form.clone());
+        }
+        if let Some((content_type, body)) = &request.body {
+            builder = builder
+                .header(CONTENT_TYPE, content_type.as_str())
+                .body(body.clone());
         }
         let max_body = request.max_body;
         let exchange = async {
@@ -312,6 +414,14 @@ impl Engine {
                 .and_then(|v| v.parse::<u64>().ok());
             // A HEAD's Content-Length describes the body a GET would send.
             let head = request.method == Method::HEAD;
+            if request.stream && status.is_success() {
+                return Ok(Response {
+                    status,
+                    headers,
+                    body: Vec::new(),
+                    stream: Some(response),
+                });
+            }
             if !head && status.is_success() && declared.is_some_and(|len| len > max_body) {
                 return Err(Failure::TooLarge);
             }
@@ -339,12 +449,100 @@ impl Engine {
                 status,
                 headers,
                 body,
+                stream: None,
             })
         };
         match tokio::time::timeout(self.request_timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(Failure::Timeout),
         }
+    }
+
+    /// The request with its method, URL, `Accept`, extra headers and `Authorization`.
+    fn builder(
+        &self,
+        request: &Request<'_>,
+        auth: Option<&Secret>,
+    ) -> Result<reqwest::RequestBuilder, Failure> {
+        let mut builder = self
+            .http
+            .request(request.method.clone(), request.url.clone());
+        if let Some(accept) = request.accept {
+            builder = builder.header(ACCEPT, accept);
+        }
+        for (name, value) in &request.headers {
+            builder = builder.header(name.clone(), value.clone());
+        }
+        if let Some(auth) = auth {
+            let mut value = HeaderValue::from_str(auth.expose())
+                .map_err(|_| Failure::Invalid("credential is not a valid header value".into()))?;
+            value.set_sensitive(true);
+            builder = builder.header(AUTHORIZATION, value);
+        }
+        Ok(builder)
+    }
+
+    /// Sends `request` once with a streaming `body` (a blob upload), which cannot be sent
+    /// again: no retry, no challenge round trip (the caller warms the token with an earlier
+    /// request of the same scope). Instead of a whole-request timeout, `idle` bounds every
+    /// pause of the body ([`IdleWatch`]); once the body is sent, the registry has the request
+    /// timeout to answer.
+    pub async fn send_streaming_body(
+        &self,
+        host: &Host,
+        request: &Request<'_>,
+        content_type: &str,
+        content_length: Option<u64>,
+        body: reqwest::Body,
+        watch: &IdleWatch,
+    ) -> Result<Response, RegistryError> {
+        let target = request.target;
+        let _permit = if request.take_permit {
+            Some(host.slots(1).await?)
+        } else {
+            None
+        };
+        host.pace().await;
+        let auth = request
+            .scope
+            .and_then(|scope| self.tokens.get(&host.name, scope));
+        let mut builder = self
+            .builder(request, auth.as_ref())
+            .map_err(|f| f.into_error(target, self.request_timeout, 0))?
+            .header(CONTENT_TYPE, content_type)
+            .body(body);
+        if let Some(length) = content_length {
+            builder = builder.header(CONTENT_LENGTH, length);
+        }
+        let exchange = async {
+            let mut response = builder.send().await.map_err(classify)?;
+            let status = response.status();
+            let headers = response.headers().clone();
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(classify)? {
+                let room = MAX_ERROR_BODY.saturating_sub(body.len());
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(Response {
+                status,
+                headers,
+                body,
+                stream: None,
+            })
+        };
+        let stalled = watch.stalled(self.request_timeout);
+        let response = tokio::select! {
+            result = exchange => result.map_err(|f: Failure| f.into_error(target, watch.idle, 0))?,
+            after = stalled => return Err(RegistryError::Timeout { target: target.clone(), after }),
+        };
+        if response.status == StatusCode::UNAUTHORIZED
+            && let Some(scope) = request.scope
+        {
+            // The body is spent: answer the challenge so the caller's next attempt carries a
+            // valid token, and let the 401 through.
+            self.authenticate(host, target, scope, &response).await?;
+        }
+        Ok(response)
     }
 
     /// Sends `request` until it gets a final answer: answers one 401 challenge, retries
@@ -475,13 +673,26 @@ impl Engine {
         let realm = challenge
             .param("realm")
             .ok_or_else(|| unauthorized("Bearer challenge without a realm".into()))?;
+        // Ask for what we need and what the challenge names: a registry names only the
+        // repository of the request, while a cross-repository mount also needs pull on the
+        // source repository.
+        let mut scopes: Vec<&str> = scope.split_whitespace().collect();
+        for named in challenge
+            .param("scope")
+            .unwrap_or_default()
+            .split_whitespace()
+        {
+            if !scopes.contains(&named) {
+                scopes.push(named);
+            }
+        }
         let (token, lifetime) = self
             .fetch_token(
                 host,
                 target,
                 realm,
                 challenge.param("service"),
-                challenge.param("scope").unwrap_or(scope),
+                &scopes.join(" "),
             )
             .await?;
         self.tokens.put_bearer(&host.name, scope, &token, lifetime);
@@ -531,6 +742,12 @@ impl Engine {
             scope: None,
             fixed_auth: None,
             form: None,
+            body: None,
+            headers: Vec::new(),
+            stream: false,
+            // The realm is another service; and a request holding this host's slots may be
+            // the one that needs the token.
+            take_permit: false,
         };
         match &host.credential {
             Some(Credential::IdentityToken { token, .. }) => {
@@ -636,5 +853,22 @@ pub(crate) fn status_error(target: &Target, response: &Response) -> RegistryErro
             status: status.as_u16(),
             message,
         },
+    }
+}
+
+/// The error for a refused write (upload, manifest push): 401 and 403 as for reads, with the
+/// registry's message; other 4xx as [`RegistryError::Rejected`] with the registry's code.
+pub(crate) fn write_error(target: &Target, response: &Response) -> RegistryError {
+    match response.status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => {
+            status_error(target, response)
+        }
+        status if status.is_client_error() => RegistryError::Rejected {
+            target: target.clone(),
+            status: status.as_u16(),
+            code: registry_code(&response.body),
+            message: response.message(),
+        },
+        _ => status_error(target, response),
     }
 }

@@ -8,12 +8,18 @@
 //! - 5xx, 429 and network failures are retried with exponential backoff and jitter,
 //!   honouring `Retry-After`, for a bounded number of attempts;
 //! - authentication is anonymous, Basic or Bearer tokens (cached per registry and scope);
-//! - every manifest and blob is verified against its digest.
+//! - every manifest and blob is verified against its digest;
+//! - the write side (`blobs`, `manifests`): blob HEAD, streamed downloads with a start
+//!   offset, cross-repository mounts, streamed uploads (monolithic PUT, chunked PATCH as the
+//!   fallback), raw manifest PUTs and the referrers API. Streamed bodies are bounded by an
+//!   idle timeout per chunk instead of a whole-request timeout.
 
 mod auth;
+mod blobs;
 pub mod credentials;
 mod error;
 mod http;
+mod manifests;
 pub mod retry;
 pub mod tags;
 pub mod types;
@@ -27,6 +33,9 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 
 pub use self::auth::{Challenge, parse_challenges};
+pub use self::blobs::{
+    BlobStream, TransferSlots, UPLOAD_CHUNK_BYTES, UploadMode, UploadSession, UploadStart,
+};
 pub use self::credentials::{Credential, CredentialStore, Secret};
 pub use self::error::{RegistryError, Target};
 pub use self::http::DEFAULT_CONCURRENCY;
@@ -53,6 +62,9 @@ pub struct ClientConfig {
     pub credentials: CredentialStore,
     /// Per request, including reading the whole (small) body. Default 30 s.
     pub request_timeout: Duration,
+    /// Streamed blob bodies (downloads and uploads) have no whole-request limit (a 1 GiB blob
+    /// takes what it takes); instead no pause between two chunks may last longer. Default 30 s.
+    pub idle_timeout: Duration,
     /// Default 5 s.
     pub connect_timeout: Duration,
     /// Sends per request at most, the first included. Default 5.
@@ -70,6 +82,7 @@ impl Default for ClientConfig {
             registries: BTreeMap::new(),
             credentials: CredentialStore::empty(),
             request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             max_attempts: 5,
             backoff_base: Duration::from_millis(200),
@@ -184,14 +197,9 @@ impl RegistryClient {
         max_body: u64,
     ) -> Result<Response, RegistryError> {
         let request = Request {
-            target: &endpoint.target,
-            method,
-            url,
             accept,
             max_body,
-            scope: Some(&endpoint.scope),
-            fixed_auth: None,
-            form: None,
+            ..Request::new(&endpoint.target, method, url, &endpoint.scope)
         };
         self.engine.send(&endpoint.host, &request).await
     }

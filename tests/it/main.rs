@@ -6,4 +6,5 @@ mod daemon;
 mod git;
 mod lock;
 mod mirror;
+mod mirror_engine;
 mod registry;

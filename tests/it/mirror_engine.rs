@@ -1,0 +1,673 @@
+//! `MirrorEngine` between two real registries (source and destination), with a `FaultProxy`
+//! in front of one of them where a fault or a request count is needed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use imagelock::mirror::progress::{Progress, Silent};
+use imagelock::mirror::{CopyReport, CopyRequest, EngineOptions, MirrorEngine, MirrorError};
+use imagelock::reference::{Digest, ImageRepo};
+use imagelock::registry::{ClientConfig, RegistryClient};
+use serde_json::json;
+
+use crate::common::{
+    Fault, FaultProxy, ImageSpec, Pusher, TestRegistry, push_image, push_index, skopeo_digest,
+};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+fn mk_client(hosts: &[&str]) -> RegistryClient {
+    RegistryClient::new(ClientConfig {
+        insecure_hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+        backoff_base: Duration::from_millis(10),
+        request_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(10),
+        ..ClientConfig::default()
+    })
+    .expect("client")
+}
+
+fn mk_engine(hosts: &[&str]) -> MirrorEngine {
+    mk_engine_with(hosts, Arc::new(Silent))
+}
+
+fn mk_engine_with(hosts: &[&str], progress: Arc<dyn Progress>) -> MirrorEngine {
+    MirrorEngine::new(mk_client(hosts), EngineOptions::default(), progress)
+}
+
+fn mk_repo(host: &str, path: &str) -> ImageRepo {
+    ImageRepo::parse(&format!("{host}/{path}")).expect("repo")
+}
+
+fn mk_request(
+    source: &ImageRepo,
+    digest: &Digest,
+    destination: &ImageRepo,
+    tags: &[&str],
+) -> CopyRequest {
+    CopyRequest {
+        source: source.clone(),
+        digest: digest.clone(),
+        destination: destination.clone(),
+        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        platforms: Vec::new(),
+    }
+}
+
+fn random_bytes(len: usize) -> Vec<u8> {
+    std::iter::repeat_with(|| fastrand::u8(..))
+        .take(len)
+        .collect()
+}
+
+/// Pushes an image made of exactly `layers` (and a config unique to `tag`); returns its
+/// manifest digest.
+async fn push_layers(pusher: &Pusher, repo: &str, tag: &str, layers: &[Vec<u8>]) -> Digest {
+    let mut descriptors = Vec::new();
+    for layer in layers {
+        let digest = pusher.push_blob(repo, layer).await;
+        descriptors.push(json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": digest.as_str(),
+            "size": layer.len(),
+        }));
+    }
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux", "config": {"Labels": {"image": format!("{repo}:{tag}")}},
+        "rootfs": {"type": "layers", "diff_ids": []},
+    }))
+    .unwrap();
+    let config_digest = pusher.push_blob(repo, &config).await;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest.as_str(), "size": config.len()},
+        "layers": descriptors,
+    }))
+    .unwrap();
+    pusher
+        .put_manifest(repo, tag, OCI_MANIFEST, &manifest)
+        .await;
+    Digest::sha256_of(&manifest)
+}
+
+/// `skopeo copy --all` from the registry into an OCI layout; asserts every blob in the layout
+/// hashes to its file name. Returns how many blobs there were.
+async fn assert_pullable(host: &str, repo: &str, digest: &Digest) -> usize {
+    let dir = tempfile::tempdir().unwrap();
+    let output = tokio::process::Command::new("skopeo")
+        .args(["copy", "--all", "--src-tls-verify=false"])
+        .arg(format!("docker://{host}/{repo}@{digest}"))
+        .arg(format!("oci:{}:x", dir.path().display()))
+        .output()
+        .await
+        .expect("run skopeo");
+    assert!(
+        output.status.success(),
+        "skopeo copy failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir.path().join("blobs/sha256")).unwrap() {
+        let entry = entry.unwrap();
+        let bytes = std::fs::read(entry.path()).unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        assert_eq!(
+            Digest::sha256_of(&bytes).hex(),
+            name,
+            "blob {name} in the OCI layout does not hash to its name"
+        );
+        count += 1;
+    }
+    count
+}
+
+/// Counts the bytes and blobs the engine reports.
+#[derive(Default)]
+struct Counting {
+    bytes: AtomicU64,
+    blobs_started: AtomicU64,
+    blobs_finished: AtomicU64,
+    images_ok: AtomicU64,
+}
+
+impl Progress for Counting {
+    fn image_finished(&self, _image: &str, ok: bool) {
+        if ok {
+            self.images_ok.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    fn blob_started(&self, _digest: &Digest, _size: u64) {
+        self.blobs_started.fetch_add(1, Ordering::Relaxed);
+    }
+    fn bytes(&self, count: u64) {
+        self.bytes.fetch_add(count, Ordering::Relaxed);
+    }
+    fn blob_finished(&self, _digest: &Digest) {
+        self.blobs_finished.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[tokio::test]
+async fn single_and_multi_arch_images_arrive_byte_identical() {
+    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
+    let (src, dst) = (source.host(), destination.host());
+    let spec = ImageSpec {
+        platform: "linux/amd64".parse().unwrap(),
+        layers: 3,
+        layer_size: 200 * 1024,
+    };
+    let image = push_image(&src, "team/web", "1.0", spec).await;
+    let index = push_index(
+        &src,
+        "team/multi",
+        "2.0",
+        &["linux/amd64", "linux/arm64/v8"],
+    )
+    .await;
+    let progress = Arc::new(Counting::default());
+    let engine = mk_engine_with(&[&src, &dst], progress.clone());
+    let requests = vec![
+        mk_request(
+            &mk_repo(&src, "team/web"),
+            &image.digest,
+            &mk_repo(&dst, "mirror/web"),
+            &["1.0", "stable"],
+        ),
+        mk_request(
+            &mk_repo(&src, "team/multi"),
+            &index.digest,
+            &mk_repo(&dst, "mirror/multi"),
+            &["2.0"],
+        ),
+    ];
+    assert!(!engine.is_present(&requests[0]).await.unwrap());
+    assert!(engine.exists_at_source(&requests[0]).await.unwrap());
+
+    let results = engine.copy_all(requests.clone()).await;
+    let reports: Vec<CopyReport> = results.into_iter().map(|(_, r)| r.expect("copy")).collect();
+    assert_eq!(reports[0].blobs_uploaded, 4);
+    assert!(
+        reports[0].bytes_uploaded > 3 * 200 * 1024,
+        "layers and config"
+    );
+    assert_eq!(
+        reports[0].manifests_pushed, 3,
+        "the image by digest and two tags"
+    );
+    assert_eq!(
+        reports[1].manifests_pushed, 4,
+        "two children, the index, one tag"
+    );
+    assert_eq!(progress.images_ok.load(Ordering::Relaxed), 2);
+    assert_eq!(progress.blobs_started.load(Ordering::Relaxed), 8);
+    assert_eq!(progress.blobs_finished.load(Ordering::Relaxed), 8);
+    let bytes: u64 = reports.iter().map(|r| r.bytes_uploaded).sum();
+    assert_eq!(progress.bytes.load(Ordering::Relaxed), bytes);
+
+    assert!(engine.is_present(&requests[0]).await.unwrap());
+    for tag in ["1.0", "stable", &image.digest.to_string()] {
+        assert_eq!(skopeo_digest(&dst, "mirror/web", tag).await, image.digest);
+    }
+    assert_eq!(
+        skopeo_digest(&dst, "mirror/multi", "2.0").await,
+        index.digest
+    );
+    for (platform, child) in &index.children {
+        assert_eq!(
+            skopeo_digest(&dst, "mirror/multi", child.as_str()).await,
+            *child,
+            "{platform}"
+        );
+    }
+    // config + 3 layers + manifest
+    assert_eq!(assert_pullable(&dst, "mirror/web", &image.digest).await, 5);
+    // per child: config + layer + manifest; and the index
+    assert_eq!(
+        assert_pullable(&dst, "mirror/multi", &index.digest).await,
+        7
+    );
+}
+
+#[tokio::test]
+async fn corrupt_blob_fails_its_image_and_is_never_stored() {
+    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
+    let proxy = FaultProxy::start(&source.host()).await;
+    let (src, dst) = (proxy.host(), destination.host());
+    let pusher = Pusher::new(&source.host());
+    let bad_layer = random_bytes(100 * 1024);
+    let bad = push_layers(
+        &pusher,
+        "team/bad",
+        "1",
+        &[bad_layer.clone(), random_bytes(1000)],
+    )
+    .await;
+    let good = push_layers(&pusher, "team/good", "1", &[random_bytes(50 * 1024)]).await;
+    let bad_digest = Digest::sha256_of(&bad_layer);
+    proxy.add_rule(
+        &format!("^GET /v2/team/bad/blobs/{bad_digest}"),
+        Fault::CorruptBody,
+        None,
+    );
+    let engine = mk_engine(&[&src, &dst]);
+    let results = engine
+        .copy_all(vec![
+            mk_request(
+                &mk_repo(&src, "team/bad"),
+                &bad,
+                &mk_repo(&dst, "m/bad"),
+                &["1"],
+            ),
+            mk_request(
+                &mk_repo(&src, "team/good"),
+                &good,
+                &mk_repo(&dst, "m/good"),
+                &["1"],
+            ),
+        ])
+        .await;
+    match &results[0].1 {
+        Err(MirrorError::Corrupt {
+            expected, actual, ..
+        }) => {
+            assert_eq!(*expected, bad_digest);
+            assert_ne!(*actual, bad_digest);
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    results[1].1.as_ref().expect("the other image copies");
+    let client = mk_client(&[&dst]);
+    assert_eq!(
+        client
+            .blob_exists(&mk_repo(&dst, "m/bad"), &bad_digest)
+            .await
+            .unwrap(),
+        None,
+        "nothing may be stored under the digest"
+    );
+    assert!(
+        client
+            .head_manifest(&mk_repo(&dst, "m/bad"), "1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(skopeo_digest(&dst, "m/good", "1").await, good);
+}
+
+#[tokio::test]
+async fn dropped_source_connection_is_resumed_with_range() {
+    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
+    let proxy = FaultProxy::start(&source.host()).await;
+    let (src, dst) = (proxy.host(), destination.host());
+    let pusher = Pusher::new(&source.host());
+    let layer = random_bytes(512 * 1024);
+    let digest = push_layers(&pusher, "team/web", "1", std::slice::from_ref(&layer)).await;
+    let layer_digest = Digest::sha256_of(&layer);
+    let blob_get = format!("^GET /v2/team/web/blobs/{layer_digest}");
+    proxy.add_rule(&blob_get, Fault::DropMidBody, Some(1));
+
+    let engine = mk_engine(&[&src, &dst]);
+    let report = engine
+        .copy(&mk_request(
+            &mk_repo(&src, "team/web"),
+            &digest,
+            &mk_repo(&dst, "m/web"),
+            &[],
+        ))
+        .await
+        .expect("copy");
+    assert_eq!(report.blobs_uploaded, 2);
+    let statuses: Vec<u16> = proxy
+        .requests_matching(&blob_get)
+        .iter()
+        .map(|s| s.status)
+        .collect();
+    assert_eq!(statuses, [0, 206], "a dropped GET, then a Range resume");
+    let stored = mk_client(&[&dst])
+        .get_blob(&mk_repo(&dst, "m/web"), &layer_digest, 1 << 20)
+        .await
+        .expect("the blob is at the destination and verifies");
+    assert_eq!(stored, layer);
+}
+
+#[tokio::test]
+async fn second_run_only_heads() {
+    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
+    let proxy = FaultProxy::start(&destination.host()).await;
+    let (src, dst) = (source.host(), proxy.host());
+    let image = push_image(&src, "team/web", "1.0", ImageSpec::small("linux/amd64")).await;
+    let index = push_index(&src, "team/multi", "2.0", &["linux/amd64", "linux/arm64"]).await;
+    let requests = vec![
+        mk_request(
+            &mk_repo(&src, "team/web"),
+            &image.digest,
+            &mk_repo(&dst, "m/web"),
+            &["1.0"],
+        ),
+        mk_request(
+            &mk_repo(&src, "team/multi"),
+            &index.digest,
+            &mk_repo(&dst, "m/multi"),
+            &["2.0"],
+        ),
+    ];
+    for (_, result) in mk_engine(&[&src, &dst]).copy_all(requests.clone()).await {
+        result.expect("first run");
+    }
+    let before = proxy.requests().len();
+    assert!(proxy.count("^POST /v2/.*/blobs/uploads/") > 0);
+
+    for (_, result) in mk_engine(&[&src, &dst]).copy_all(requests).await {
+        let report = result.expect("second run");
+        assert_eq!(
+            report,
+            CopyReport {
+                manifests_present: 1,
+                ..CopyReport::default()
+            }
+        );
+    }
+    let second: Vec<String> = proxy.requests()[before..]
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.target))
+        .collect();
+    assert_eq!(
+        second.len(),
+        4,
+        "a HEAD by digest and one per tag: {second:?}"
+    );
+    assert!(second.iter().all(|r| r.starts_with("HEAD ")), "{second:?}");
+}
+
+#[tokio::test]
+async fn shared_layers_are_uploaded_once_per_run() {
+    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
+    let proxy = FaultProxy::start(&destination.host()).await;
+    let (src, dst) = (source.host(), proxy.host());
+    let pusher = Pusher::new(&src);
+    let shared = [random_bytes(300 * 1024), random_bytes(20 * 1024)];
+    let mut digests = Vec::new();
+    for (i, repo) in ["team/a", "team/b", "team/c"].iter().enumerate() {
+        let layers = [shared[0].clone(), shared[1].clone(), random_bytes(1000 + i)];
+        digests.push(push_layers(&pusher, repo, "1", &layers).await);
+    }
+    // a and b go to the same destination repository, c to another one.
+    let requests = vec![
+        mk_request(
+            &mk_repo(&src, "team/a"),
+            &digests[0],
+            &mk_repo(&dst, "m/one"),
+            &["a"],
+        ),
+        mk_request(
+            &mk_repo(&src, "team/b"),
+            &digests[1],
+            &mk_repo(&dst, "m/one"),
+            &["b"],
+        ),
+        mk_request(
+            &mk_repo(&src, "team/c"),
+            &digests[2],
+            &mk_repo(&dst, "m/two"),
+            &["c"],
+        ),
+    ];
+    let results = mk_engine(&[&src, &dst]).copy_all(requests).await;
+    let mut total = CopyReport::default();
+    for (_, result) in &results {
+        total.add(result.as_ref().expect("copy"));
+    }
+    for layer in &shared {
+        let digest = Digest::sha256_of(layer);
+        let encoded = digest.as_str().replace(':', "%3A");
+        assert_eq!(
+            proxy.count(&format!("^PUT /v2/.*/blobs/uploads/.*digest={encoded}")),
+            1,
+            "{digest} uploaded once"
+        );
+        let mounts =
+            proxy.requests_matching(&format!("^POST /v2/m/.*/blobs/uploads/\\?mount={encoded}"));
+        assert_eq!(
+            mounts.len(),
+            1,
+            "{digest} mounted into the other repository"
+        );
+        assert_eq!(mounts[0].status, 201);
+    }
+    // 2 shared layers + 3 own layers + 3 configs uploaded; 2 shared mounted; 2 present.
+    assert_eq!(total.blobs_uploaded, 8);
+    assert_eq!(total.blobs_mounted, 2);
+    assert_eq!(total.blobs_present, 2);
+    for (i, repo) in ["m/one", "m/one", "m/two"].iter().enumerate() {
+        assert_pullable(&destination.host(), repo, &digests[i]).await;
+    }
+}
+
+#[tokio::test]
+async fn same_registry_copy_mounts_instead_of_uploading() {
+    let registry = TestRegistry::start();
+    let proxy = FaultProxy::start(&registry.host()).await;
+    let host = proxy.host();
+    let image = push_image(
+        &registry.host(),
+        "team/web",
+        "1.0",
+        ImageSpec::small("linux/amd64"),
+    )
+    .await;
+    let report = mk_engine(&[&host])
+        .copy(&mk_request(
+            &mk_repo(&host, "team/web"),
+            &image.digest,
+            &mk_repo(&host, "mirror/web"),
+            &["1.0"],
+        ))
+        .await
+        .expect("copy");
+    assert_eq!(report.blobs_mounted, 2);
+    assert_eq!(report.blobs_uploaded, 0);
+    assert_eq!(report.bytes_uploaded, 0);
+    assert_eq!(
+        proxy.count("^(PUT|PATCH) /v2/.*/blobs/uploads/"),
+        0,
+        "no byte upload"
+    );
+    assert_eq!(proxy.count("^GET /v2/.*/blobs/"), 0, "no blob download");
+    let mounts = proxy.requests_matching("^POST /v2/mirror/web/blobs/uploads/\\?mount=");
+    assert_eq!(mounts.len(), 2);
+    assert!(mounts.iter().all(|s| s.status == 201));
+    assert_eq!(
+        skopeo_digest(&host, "mirror/web", "1.0").await,
+        image.digest
+    );
+}
+
+#[tokio::test]
+async fn platform_subset_keeps_the_index_digest() {
+    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
+    let (src, dst) = (source.host(), destination.host());
+    let index = push_index(
+        &src,
+        "team/multi",
+        "1",
+        &["linux/amd64", "linux/arm64/v8", "linux/s390x"],
+    )
+    .await;
+    let engine = mk_engine(&[&src, &dst]);
+    let mut request = mk_request(
+        &mk_repo(&src, "team/multi"),
+        &index.digest,
+        &mk_repo(&dst, "m/multi"),
+        &["1"],
+    );
+    request.platforms = vec![
+        "linux/arm64".parse().unwrap(),
+        "linux/amd64".parse().unwrap(),
+    ];
+    engine.copy(&request).await.expect("copy");
+    assert_eq!(skopeo_digest(&dst, "m/multi", "1").await, index.digest);
+    let client = mk_client(&[&dst]);
+    for platform in ["linux/amd64", "linux/arm64/v8"] {
+        let child = &index.children[platform];
+        let head = client
+            .head_manifest(&mk_repo(&dst, "m/multi"), child.as_str())
+            .await
+            .unwrap();
+        assert_eq!(head.map(|d| d.digest).as_ref(), Some(child), "{platform}");
+    }
+
+    request.platforms = vec!["linux/riscv64".parse().unwrap()];
+    request.destination = mk_repo(&dst, "m/other");
+    match engine.copy(&request).await {
+        Err(MirrorError::MissingPlatforms { missing, .. }) => assert_eq!(missing, "linux/riscv64"),
+        other => panic!("expected MissingPlatforms, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn cosign_signature_tag_is_copied_along() {
+    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
+    let (src, dst) = (source.host(), destination.host());
+    let pusher = Pusher::new(&src);
+    let image = push_image(&src, "team/web", "1.0", ImageSpec::small("linux/amd64")).await;
+    // A cosign-style signature: an image manifest under `sha256-<hex>.sig`.
+    let payload = serde_json::to_vec(
+        &json!({"critical": {"image": {"docker-manifest-digest": image.digest.as_str()}}}),
+    )
+    .unwrap();
+    let payload_digest = pusher.push_blob("team/web", &payload).await;
+    let config = b"{}".to_vec();
+    let config_digest = pusher.push_blob("team/web", &config).await;
+    let signature = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.as_str(), "size": config.len()},
+        "layers": [{
+            "mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
+            "digest": payload_digest.as_str(), "size": payload.len(),
+            "annotations": {"dev.cosignproject.cosign/signature": "MEUCIQ..."},
+        }],
+    }))
+    .unwrap();
+    let sig_tag = format!("sha256-{}.sig", image.digest.hex());
+    pusher
+        .put_manifest("team/web", &sig_tag, OCI_MANIFEST, &signature)
+        .await;
+
+    let report = mk_engine(&[&src, &dst])
+        .copy(&mk_request(
+            &mk_repo(&src, "team/web"),
+            &image.digest,
+            &mk_repo(&dst, "m/web"),
+            &["1.0"],
+        ))
+        .await
+        .expect("copy");
+    assert_eq!(report.referrers, 1);
+    assert_eq!(
+        skopeo_digest(&dst, "m/web", &sig_tag).await,
+        Digest::sha256_of(&signature)
+    );
+    assert_pullable(&dst, "m/web", &Digest::sha256_of(&signature)).await;
+}
+
+#[tokio::test]
+async fn refused_monolithic_put_falls_back_to_chunked_patch() {
+    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
+    let proxy = FaultProxy::start(&destination.host()).await;
+    let (src, dst) = (source.host(), proxy.host());
+    let pusher = Pusher::new(&src);
+    let layer = random_bytes(100 * 1024);
+    let digest = push_layers(&pusher, "team/web", "1", std::slice::from_ref(&layer)).await;
+    proxy.add_rule(
+        "^PUT /v2/m/web/blobs/uploads/",
+        Fault::Respond {
+            status: 405,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body:
+                r#"{"errors":[{"code":"UNSUPPORTED","message":"monolithic uploads are disabled"}]}"#
+                    .into(),
+        },
+        Some(1),
+    );
+    let report = mk_engine(&[&src, &dst])
+        .copy(&mk_request(
+            &mk_repo(&src, "team/web"),
+            &digest,
+            &mk_repo(&dst, "m/web"),
+            &[],
+        ))
+        .await
+        .expect("copy");
+    assert_eq!(report.blobs_uploaded, 2);
+    assert!(
+        proxy.count("^PATCH /v2/m/web/blobs/uploads/") >= 1,
+        "chunked PATCH after the refusal"
+    );
+    assert_pullable(&destination.host(), "m/web", &digest).await;
+}
+
+#[tokio::test]
+async fn refused_write_carries_the_registry_message() {
+    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
+    let proxy = FaultProxy::start(&destination.host()).await;
+    let (src, dst) = (source.host(), proxy.host());
+    let image = push_image(&src, "team/web", "1.0", ImageSpec::small("linux/amd64")).await;
+    proxy.add_rule(
+        "^POST /v2/m/web/blobs/uploads/",
+        Fault::Respond {
+            status: 403,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: r#"{"errors":[{"code":"DENIED","message":"storage quota exceeded"}]}"#.into(),
+        },
+        None,
+    );
+    let error = mk_engine(&[&src, &dst])
+        .copy(&mk_request(
+            &mk_repo(&src, "team/web"),
+            &image.digest,
+            &mk_repo(&dst, "m/web"),
+            &[],
+        ))
+        .await
+        .expect_err("the destination refuses uploads");
+    assert_eq!(error.metric_label(), "denied");
+    assert!(
+        error.to_string().contains("DENIED: storage quota exceeded"),
+        "{error}"
+    );
+    assert_eq!(proxy.count("^PUT "), 0, "nothing pushed after the refusal");
+}
+
+#[tokio::test]
+async fn uploads_to_a_bearer_protected_registry() {
+    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
+    let proxy = FaultProxy::start(&destination.host()).await;
+    proxy.add_rule(
+        ".*",
+        Fault::RequireBearer {
+            token: "push-token".into(),
+            expires_in: 300,
+        },
+        None,
+    );
+    let (src, dst) = (source.host(), proxy.host());
+    let image = push_image(&src, "team/web", "1.0", ImageSpec::small("linux/amd64")).await;
+    let report = mk_engine(&[&src, &dst])
+        .copy(&mk_request(
+            &mk_repo(&src, "team/web"),
+            &image.digest,
+            &mk_repo(&dst, "m/web"),
+            &["1.0"],
+        ))
+        .await
+        .expect("copy");
+    assert_eq!(report.blobs_uploaded, 2);
+    let uploads = proxy.requests_matching("^PUT /v2/m/web/blobs/uploads/");
+    assert_eq!(uploads.len(), 2, "one streamed PUT per blob, never resent");
+    assert!(uploads.iter().all(|s| s.authorized && s.status == 201));
+}
