@@ -31,6 +31,8 @@ use crate::registry::{
 
 /// The registry code for a manifest that names a blob or child manifest the registry lacks.
 const MANIFEST_BLOB_UNKNOWN: &str = "MANIFEST_BLOB_UNKNOWN";
+/// Blobs up to this size are uploaded without asking the destination first.
+const SMALL_BLOB: u64 = 256 * 1024;
 /// BuildKit names the image an attestation manifest is about in this annotation.
 const DOCKER_REFERENCE_DIGEST: &str = "vnd.docker.reference.digest";
 
@@ -71,6 +73,8 @@ pub struct MirrorEngine {
     blobs: Mutex<BlobCells>,
     /// Per destination registry: whether it refused a monolithic PUT (then: chunked PATCH).
     chunked: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    /// Lookups of referrers, shared across the run.
+    pub(super) referrer_lookups: super::referrers::Lookups,
 }
 
 impl std::fmt::Debug for MirrorEngine {
@@ -188,6 +192,7 @@ impl MirrorEngine {
             transfers: Semaphore::new(options.blobs_in_flight.max(1)),
             blobs: Mutex::new(HashMap::new()),
             chunked: Mutex::new(HashMap::new()),
+            referrer_lookups: super::referrers::Lookups::default(),
         }
     }
 
@@ -215,6 +220,7 @@ impl MirrorEngine {
         &self,
         requests: Vec<CopyRequest>,
     ) -> Vec<(CopyRequest, Result<CopyReport, MirrorError>)> {
+        self.referrer_lookups.plan(&requests);
         futures_util::stream::iter(requests)
             .map(|request| async move {
                 let result = self.copy(&request).await;
@@ -259,15 +265,21 @@ impl MirrorEngine {
             return Ok(report);
         }
         let manifest = self.fetch(source, &request.digest).await?;
+        // Pushed under its first tag: one PUT stores the manifest and points the tag at it.
+        let (first_tag, other_tags) = match request.tags.split_first() {
+            Some((first, rest)) => (Some(first.as_str()), rest),
+            None => (None, &[][..]),
+        };
         self.push_manifest(
             source,
             destination,
             &manifest,
             &request.platforms,
+            first_tag,
             &mut report,
         )
         .await?;
-        for tag in &request.tags {
+        for tag in other_tags {
             self.client
                 .put_manifest(destination, tag, &manifest.media_type, &manifest.bytes)
                 .await?;
@@ -320,14 +332,16 @@ impl MirrorEngine {
             })
     }
 
-    /// Makes `manifest` (fetched from `source`) present in `destination` by digest: an
-    /// image's blobs then the image; an index's children then the index.
+    /// Makes `manifest` (fetched from `source`) present in `destination` under `tag` (by
+    /// digest when `None`): an image's blobs then the image; an index's children then the
+    /// index.
     pub(super) async fn push_manifest(
         &self,
         source: &ImageRepo,
         destination: &ImageRepo,
         manifest: &FetchedManifest,
         platforms: &[Platform],
+        tag: Option<&str>,
         report: &mut CopyReport,
     ) -> Result<(), MirrorError> {
         let invalid = |reason: String| MirrorError::InvalidManifest {
@@ -351,7 +365,7 @@ impl MirrorEngine {
                 if let Some(e) = sum_reports(results, report) {
                     return Err(e);
                 }
-                self.put_by_digest(destination, manifest).await?;
+                self.put(destination, manifest, tag).await?;
                 report.manifests_pushed += 1;
             }
             ParsedManifest::Index(index) => {
@@ -364,7 +378,7 @@ impl MirrorEngine {
                 })?;
                 self.copy_children(source, destination, &required, report)
                     .await?;
-                match self.put_by_digest(destination, manifest).await {
+                match self.put(destination, manifest, tag).await {
                     Ok(()) => {}
                     // Registries that insist on every child (distribution does) get them all;
                     // the index itself, and so its digest, stays as it is.
@@ -376,7 +390,7 @@ impl MirrorEngine {
                         );
                         self.copy_children(source, destination, &rest, report)
                             .await?;
-                        self.put_by_digest(destination, manifest).await?;
+                        self.put(destination, manifest, tag).await?;
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -386,15 +400,17 @@ impl MirrorEngine {
         Ok(())
     }
 
-    async fn put_by_digest(
+    async fn put(
         &self,
         destination: &ImageRepo,
         manifest: &FetchedManifest,
+        tag: Option<&str>,
     ) -> Result<(), crate::registry::RegistryError> {
+        let reference = tag.unwrap_or(manifest.digest.as_str());
         self.client
             .put_manifest(
                 destination,
-                manifest.digest.as_str(),
+                reference,
                 &manifest.media_type,
                 &manifest.bytes,
             )
@@ -438,7 +454,7 @@ impl MirrorEngine {
             return Ok(());
         }
         let manifest = self.fetch(source, digest).await?;
-        Box::pin(self.push_manifest(source, destination, &manifest, &[], report)).await
+        Box::pin(self.push_manifest(source, destination, &manifest, &[], None, report)).await
     }
 
     /// One blob of an image, copied at most once per destination registry in this run: the
@@ -504,11 +520,15 @@ impl MirrorEngine {
         mount_from: Option<&ImageRepo>,
     ) -> Result<CopyReport, MirrorError> {
         let digest = &descriptor.digest;
-        if self
-            .client
-            .blob_exists(destination, digest)
-            .await?
-            .is_some()
+        // For a small blob the upload costs about what the HEAD costs, and a destination
+        // that lacks the image mostly lacks its blobs: skip the HEAD. Large blobs are worth
+        // asking about.
+        if descriptor.size > SMALL_BLOB
+            && self
+                .client
+                .blob_exists(destination, digest)
+                .await?
+                .is_some()
         {
             return Ok(CopyReport {
                 blobs_present: 1,
