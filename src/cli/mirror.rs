@@ -71,7 +71,7 @@ pub async fn run(dir: &Path, dry_run: bool, registry: &RegistryArgs) -> anyhow::
 
     let progress = Arc::new(TerminalProgress::new(plan.to_copy.len() as u64));
     let engine = MirrorEngine::new(client, EngineOptions::default(), progress.clone());
-    let results = engine.copy_all(plan.to_copy.clone()).await;
+    let results = engine.copy_all_missing(plan.to_copy.clone()).await;
     progress.finish();
     let mut total = CopyReport::default();
     let mut copied = 0;

@@ -220,10 +220,27 @@ impl MirrorEngine {
         &self,
         requests: Vec<CopyRequest>,
     ) -> Vec<(CopyRequest, Result<CopyReport, MirrorError>)> {
+        self.copy_many(requests, false).await
+    }
+
+    /// [`Self::copy_all`] for requests just found missing at the destination (the `mirror`
+    /// command's plan): skips asking the destination for each manifest again.
+    pub async fn copy_all_missing(
+        &self,
+        requests: Vec<CopyRequest>,
+    ) -> Vec<(CopyRequest, Result<CopyReport, MirrorError>)> {
+        self.copy_many(requests, true).await
+    }
+
+    async fn copy_many(
+        &self,
+        requests: Vec<CopyRequest>,
+        known_missing: bool,
+    ) -> Vec<(CopyRequest, Result<CopyReport, MirrorError>)> {
         self.referrer_lookups.plan(&requests);
         futures_util::stream::iter(requests)
             .map(|request| async move {
-                let result = self.copy(&request).await;
+                let result = self.copy_one(&request, known_missing).await;
                 (request, result)
             })
             .buffered(self.options.images_in_flight.max(1))
@@ -234,9 +251,17 @@ impl MirrorEngine {
     /// Copies one image (manifest, children, blobs, tags, referrers) unless the destination
     /// already has it, in which case only its tags are checked.
     pub async fn copy(&self, request: &CopyRequest) -> Result<CopyReport, MirrorError> {
+        self.copy_one(request, false).await
+    }
+
+    async fn copy_one(
+        &self,
+        request: &CopyRequest,
+        known_missing: bool,
+    ) -> Result<CopyReport, MirrorError> {
         let name = format!("{}@{}", request.destination, request.digest);
         self.progress.image_started(&name);
-        let result = self.copy_image(request).await;
+        let result = self.copy_image(request, known_missing).await;
         self.progress.image_finished(&name, result.is_ok());
         if let Err(e) = &result {
             tracing::debug!(image = %name, "copy failed: {e}");
@@ -244,14 +269,19 @@ impl MirrorEngine {
         result
     }
 
-    async fn copy_image(&self, request: &CopyRequest) -> Result<CopyReport, MirrorError> {
+    async fn copy_image(
+        &self,
+        request: &CopyRequest,
+        known_missing: bool,
+    ) -> Result<CopyReport, MirrorError> {
         let mut report = CopyReport::default();
         let (source, destination) = (&request.source, &request.destination);
-        let present = self
-            .client
-            .head_manifest(destination, request.digest.as_str())
-            .await?
-            .is_some_and(|d| d.digest == request.digest);
+        let present = !known_missing
+            && self
+                .client
+                .head_manifest(destination, request.digest.as_str())
+                .await?
+                .is_some_and(|d| d.digest == request.digest);
         if present {
             report.manifests_present += 1;
             self.ensure_tags(
@@ -426,9 +456,13 @@ impl MirrorEngine {
         children: &[&Descriptor],
         report: &mut CopyReport,
     ) -> Result<(), MirrorError> {
+        // Only called for an index the destination lacks, whose children it then mostly lacks
+        // too: no HEAD first. A child that is there costs a fetch and an idempotent PUT; its
+        // large blobs are still asked about.
         let results = join_all(children.iter().map(|child| async move {
             let mut part = CopyReport::default();
-            self.copy_by_digest(source, destination, &child.digest, &mut part)
+            let manifest = self.fetch(source, &child.digest).await?;
+            Box::pin(self.push_manifest(source, destination, &manifest, &[], None, &mut part))
                 .await?;
             Ok(part)
         }))
