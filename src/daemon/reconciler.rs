@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::schedule::Scheduler;
 use super::status::{AttemptLog, ImageStatus, Status, TagStatus};
 use super::{DaemonConfig, DaemonError, Trigger};
+use crate::admission::{IndexHandle, PinIndex};
 use crate::git::{self, Author, Checkout, GitAuth, GitTimeouts, PushResult, RemoteSpec};
 use crate::lock;
 use crate::manifest::{self, LoadedRepo, RegistrySettings, RepoConfig};
@@ -34,12 +35,15 @@ pub struct Reconciler {
     )>,
     status_tx: watch::Sender<Arc<Status>>,
     status: Status,
+    /// The admission webhook's pins, swapped after every load of the repo.
+    index: Option<IndexHandle>,
 }
 
 impl Reconciler {
     pub fn new(
         config: DaemonConfig,
         status_tx: watch::Sender<Arc<Status>>,
+        index: Option<IndexHandle>,
     ) -> Result<Self, DaemonError> {
         let auth = match (&config.git_token_file, &config.git_ssh_key) {
             (Some(_), Some(_)) => {
@@ -74,6 +78,7 @@ impl Reconciler {
             client: None,
             status_tx,
             status,
+            index,
         })
     }
 
@@ -136,6 +141,8 @@ impl Reconciler {
         for diagnostic in &repo.diagnostics {
             tracing::warn!(%diagnostic, "manifest error; its last good lock stays");
         }
+        // The webhook gets the pins as they are now, before any slow resolving.
+        self.update_index(&repo);
         let Some(config) = repo.config.clone() else {
             tracing::error!("imagelock.yaml is invalid; nothing is locked until it is fixed");
             self.publish(Some(&repo));
@@ -314,9 +321,41 @@ impl Reconciler {
         }
     }
 
+    /// Swaps the webhook's pins for those of the checkout, unless they were built from the
+    /// same commit already. Readers holding the old index finish with it.
+    fn update_index(&mut self, repo: &LoadedRepo) {
+        let Some(handle) = &self.index else {
+            return;
+        };
+        let Some(root) = self.checkout.as_ref().map(|c| c.worktree().to_path_buf()) else {
+            return;
+        };
+        let current = handle.load();
+        let revision = self.status.head.clone();
+        if let (Some(current), Some(revision)) = (&current, &revision)
+            && current.revision() == Some(revision.as_str())
+        {
+            return;
+        }
+        let (index, problems) = PinIndex::build(&root, repo, revision, current.as_deref());
+        for problem in &problems {
+            tracing::warn!(%problem, "admission pins");
+        }
+        let summary = index.summary();
+        tracing::info!(
+            revision = summary.revision.as_deref().unwrap_or("-"),
+            pinned_tags = summary.pinned_tags,
+            aliases = summary.aliases,
+            "admission pins updated"
+        );
+        self.status.admission = Some(summary);
+        handle.store(index);
+    }
+
     /// Publishes a status snapshot for the admin endpoints.
     fn publish(&mut self, repo: Option<&LoadedRepo>) {
         if let Some(repo) = repo {
+            self.update_index(repo);
             self.status.ready = true;
             self.status.manifest_errors =
                 repo.diagnostics.iter().map(ToString::to_string).collect();
