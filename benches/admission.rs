@@ -41,6 +41,16 @@ enum Command {
         #[arg(long)]
         source_host: String,
     },
+    /// Serve the webhook alone (no reconcile loop) with the pins of a generated repo, until
+    /// SIGTERM or Ctrl-C: the webhook's own footprint, apart from the daemon's.
+    Serve {
+        dir: PathBuf,
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Where to generate the CA and serving certificate.
+        #[arg(long)]
+        tls: PathBuf,
+    },
     /// Send AdmissionReviews and print latency and throughput.
     Load {
         #[arg(long)]
@@ -281,7 +291,8 @@ impl Run {
 }
 
 /// Open loop: request `i` is due at `start + i / rate` whatever happened before; its latency
-/// counts from then.
+/// counts from then. A thread of its own paces the requests: tokio's timer ticks in whole
+/// milliseconds, too coarse for 2,000 requests per second.
 async fn open_loop(
     senders: &[SendRequest<Full<Bytes>>],
     bodies: &[Bytes],
@@ -290,29 +301,40 @@ async fn open_loop(
 ) -> Run {
     let total = (rate as f64 * duration.as_secs_f64()) as usize;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
-    let start = tokio::time::Instant::now() + Duration::from_millis(10);
-    let mut tasks = Vec::with_capacity(total);
-    for i in 0..total {
-        let due = start + interval * i as u32;
-        tokio::time::sleep_until(due).await;
-        let sender = senders[i % senders.len()].clone();
-        let body = bodies[i % bodies.len()].clone();
-        tasks.push(tokio::spawn(async move {
-            let ok = send(sender, body).await;
-            (ok, due.elapsed())
-        }));
-    }
+    let runtime = tokio::runtime::Handle::current();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let senders = senders.to_vec();
+    let bodies = bodies.to_vec();
+    let start = Instant::now() + Duration::from_millis(10);
+    let pacer = std::thread::spawn(move || {
+        for i in 0..total {
+            let due = start + interval * i as u32;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let sender = senders[i % senders.len()].clone();
+            let body = bodies[i % bodies.len()].clone();
+            let task = runtime.spawn(async move {
+                let ok = send(sender, body).await;
+                (ok, due.elapsed())
+            });
+            if tx.send(task).is_err() {
+                return;
+            }
+        }
+    });
     let mut run = Run {
         latencies: Vec::with_capacity(total),
         errors: 0,
         elapsed: Duration::ZERO,
     };
-    for task in tasks {
+    while let Some(task) = rx.recv().await {
         match task.await {
             Ok((true, latency)) => run.latencies.push(latency),
             _ => run.errors += 1,
         }
     }
+    let _ = pacer.join();
     run.elapsed = start.elapsed();
     run
 }
@@ -359,11 +381,58 @@ async fn saturate(
     run
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn serve(
+    dir: &Path,
+    listen: std::net::SocketAddr,
+    tls: PathBuf,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use imagelock::admission::{self, CertReloader, IndexHandle, PinIndex, SelfSigned};
+    let (index, problems) = PinIndex::load(dir)?;
+    if !problems.is_empty() {
+        return Err(format!("{} problem(s) in the repo: {problems:?}", problems.len()).into());
+    }
+    let files = SelfSigned {
+        dir: tls,
+        service: "imagelock".into(),
+        namespace: "imagelock".into(),
+    }
+    .ensure()?;
+    let provider = admission::tls::provider();
+    let certs = CertReloader::load(files, provider.clone())?;
+    let config = Arc::new(admission::tls::server_config(certs, provider)?);
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    imagelock::daemon::cancel_on_signals(shutdown.clone());
+    println!("ready: {} pins", index.summary().pinned_tags);
+    admission::serve(
+        listener,
+        config,
+        IndexHandle::with(index),
+        admission::ServerOptions::default(),
+        shutdown,
+    )
+    .await;
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `cargo bench` passes `--bench`; the harness is ours, so drop it.
     let args = Args::parse_from(std::env::args().filter(|a| a != "--bench"));
-    match args.command {
+    let runtime = match args.command {
+        // The server as the daemon runs it: a worker per core.
+        Command::Serve { .. } => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+        // One thread for the client's I/O, so that the server under test keeps the rest.
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+    };
+    runtime.block_on(run(args.command))
+}
+
+async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
+    match command {
         Command::Generate {
             dir,
             images,
@@ -376,6 +445,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 dir.display()
             );
         }
+        Command::Serve { dir, listen, tls } => serve(&dir, listen, tls).await?,
         Command::Load {
             addr,
             ca,

@@ -21,6 +21,19 @@ use crate::mirror::{EngineOptions, MirrorEngine};
 use crate::reconcile::{self, Mode, Observations};
 use crate::registry::RegistryClient;
 
+/// Loads the checkout on a blocking thread: parsing thousands of entries takes long enough to
+/// hold up the webhook's requests on the runtime.
+async fn load_repo(worktree: PathBuf) -> Result<Arc<LoadedRepo>, manifest::ManifestError> {
+    let path = worktree.clone();
+    match tokio::task::spawn_blocking(move || manifest::load_repo(&worktree)).await {
+        Ok(loaded) => loaded.map(Arc::new),
+        Err(e) => Err(manifest::ManifestError::Io {
+            path,
+            source: std::io::Error::other(format!("the loading task failed: {e}")),
+        }),
+    }
+}
+
 pub struct Reconciler {
     config: DaemonConfig,
     poll_interval: Duration,
@@ -129,7 +142,7 @@ impl Reconciler {
         let Some(worktree) = self.checkout.as_ref().map(|c| c.worktree().to_path_buf()) else {
             return;
         };
-        let repo = match manifest::load_repo(&worktree) {
+        let repo = match load_repo(worktree.clone()).await {
             Ok(repo) => repo,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the config repo");
@@ -142,7 +155,7 @@ impl Reconciler {
             tracing::warn!(%diagnostic, "manifest error; its last good lock stays");
         }
         // The webhook gets the pins as they are now, before any slow resolving.
-        self.update_index(&repo);
+        self.update_index(&repo).await;
         let Some(config) = repo.config.clone() else {
             tracing::error!("imagelock.yaml is invalid; nothing is locked until it is fixed");
             self.publish(Some(&repo));
@@ -202,15 +215,14 @@ impl Reconciler {
             return;
         }
         self.commit(observations, &config, now).await;
-        // Reload so status shows the pins as committed.
-        match self
-            .checkout
-            .as_ref()
-            .map(|c| manifest::load_repo(c.worktree()))
-        {
-            Some(Ok(repo)) => self.publish(Some(&repo)),
-            _ => self.publish(Some(&repo)),
-        }
+        // Reload so status (and the webhook) show the pins as committed.
+        let reloaded = match self.checkout.as_ref().map(|c| c.worktree().to_path_buf()) {
+            Some(worktree) => load_repo(worktree).await.ok(),
+            None => None,
+        };
+        let repo = reloaded.unwrap_or(repo);
+        self.update_index(&repo).await;
+        self.publish(Some(&repo));
     }
 
     /// Clones on first use, then fetches and resets. Returns whether the head moved.
@@ -322,8 +334,9 @@ impl Reconciler {
     }
 
     /// Swaps the webhook's pins for those of the checkout, unless they were built from the
-    /// same commit already. Readers holding the old index finish with it.
-    fn update_index(&mut self, repo: &LoadedRepo) {
+    /// same commit already. Readers holding the old index finish with it. The build reads
+    /// every lock file: it runs on a blocking thread so the webhook keeps the runtime.
+    async fn update_index(&mut self, repo: &Arc<LoadedRepo>) {
         let Some(handle) = &self.index else {
             return;
         };
@@ -337,7 +350,18 @@ impl Reconciler {
         {
             return;
         }
-        let (index, problems) = PinIndex::build(&root, repo, revision, current.as_deref());
+        let repo = repo.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            PinIndex::build(&root, &repo, revision, current.as_deref())
+        })
+        .await;
+        let (index, problems) = match built {
+            Ok(built) => built,
+            Err(e) => {
+                tracing::error!(error = %e, "building the admission pins failed; the current ones stay");
+                return;
+            }
+        };
         for problem in &problems {
             tracing::warn!(%problem, "admission pins");
         }
@@ -355,7 +379,6 @@ impl Reconciler {
     /// Publishes a status snapshot for the admin endpoints.
     fn publish(&mut self, repo: Option<&LoadedRepo>) {
         if let Some(repo) = repo {
-            self.update_index(repo);
             self.status.ready = true;
             self.status.manifest_errors =
                 repo.diagnostics.iter().map(ToString::to_string).collect();
