@@ -266,16 +266,30 @@ struct Run {
 }
 
 impl Run {
+    fn percentile(&self, p: f64) -> f64 {
+        let n = self.latencies.len();
+        if n == 0 {
+            return 0.0;
+        }
+        let i = ((n as f64 * p).ceil() as usize).clamp(1, n) - 1;
+        self.latencies[i].as_secs_f64() * 1000.0
+    }
+
+    fn print_latency(&mut self, label: &str) {
+        self.latencies.sort_unstable();
+        println!(
+            "{label}: {} requests; p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
+            self.latencies.len(),
+            self.percentile(0.50),
+            self.percentile(0.99),
+            self.percentile(0.999),
+            self.percentile(1.0)
+        );
+    }
+
     fn print(&mut self, label: &str) {
         self.latencies.sort_unstable();
-        let pct = |p: f64| {
-            let n = self.latencies.len();
-            if n == 0 {
-                return 0.0;
-            }
-            let i = ((n as f64 * p).ceil() as usize).clamp(1, n) - 1;
-            self.latencies[i].as_secs_f64() * 1000.0
-        };
+        let pct = |p: f64| self.percentile(p);
         let n = self.latencies.len();
         println!(
             "{label}: {n} requests in {:.1} s = {:.0} req/s; latency p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms; errors {}",
@@ -403,15 +417,37 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     imagelock::daemon::cancel_on_signals(shutdown.clone());
+    // Server-side time of every request, printed at the end: the server's own latency, apart
+    // from the client's and the network's.
+    let times = Arc::new(std::sync::Mutex::new(Vec::<Duration>::with_capacity(
+        1 << 20,
+    )));
+    let observer = admission::RequestObserver(Arc::new({
+        let times = times.clone();
+        move |_, took| {
+            if let Ok(mut times) = times.lock() {
+                times.push(took);
+            }
+        }
+    }));
     println!("ready: {} pins", index.summary().pinned_tags);
     admission::serve(
         listener,
         config,
         IndexHandle::with(index),
-        admission::ServerOptions::default(),
+        admission::ServerOptions {
+            observer: Some(observer),
+            ..admission::ServerOptions::default()
+        },
         shutdown,
     )
     .await;
+    let mut run = Run {
+        latencies: std::mem::take(&mut *times.lock().map_err(|_| "poisoned")?),
+        errors: 0,
+        elapsed: Duration::from_secs(1),
+    };
+    run.print_latency("server-side time (request head in to response out, warm-up included)");
     Ok(())
 }
 

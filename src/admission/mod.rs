@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 pub use index::{IndexHandle, IndexSummary, PinIndex};
 pub use mutate::{REWRITTEN_ANNOTATION, ReviewError, review, review_body};
-pub use server::{ServerOptions, serve};
+pub use server::{RequestObserver, ServerOptions, serve};
 pub use tls::{CertReloader, SelfSigned, TlsFiles};
 
 /// Errors of the admission module: setting up the server and its certificates, and loading

@@ -29,6 +29,17 @@ use super::mutate::review_body;
 /// The only path served.
 pub const MUTATE_PATH: &str = "/mutate";
 
+/// Called after every request with its status and how long the server took, from a
+/// complete request head to the response (for metrics and benchmarks).
+#[derive(Clone)]
+pub struct RequestObserver(pub Arc<dyn Fn(StatusCode, Duration) + Send + Sync>);
+
+impl std::fmt::Debug for RequestObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RequestObserver")
+    }
+}
+
 /// Limits of the webhook server.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -46,6 +57,7 @@ pub struct ServerOptions {
     pub max_connection_age: Duration,
     /// On shutdown, how long requests in flight may take to finish.
     pub shutdown_grace: Duration,
+    pub observer: Option<RequestObserver>,
 }
 
 impl Default for ServerOptions {
@@ -58,6 +70,7 @@ impl Default for ServerOptions {
             max_connections: 1024,
             max_connection_age: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(10),
+            observer: None,
         }
     }
 }
@@ -189,9 +202,13 @@ async fn handle(
 ) -> Result<Reply, Infallible> {
     let started = Instant::now();
     let response = answer(request, &index, &options).await;
+    let took = started.elapsed();
+    if let Some(RequestObserver(observe)) = &options.observer {
+        observe(response.status(), took);
+    }
     tracing::debug!(
         status = response.status().as_u16(),
-        micros = started.elapsed().as_micros() as u64,
+        micros = took.as_micros() as u64,
         "webhook: request"
     );
     Ok(response)
