@@ -4,6 +4,7 @@
 //! Pure cores (manifest validation, tag selection, lock generations) sit apart from the thin
 //! network and Git shells around them (`registry`, `git`, `daemon`).
 
+pub mod admission;
 pub mod cli;
 pub mod daemon;
 pub mod git;

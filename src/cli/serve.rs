@@ -61,6 +61,42 @@ pub struct ServeArgs {
     #[arg(long, env = "IMAGELOCK_PUSH_ATTEMPTS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub push_attempts: Option<u32>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub webhook: WebhookArgs,
+}
+
+/// The admission webhook (HTTPS, `POST /mutate`): off unless `--webhook-listen` is set.
+#[derive(Debug, Clone, Default, Args, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookArgs {
+    /// Address of the admission webhook (HTTPS), e.g. 0.0.0.0:8443. Needs --tls-cert and
+    /// --tls-key, or --tls-self-signed.
+    #[arg(long, value_name = "ADDR", env = "IMAGELOCK_WEBHOOK_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_listen: Option<SocketAddr>,
+    /// The webhook's certificate chain (PEM), e.g. a mounted Secret's tls.crt; reloaded when
+    /// it changes.
+    #[arg(long, value_name = "FILE", env = "IMAGELOCK_TLS_CERT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", env = "IMAGELOCK_TLS_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Generate a CA and a serving certificate for <service>.<namespace>.svc in DIR instead;
+    /// DIR/ca.crt is the caBundle of the MutatingWebhookConfiguration.
+    #[arg(long, value_name = "DIR", env = "IMAGELOCK_TLS_SELF_SIGNED")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_self_signed: Option<PathBuf>,
+    /// The webhook's Service name, for --tls-self-signed [default: imagelock].
+    #[arg(long, value_name = "NAME", env = "IMAGELOCK_WEBHOOK_SERVICE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_service: Option<String>,
+    /// The webhook Service's namespace, for --tls-self-signed [default: imagelock].
+    #[arg(long, value_name = "NAMESPACE", env = "IMAGELOCK_WEBHOOK_NAMESPACE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_namespace: Option<String>,
 }
 
 impl ServeArgs {
@@ -114,6 +150,32 @@ mod tests {
         assert_eq!(config.poll_interval().unwrap().as_secs(), 300);
         assert_eq!(config.insecure_registries, vec!["reg.local".to_string()]);
         assert_eq!(config.push_attempts, 5);
+    }
+
+    #[test]
+    fn webhook_settings_from_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        std::fs::write(
+            &file,
+            "repo: file:///srv/config\nwebhookListen: 0.0.0.0:8443\ntlsCert: /tls/tls.crt\ntlsKey: /tls/tls.key\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            webhook: WebhookArgs {
+                webhook_listen: Some("127.0.0.1:9443".parse().unwrap()),
+                ..WebhookArgs::default()
+            },
+            ..ServeArgs::default()
+        };
+        let config = args.config().unwrap();
+        assert_eq!(
+            config.webhook_listen,
+            Some("127.0.0.1:9443".parse().unwrap())
+        );
+        assert_eq!(config.tls_cert, Some(PathBuf::from("/tls/tls.crt")));
+        assert_eq!(config.webhook_service, "imagelock");
     }
 
     #[test]

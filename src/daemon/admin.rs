@@ -1,4 +1,7 @@
 //! Admin endpoints on their own plain-HTTP port: `/healthz`, `/readyz`, `/status`.
+//!
+//! `/readyz` waits for the repo to be loaded and, when the admission webhook runs, for its
+//! pins: a webhook without pins would answer every Pod with 503.
 
 use std::sync::Arc;
 
@@ -11,39 +14,53 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Status;
+use crate::admission::IndexHandle;
 
 type StatusRx = watch::Receiver<Arc<Status>>;
 
-pub fn router(status: StatusRx) -> Router {
+#[derive(Clone)]
+struct AdminState {
+    status: StatusRx,
+    /// The webhook's pins, when the webhook runs.
+    index: Option<IndexHandle>,
+}
+
+pub fn router(status: StatusRx, index: Option<IndexHandle>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/status", get(status_json))
-        .with_state(status)
+        .with_state(AdminState { status, index })
 }
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
     status: StatusRx,
+    index: Option<IndexHandle>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(status))
+    axum::serve(listener, router(status, index))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }
 
-async fn readyz(State(status): State<StatusRx>) -> impl IntoResponse {
-    if status.borrow().ready {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    if !state.status.borrow().ready {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: repo not loaded yet\n",
-        )
+        );
     }
+    if state.index.as_ref().is_some_and(|index| !index.is_loaded()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: admission pins not loaded yet\n",
+        );
+    }
+    (StatusCode::OK, "ready\n")
 }
 
-async fn status_json(State(status): State<StatusRx>) -> Json<Status> {
+async fn status_json(State(AdminState { status, .. }): State<AdminState>) -> Json<Status> {
     // Clone out of the borrow so the writer is never held up by a slow client.
     let snapshot: Arc<Status> = status.borrow().clone();
     Json((*snapshot).clone())

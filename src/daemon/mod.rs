@@ -1,9 +1,10 @@
 //! `imagelock serve`: the long-running reconciler.
 //!
-//! Tasks: the reconcile loop (fetch, resolve what is due, commit and push), the admin server
-//! and, for a `file://` repo, a watcher that wakes the loop when the remote changes. All select
-//! on one shutdown token; if an essential task ends, the daemon ends instead of running
-//! half-alive.
+//! Tasks: the reconcile loop (fetch, resolve what is due, commit and push), the admin server,
+//! the admission webhook when `webhookListen` is set (its pins swapped by the reconcile loop
+//! after every pass) and, for a `file://` repo, a watcher that wakes the loop when the remote
+//! changes. All select on one shutdown token; if an essential task ends, the daemon ends
+//! instead of running half-alive.
 
 mod admin;
 mod reconciler;
@@ -11,13 +12,19 @@ mod schedule;
 mod status;
 mod watch;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch as watch_channel};
+use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
+
+use crate::admission::{self, AdmissionError, CertReloader, IndexHandle, SelfSigned, TlsFiles};
 
 pub use schedule::Scheduler;
 pub use status::{ImageStatus, Status, TagStatus};
@@ -46,6 +53,19 @@ pub struct DaemonConfig {
     pub admin_listen: SocketAddr,
     /// Push attempts before a pass gives up (each after a fetch and a rebuild of the locks).
     pub push_attempts: u32,
+    /// Admission webhook address (HTTPS, `POST /mutate`); no webhook when unset.
+    pub webhook_listen: Option<SocketAddr>,
+    /// The webhook's serving certificate chain (PEM), reloaded when it changes.
+    pub tls_cert: Option<PathBuf>,
+    /// The key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Instead of `tls_cert`/`tls_key`: generate a CA and a serving certificate in this
+    /// directory; `ca.crt` there is the webhook configuration's `caBundle`.
+    pub tls_self_signed: Option<PathBuf>,
+    /// The webhook's Service name, for the generated certificate.
+    pub webhook_service: String,
+    /// The webhook Service's namespace, for the generated certificate.
+    pub webhook_namespace: String,
 }
 
 impl Default for DaemonConfig {
@@ -62,6 +82,12 @@ impl Default for DaemonConfig {
             insecure_registries: Vec::new(),
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 8081)),
             push_attempts: 5,
+            webhook_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_self_signed: None,
+            webhook_service: "imagelock".into(),
+            webhook_namespace: "imagelock".into(),
         }
     }
 }
@@ -79,6 +105,8 @@ pub enum DaemonError {
     Admin(std::io::Error),
     #[error("cannot watch {path}: {message}")]
     Watch { path: PathBuf, message: String },
+    #[error("admission webhook: {0}")]
+    Webhook(#[from] AdmissionError),
     #[error("the {0} task ended unexpectedly")]
     TaskEnded(&'static str),
 }
@@ -90,6 +118,7 @@ impl DaemonError {
             DaemonError::Listen { .. } => "listen",
             DaemonError::Admin(_) => "admin",
             DaemonError::Watch { .. } => "watch",
+            DaemonError::Webhook(_) => "webhook",
             DaemonError::TaskEnded(_) => "task_ended",
         }
     }
@@ -117,9 +146,80 @@ impl DaemonConfig {
                 "pushAttempts must be at least 1".into(),
             ));
         }
-        Ok(())
+        self.webhook_tls().map(|_| ())
+    }
+
+    /// Where the webhook's certificate comes from; `None` when there is no webhook.
+    fn webhook_tls(&self) -> Result<Option<WebhookTls>, DaemonError> {
+        let files = (&self.tls_cert, &self.tls_key);
+        let tls = match (&self.tls_self_signed, files) {
+            (Some(_), (Some(_), _) | (_, Some(_))) => {
+                return Err(DaemonError::Config(
+                    "set either tlsSelfSigned or tlsCert and tlsKey, not both".into(),
+                ));
+            }
+            (Some(dir), (None, None)) => {
+                for (what, name) in [
+                    ("webhookService", &self.webhook_service),
+                    ("webhookNamespace", &self.webhook_namespace),
+                ] {
+                    if !is_dns_label(name) {
+                        return Err(DaemonError::Config(format!(
+                            "{what} {name:?} is not a valid Kubernetes name (lowercase letters, digits and -)"
+                        )));
+                    }
+                }
+                Some(WebhookTls::SelfSigned(SelfSigned {
+                    dir: dir.clone(),
+                    service: self.webhook_service.clone(),
+                    namespace: self.webhook_namespace.clone(),
+                }))
+            }
+            (None, (Some(cert), Some(key))) => Some(WebhookTls::Files(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            (None, (Some(_), None) | (None, Some(_))) => {
+                return Err(DaemonError::Config(
+                    "tlsCert and tlsKey go together: set both".into(),
+                ));
+            }
+            (None, (None, None)) => None,
+        };
+        match (self.webhook_listen, tls) {
+            (Some(_), Some(tls)) => Ok(Some(tls)),
+            (Some(_), None) => Err(DaemonError::Config(
+                "webhookListen needs a certificate: set tlsCert and tlsKey, or tlsSelfSigned"
+                    .into(),
+            )),
+            (None, Some(_)) => Err(DaemonError::Config(
+                "TLS settings without webhookListen: set webhookListen to serve the webhook".into(),
+            )),
+            (None, None) => Ok(None),
+        }
     }
 }
+
+/// A Kubernetes object name of one DNS label (Services, namespaces).
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// The webhook's certificate: files (a mounted Secret) or generated.
+#[derive(Debug, Clone)]
+enum WebhookTls {
+    Files(TlsFiles),
+    SelfSigned(SelfSigned),
+}
+
+/// How often the certificate files are checked even without a change event.
+const CERT_POLL: Duration = Duration::from_secs(60);
 
 /// Why the loop should run a pass now rather than at its next scheduled time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +234,13 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
     let (status_tx, status_rx) = watch_channel::channel(std::sync::Arc::new(Status::default()));
     let (trigger_tx, trigger_rx) = mpsc::channel(16);
 
+    // The webhook's certificate and port first: a bad certificate stops the daemon at once.
+    let webhook = match (config.webhook_listen, config.webhook_tls()?) {
+        (Some(addr), Some(tls)) => Some(Webhook::prepare(addr, tls).await?),
+        _ => None,
+    };
+    let index = webhook.as_ref().map(|w| w.index.clone());
+
     let listener = tokio::net::TcpListener::bind(config.admin_listen)
         .await
         .map_err(|source| DaemonError::Listen {
@@ -141,7 +248,10 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
             source,
         })?;
     tracing::info!(addr = %config.admin_listen, "admin endpoints listening");
-    let mut admin = tokio::spawn(admin::serve(listener, status_rx, shutdown.clone()));
+    let admin = tokio::spawn({
+        let serve = admin::serve(listener, status_rx, index.clone(), shutdown.clone());
+        async move { serve.await.map_err(DaemonError::Admin) }
+    });
 
     // Keep the watcher alive for the daemon's lifetime; dropping it stops the watch.
     let _watcher = match watch::local_repo_path(&config.repo) {
@@ -149,32 +259,106 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
         None => None,
     };
 
-    let reconciler = reconciler::Reconciler::new(config, status_tx)?;
-    let mut reconcile = tokio::spawn(reconciler.run(trigger_rx, shutdown.clone()));
+    let reconciler = reconciler::Reconciler::new(config, status_tx, index)?;
+    let reconcile = tokio::spawn({
+        let run = reconciler.run(trigger_rx, shutdown.clone());
+        async move {
+            run.await;
+            Ok(())
+        }
+    });
 
-    let admin_result = |r: Result<std::io::Result<()>, tokio::task::JoinError>, cancelled| match r {
-        Ok(Ok(())) if cancelled => Ok(()),
-        Ok(Err(e)) => Err(DaemonError::Admin(e)),
-        _ => Err(DaemonError::TaskEnded("admin server")),
-    };
-    let reconcile_result = |r: Result<(), tokio::task::JoinError>, cancelled| match r {
-        Ok(()) if cancelled => Ok(()),
-        _ => Err(DaemonError::TaskEnded("reconcile loop")),
-    };
-    let (first, admin_ended) = tokio::select! {
-        r = &mut admin => (admin_result(r, shutdown.is_cancelled()), true),
-        r = &mut reconcile => (reconcile_result(r, shutdown.is_cancelled()), false),
-    };
+    let mut tasks = vec![
+        named("admin server", admin),
+        named("reconcile loop", reconcile),
+    ];
+    if let Some(webhook) = webhook {
+        tasks.push(named(
+            "webhook server",
+            tokio::spawn(webhook.run(shutdown.clone())),
+        ));
+    }
+    let ((name, result), _, rest) = futures_util::future::select_all(tasks).await;
+    let first = task_result(name, result, shutdown.is_cancelled());
     // Whatever ended first, the rest stop too, and `run` returns only once they have: the
-    // admin port is closed and a commit in flight has finished.
+    // ports are closed and a commit in flight has finished.
     shutdown.cancel();
     drop(trigger_tx);
-    let rest = if admin_ended {
-        reconcile_result(reconcile.await, true)
-    } else {
-        admin_result(admin.await, true)
-    };
-    first.and(rest)
+    let mut outcome = first;
+    for task in rest {
+        let (name, result) = task.await;
+        outcome = outcome.and(task_result(name, result, true));
+    }
+    outcome
+}
+
+type TaskOutput = (&'static str, Result<Result<(), DaemonError>, JoinError>);
+
+fn named(
+    name: &'static str,
+    handle: JoinHandle<Result<(), DaemonError>>,
+) -> Pin<Box<dyn Future<Output = TaskOutput> + Send>> {
+    Box::pin(async move { (name, handle.await) })
+}
+
+/// A task that returns is fine only after shutdown was asked for.
+fn task_result(
+    name: &'static str,
+    result: Result<Result<(), DaemonError>, JoinError>,
+    cancelled: bool,
+) -> Result<(), DaemonError> {
+    match result {
+        Ok(Ok(())) if cancelled => Ok(()),
+        Ok(Err(e)) => Err(e),
+        _ => Err(DaemonError::TaskEnded(name)),
+    }
+}
+
+/// The admission webhook, ready to serve: its port bound, its certificate loaded, its pins
+/// still empty until the reconcile loop stores the first index.
+struct Webhook {
+    listener: tokio::net::TcpListener,
+    certs: Arc<CertReloader>,
+    tls: Arc<rustls::ServerConfig>,
+    index: IndexHandle,
+}
+
+impl Webhook {
+    async fn prepare(addr: SocketAddr, tls: WebhookTls) -> Result<Self, DaemonError> {
+        let files = match tls {
+            WebhookTls::Files(files) => files,
+            WebhookTls::SelfSigned(generated) => {
+                tokio::task::spawn_blocking(move || generated.ensure())
+                    .await
+                    .map_err(|e| AdmissionError::Generate(e.to_string()))??
+            }
+        };
+        let provider = admission::tls::provider();
+        let certs = CertReloader::load(files, provider.clone())?;
+        let tls = Arc::new(admission::tls::server_config(certs.clone(), provider)?);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Listen { addr, source })?;
+        tracing::info!(%addr, "admission webhook listening (HTTPS, POST /mutate)");
+        Ok(Webhook {
+            listener,
+            certs,
+            tls,
+            index: IndexHandle::new(),
+        })
+    }
+
+    async fn run(self, shutdown: CancellationToken) -> Result<(), DaemonError> {
+        let server = admission::serve(
+            self.listener,
+            self.tls,
+            self.index,
+            admission::ServerOptions::default(),
+            shutdown.clone(),
+        );
+        tokio::join!(server, self.certs.watch(CERT_POLL, shutdown));
+        Ok(())
+    }
 }
 
 /// Cancels `token` on SIGTERM or Ctrl-C.
@@ -203,4 +387,65 @@ pub fn cancel_on_signals(token: CancellationToken) {
         tracing::info!("shutdown requested");
         token.cancel();
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mk_config(
+        listen: bool,
+        cert: bool,
+        key: bool,
+        self_signed: bool,
+    ) -> Result<Option<WebhookTls>, DaemonError> {
+        let config = DaemonConfig {
+            repo: "file:///srv/config".into(),
+            webhook_listen: listen.then(|| "127.0.0.1:8443".parse().unwrap()),
+            tls_cert: cert.then(|| "/tls/tls.crt".into()),
+            tls_key: key.then(|| "/tls/tls.key".into()),
+            tls_self_signed: self_signed.then(|| "/tls/generated".into()),
+            ..DaemonConfig::default()
+        };
+        config.validate()?;
+        config.webhook_tls()
+    }
+
+    fn config_error(result: Result<Option<WebhookTls>, DaemonError>) -> String {
+        match result {
+            Err(DaemonError::Config(message)) => message,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn webhook_needs_exactly_one_certificate_source() {
+        assert!(mk_config(false, false, false, false).unwrap().is_none());
+        assert!(matches!(
+            mk_config(true, true, true, false),
+            Ok(Some(WebhookTls::Files(_)))
+        ));
+        assert!(matches!(
+            mk_config(true, false, false, true),
+            Ok(Some(WebhookTls::SelfSigned(_)))
+        ));
+        assert!(config_error(mk_config(true, false, false, false)).contains("needs a certificate"));
+        assert!(config_error(mk_config(true, true, false, false)).contains("go together"));
+        assert!(config_error(mk_config(true, true, true, true)).contains("not both"));
+        assert!(
+            config_error(mk_config(false, true, true, false)).contains("without webhookListen")
+        );
+    }
+
+    #[test]
+    fn generated_certificates_need_kubernetes_names() {
+        let config = DaemonConfig {
+            repo: "file:///srv/config".into(),
+            webhook_listen: Some("127.0.0.1:8443".parse().unwrap()),
+            tls_self_signed: Some("/tls".into()),
+            webhook_namespace: "Bad_Name".into(),
+            ..DaemonConfig::default()
+        };
+        assert!(config_error(config.webhook_tls()).contains("webhookNamespace"));
+    }
 }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::schedule::Scheduler;
 use super::status::{AttemptLog, ImageStatus, Status, TagStatus};
 use super::{DaemonConfig, DaemonError, Trigger};
+use crate::admission::{IndexHandle, PinIndex};
 use crate::git::{self, Author, Checkout, GitAuth, GitTimeouts, PushResult, RemoteSpec};
 use crate::lock;
 use crate::manifest::{self, LoadedRepo, RegistrySettings, RepoConfig};
@@ -19,6 +20,19 @@ use crate::mirror::progress::Silent;
 use crate::mirror::{EngineOptions, MirrorEngine};
 use crate::reconcile::{self, Mode, Observations};
 use crate::registry::RegistryClient;
+
+/// Loads the checkout on a blocking thread: parsing thousands of entries takes long enough to
+/// hold up the webhook's requests on the runtime.
+async fn load_repo(worktree: PathBuf) -> Result<Arc<LoadedRepo>, manifest::ManifestError> {
+    let path = worktree.clone();
+    match tokio::task::spawn_blocking(move || manifest::load_repo(&worktree)).await {
+        Ok(loaded) => loaded.map(Arc::new),
+        Err(e) => Err(manifest::ManifestError::Io {
+            path,
+            source: std::io::Error::other(format!("the loading task failed: {e}")),
+        }),
+    }
+}
 
 pub struct Reconciler {
     config: DaemonConfig,
@@ -34,12 +48,15 @@ pub struct Reconciler {
     )>,
     status_tx: watch::Sender<Arc<Status>>,
     status: Status,
+    /// The admission webhook's pins, swapped after every load of the repo.
+    index: Option<IndexHandle>,
 }
 
 impl Reconciler {
     pub fn new(
         config: DaemonConfig,
         status_tx: watch::Sender<Arc<Status>>,
+        index: Option<IndexHandle>,
     ) -> Result<Self, DaemonError> {
         let auth = match (&config.git_token_file, &config.git_ssh_key) {
             (Some(_), Some(_)) => {
@@ -74,6 +91,7 @@ impl Reconciler {
             client: None,
             status_tx,
             status,
+            index,
         })
     }
 
@@ -124,7 +142,7 @@ impl Reconciler {
         let Some(worktree) = self.checkout.as_ref().map(|c| c.worktree().to_path_buf()) else {
             return;
         };
-        let repo = match manifest::load_repo(&worktree) {
+        let repo = match load_repo(worktree.clone()).await {
             Ok(repo) => repo,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the config repo");
@@ -136,6 +154,8 @@ impl Reconciler {
         for diagnostic in &repo.diagnostics {
             tracing::warn!(%diagnostic, "manifest error; its last good lock stays");
         }
+        // The webhook gets the pins as they are now, before any slow resolving.
+        self.update_index(&repo).await;
         let Some(config) = repo.config.clone() else {
             tracing::error!("imagelock.yaml is invalid; nothing is locked until it is fixed");
             self.publish(Some(&repo));
@@ -195,15 +215,14 @@ impl Reconciler {
             return;
         }
         self.commit(observations, &config, now).await;
-        // Reload so status shows the pins as committed.
-        match self
-            .checkout
-            .as_ref()
-            .map(|c| manifest::load_repo(c.worktree()))
-        {
-            Some(Ok(repo)) => self.publish(Some(&repo)),
-            _ => self.publish(Some(&repo)),
-        }
+        // Reload so status (and the webhook) show the pins as committed.
+        let reloaded = match self.checkout.as_ref().map(|c| c.worktree().to_path_buf()) {
+            Some(worktree) => load_repo(worktree).await.ok(),
+            None => None,
+        };
+        let repo = reloaded.unwrap_or(repo);
+        self.update_index(&repo).await;
+        self.publish(Some(&repo));
     }
 
     /// Clones on first use, then fetches and resets. Returns whether the head moved.
@@ -312,6 +331,49 @@ impl Reconciler {
                 self.status.last_commit_error = Some(e.to_string());
             }
         }
+    }
+
+    /// Swaps the webhook's pins for those of the checkout, unless they were built from the
+    /// same commit already. Readers holding the old index finish with it. The build reads
+    /// every lock file: it runs on a blocking thread so the webhook keeps the runtime.
+    async fn update_index(&mut self, repo: &Arc<LoadedRepo>) {
+        let Some(handle) = &self.index else {
+            return;
+        };
+        let Some(root) = self.checkout.as_ref().map(|c| c.worktree().to_path_buf()) else {
+            return;
+        };
+        let current = handle.load();
+        let revision = self.status.head.clone();
+        if let (Some(current), Some(revision)) = (&current, &revision)
+            && current.revision() == Some(revision.as_str())
+        {
+            return;
+        }
+        let repo = repo.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            PinIndex::build(&root, &repo, revision, current.as_deref())
+        })
+        .await;
+        let (index, problems) = match built {
+            Ok(built) => built,
+            Err(e) => {
+                tracing::error!(error = %e, "building the admission pins failed; the current ones stay");
+                return;
+            }
+        };
+        for problem in &problems {
+            tracing::warn!(%problem, "admission pins");
+        }
+        let summary = index.summary();
+        tracing::info!(
+            revision = summary.revision.as_deref().unwrap_or("-"),
+            pinned_tags = summary.pinned_tags,
+            aliases = summary.aliases,
+            "admission pins updated"
+        );
+        self.status.admission = Some(summary);
+        handle.store(index);
     }
 
     /// Publishes a status snapshot for the admin endpoints.

@@ -25,6 +25,9 @@ pub struct Status {
     pub last_commit: Option<String>,
     pub last_commit_error: Option<String>,
     pub manifest_errors: Vec<String>,
+    /// The admission webhook's pins, when the webhook runs and has them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admission: Option<crate::admission::IndexSummary>,
     pub images: Vec<ImageStatus>,
 }
 

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use notify_debouncer_full::notify::RecursiveMode;
+use notify_debouncer_full::notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 use tokio::sync::mpsc;
 
@@ -30,7 +30,11 @@ pub fn watch(path: &Path, triggers: mpsc::Sender<Trigger>) -> Result<RepoWatcher
         Duration::from_millis(300),
         None,
         move |result: DebounceEventResult| {
-            if result.is_ok_and(|events| !events.is_empty()) {
+            // Reads are not changes: the daemon's own fetch from the repo opens its files,
+            // and waking on that would run pass after pass.
+            let changed =
+                result.is_ok_and(|events| events.iter().any(|e| is_change(&e.event.kind)));
+            if changed {
                 // A full channel already holds a wake-up; dropping this one loses nothing.
                 let _ = triggers.try_send(Trigger::RepoChanged);
             }
@@ -42,4 +46,28 @@ pub fn watch(path: &Path, triggers: mpsc::Sender<Trigger>) -> Result<RepoWatcher
         .map_err(error)?;
     tracing::info!(path = %path.display(), "watching the local repo for changes");
     Ok(debouncer)
+}
+
+/// True for events that change the repo; opening or reading its files is not a change.
+fn is_change(kind: &EventKind) -> bool {
+    !matches!(kind, EventKind::Access(_))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify_debouncer_full::notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+
+    #[test]
+    fn reads_do_not_wake_the_loop() {
+        assert!(!is_change(&EventKind::Access(AccessKind::Open(
+            AccessMode::Read
+        ))));
+        assert!(!is_change(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(is_change(&EventKind::Create(CreateKind::File)));
+        assert!(is_change(&EventKind::Modify(ModifyKind::Any)));
+        assert!(is_change(&EventKind::Any));
+    }
 }

@@ -13,7 +13,9 @@
 //! defaults: {schedule: "*/15 * * * *", keep: 25, mirror: false, platforms: [linux/amd64]}
 //! git: {authorName: imagelock, authorEmail: imagelock@example.com, message: "..."}
 //! outputs: {...}                        # kept raw for now
-//! admission: {...}                      # kept raw for now
+//! admission:                           # what the webhook does with Pods, per namespace
+//!   default: rewrite                    # rewrite | enforce | audit | off (default rewrite)
+//!   namespaces: {team-a: enforce}
 //! ```
 
 use std::collections::BTreeMap;
@@ -24,9 +26,10 @@ use crate::reference::{DOCKER_HUB, ImageRepo, is_valid_tag};
 use super::Diagnostic;
 use super::common::{self, top_level};
 use super::model::{
-    Defaults, GitSettings, MirrorLayout, MirrorTarget, RawSection, RegistrySettings, RepoConfig,
+    AdmissionMode, AdmissionSettings, Defaults, GitSettings, MirrorLayout, MirrorTarget,
+    RawSection, RegistrySettings, RepoConfig,
 };
-use super::yaml::{Doc, Node, Value, describe};
+use super::yaml::{Doc, Node, Value, describe, suggest};
 
 const ROOT: &[&str] = &[
     "apiVersion",
@@ -42,6 +45,8 @@ const MIRROR: &[&str] = &["registry", "layout", "repository", "tagPrefix"];
 const REGISTRY: &[&str] = &["rateLimit", "concurrency", "insecure", "credential"];
 const DEFAULTS: &[&str] = &["schedule", "keep", "mirror", "platforms"];
 const GIT: &[&str] = &["authorName", "authorEmail", "message"];
+const ADMISSION: &[&str] = &["default", "namespaces"];
+const ADMISSION_MODES: &[&str] = &["rewrite", "enforce", "audit", "off"];
 
 /// The per-image layout when `mirror:` names only a registry.
 pub const DEFAULT_LAYOUT: &str = "{namespace}/{name}";
@@ -74,9 +79,9 @@ fn repo_config(doc: &mut Doc<'_>, root: &Node<'_>) -> Option<RepoConfig> {
         config.git = git(doc, value).unwrap_or_default();
     }
     config.outputs = map.get("outputs").and_then(|value| raw_section(doc, value));
-    config.admission = map
-        .get("admission")
-        .and_then(|value| raw_section(doc, value));
+    if let Some(value) = map.get("admission") {
+        config.admission = admission(doc, value).unwrap_or_default();
+    }
     Some(config)
 }
 
@@ -359,6 +364,49 @@ fn author_email(doc: &mut Doc<'_>, value: &Value<'_>) -> Option<String> {
     Some(email)
 }
 
+fn admission(doc: &mut Doc<'_>, value: &Value<'_>) -> Option<AdmissionSettings> {
+    let map = doc.mapping(value, ADMISSION)?;
+    let mut settings = AdmissionSettings::default();
+    if let Some(value) = map.get("default") {
+        settings.default = admission_mode(doc, value).unwrap_or_default();
+    }
+    if let Some(value) = map.get("namespaces") {
+        for (namespace, key_position, mode) in doc.dict(value).unwrap_or_default() {
+            if !common::is_dns_label(&namespace) {
+                doc.error(
+                    key_position,
+                    &value.field,
+                    format!(
+                        "invalid namespace {namespace:?}: expected a Kubernetes namespace name (at most 63 lowercase letters, digits and -, like team-a)"
+                    ),
+                );
+                continue;
+            }
+            if let Some(mode) = admission_mode(doc, &mode) {
+                settings.namespaces.insert(namespace, mode);
+            }
+        }
+    }
+    Some(settings)
+}
+
+fn admission_mode(doc: &mut Doc<'_>, value: &Value<'_>) -> Option<AdmissionMode> {
+    let text = doc.string(value)?;
+    if let Ok(mode) = text.parse() {
+        return Some(mode);
+    }
+    let hint = match suggest(&text, ADMISSION_MODES) {
+        Some(close) => format!("; did you mean {close:?}?"),
+        None => String::new(),
+    };
+    doc.error(
+        value.position,
+        &value.field,
+        format!("unknown admission mode {text:?}; expected rewrite, enforce, audit or off{hint}"),
+    );
+    None
+}
+
 fn raw_section(doc: &mut Doc<'_>, value: &Value<'_>) -> Option<RawSection> {
     // Only the shape is checked until the module that owns the section defines it.
     if !value.is_mapping() {
@@ -441,10 +489,13 @@ mod tests {
             outputs.value,
             serde_json::json!({"kustomize": [{"path": "apps/web/kustomization.yaml"}]})
         );
+        assert_eq!(config.admission.default, AdmissionMode::Rewrite);
         assert_eq!(
-            config.admission.unwrap().value,
-            serde_json::json!({"namespaces": {"team-a": "enforce"}})
+            config.admission.namespaces,
+            BTreeMap::from([("team-a".to_owned(), AdmissionMode::Enforce)])
         );
+        assert_eq!(config.admission.mode_for("team-a"), AdmissionMode::Enforce);
+        assert_eq!(config.admission.mode_for("team-b"), AdmissionMode::Rewrite);
     }
 
     #[test]
@@ -579,6 +630,49 @@ mod tests {
                 "imagelock.yaml:10:16: git.authorEmail: invalid email address \"imagelock\"; expected one like imagelock@example.com",
                 "imagelock.yaml:11:3: unknown field \"mesage\" in git; did you mean \"message\"?",
             ]
+        );
+    }
+
+    #[test]
+    fn admission_modes() {
+        let config = parse(&mk_config(
+            "admission:\n  default: audit\n  namespaces:\n    team-a: enforce\n    sandbox: off\n    legacy: rewrite\n",
+        ));
+        let admission = config.admission;
+        assert_eq!(admission.default, AdmissionMode::Audit);
+        assert_eq!(admission.mode_for("team-a"), AdmissionMode::Enforce);
+        // YAML 1.2: `off` is a string, not a boolean.
+        assert_eq!(admission.mode_for("sandbox"), AdmissionMode::Off);
+        assert_eq!(admission.mode_for("legacy"), AdmissionMode::Rewrite);
+        assert_eq!(admission.mode_for("elsewhere"), AdmissionMode::Audit);
+        assert_eq!(
+            parse(&mk_config("admission: {}\n")).admission,
+            AdmissionSettings::default()
+        );
+        for mode in AdmissionMode::ALL {
+            assert_eq!(mode.as_str().parse(), Ok(mode));
+            assert_eq!(mode.to_string(), mode.as_str());
+        }
+    }
+
+    #[test]
+    fn bad_admission() {
+        let text = mk_config(
+            "admission:\n  default: enforced\n  namespaces:\n    Team-A: enforce\n    team-b: deny\n    team-c: [audit]\n  namespace: {}\n",
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "imagelock.yaml:4:12: admission.default: unknown admission mode \"enforced\"; expected rewrite, enforce, audit or off; did you mean \"enforce\"?",
+                "imagelock.yaml:6:5: admission.namespaces: invalid namespace \"Team-A\": expected a Kubernetes namespace name (at most 63 lowercase letters, digits and -, like team-a)",
+                "imagelock.yaml:7:13: admission.namespaces[\"team-b\"]: unknown admission mode \"deny\"; expected rewrite, enforce, audit or off",
+                "imagelock.yaml:8:13: admission.namespaces[\"team-c\"]: expected a string, found a list",
+                "imagelock.yaml:9:3: unknown field \"namespace\" in admission; did you mean \"namespaces\"?",
+            ]
+        );
+        assert_eq!(
+            errors(&mk_config("admission: enforce\n")),
+            ["imagelock.yaml:3:12: admission: expected a mapping, found the string \"enforce\""]
         );
     }
 

@@ -57,8 +57,87 @@ pub struct RepoConfig {
     pub git: GitSettings,
     /// `outputs:`, only checked to be a mapping until the outputs module defines it.
     pub outputs: Option<RawSection>,
-    /// `admission:`, only checked to be a mapping until the admission module defines it.
-    pub admission: Option<RawSection>,
+    /// `admission:`: what the webhook does with each namespace's Pods.
+    pub admission: AdmissionSettings,
+}
+
+/// `admission:` in `imagelock.yaml`:
+///
+/// ```yaml
+/// admission:
+///   default: rewrite          # namespaces not listed below (rewrite when omitted)
+///   namespaces:
+///     team-a: enforce
+///     sandbox: audit
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdmissionSettings {
+    /// The mode of every namespace not listed in `namespaces`.
+    pub default: AdmissionMode,
+    /// Per-namespace modes, by namespace name.
+    pub namespaces: BTreeMap<String, AdmissionMode>,
+}
+
+impl AdmissionSettings {
+    /// The mode that applies to Pods of `namespace`.
+    pub fn mode_for(&self, namespace: &str) -> AdmissionMode {
+        self.namespaces
+            .get(namespace)
+            .copied()
+            .unwrap_or(self.default)
+    }
+}
+
+/// What the admission webhook does with a namespace's Pods.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum AdmissionMode {
+    /// Rewrite images a lock pins to their digest; leave everything else alone.
+    #[default]
+    Rewrite,
+    /// Rewrite like `Rewrite`, and deny Pods with an image that is neither pinned by a lock
+    /// nor already given by digest.
+    Enforce,
+    /// Change nothing; say in warnings what `Enforce` would rewrite or deny.
+    Audit,
+    /// Change nothing, say nothing.
+    Off,
+}
+
+impl AdmissionMode {
+    /// Every mode, in the order the documentation lists them.
+    pub const ALL: [AdmissionMode; 4] = [
+        AdmissionMode::Rewrite,
+        AdmissionMode::Enforce,
+        AdmissionMode::Audit,
+        AdmissionMode::Off,
+    ];
+
+    /// The name used in `imagelock.yaml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdmissionMode::Rewrite => "rewrite",
+            AdmissionMode::Enforce => "enforce",
+            AdmissionMode::Audit => "audit",
+            AdmissionMode::Off => "off",
+        }
+    }
+}
+
+impl std::fmt::Display for AdmissionMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for AdmissionMode {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        AdmissionMode::ALL
+            .into_iter()
+            .find(|mode| mode.as_str() == s)
+            .ok_or(())
+    }
 }
 
 /// A section of `imagelock.yaml` kept as plain data for a module that validates it later.

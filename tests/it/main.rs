@@ -1,6 +1,7 @@
 //! The one integration test binary: real Git repositories, a real `docker-registry`, image
 //! pushing and a fault-injecting proxy (`common`). Add a module per area.
 
+mod admission;
 mod common;
 mod daemon;
 mod git;
