@@ -75,8 +75,17 @@ pub fn review_body(index: &PinIndex, body: &[u8]) -> Result<Vec<u8>, ReviewError
     if request.uid.is_empty() {
         return Err(ReviewError::NoUid);
     }
-    let response = review(index, &request);
-    serde_json::to_vec(&response.into_review()).map_err(|e| ReviewError::Encode(e.to_string()))
+    let mut response = review(index, &request);
+    // kube serializes the patch bytes as a JSON array of numbers (kube-rs#1781); the API
+    // documents `patch` as base64, like every `[]byte` in JSON. Write it that way.
+    let patch = response.patch.take();
+    let mut encoded = serde_json::to_value(response.into_review())
+        .map_err(|e| ReviewError::Encode(e.to_string()))?;
+    if let (Some(patch), Some(fields)) = (patch, encoded["response"].as_object_mut()) {
+        let base64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, patch);
+        fields.insert("patch".into(), serde_json::Value::String(base64));
+    }
+    serde_json::to_vec(&encoded).map_err(|e| ReviewError::Encode(e.to_string()))
 }
 
 /// The answer to one admission request.
@@ -523,9 +532,11 @@ mod tests {
         let mut pod = request["request"]["object"].clone();
         if let Some(patch) = response.get("patch") {
             assert_eq!(response["patchType"], "JSONPatch");
-            // kube serializes the bytes as a JSON array of numbers, which the API server's Go
-            // decoder takes like base64.
-            let bytes: Vec<u8> = serde_json::from_value(patch.clone()).unwrap();
+            let bytes = base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                patch.as_str().expect("the patch is a base64 string"),
+            )
+            .unwrap();
             let patch: Patch = serde_json::from_slice(&bytes).unwrap();
             json_patch::patch(&mut pod, &patch).unwrap();
         }

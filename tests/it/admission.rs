@@ -309,13 +309,10 @@ fn patched(pod: &Value, response: &Value) -> Value {
     let mut pod = pod.clone();
     if let Some(patch) = response.get("patch") {
         assert_eq!(response["patchType"], "JSONPatch");
-        let bytes: Vec<u8> = match patch {
-            Value::String(b64) => {
-                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64)
-                    .expect("base64 patch")
-            }
-            other => serde_json::from_value(other.clone()).expect("patch bytes"),
-        };
+        // The API requires base64 for `patch`, as for every `[]byte` in JSON.
+        let b64 = patch.as_str().expect("the patch is a base64 string");
+        let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64)
+            .expect("base64 patch");
         let patch: json_patch::Patch = serde_json::from_slice(&bytes).expect("JSONPatch");
         json_patch::patch(&mut pod, &patch).expect("patch applies");
     }
