@@ -7,6 +7,7 @@
 //! instead of running half-alive.
 
 mod admin;
+pub mod hooks;
 mod reconciler;
 mod schedule;
 mod status;
@@ -224,8 +225,10 @@ const CERT_POLL: Duration = Duration::from_secs(60);
 /// Why the loop should run a pass now rather than at its next scheduled time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trigger {
-    /// The remote repo changed (file watch or a Git push hook).
+    /// The remote repo changed (file watch).
     RepoChanged,
+    /// A push hook arrived.
+    Hook(hooks::HookEvent),
 }
 
 /// Runs the daemon until `shutdown` is cancelled or an essential task fails.

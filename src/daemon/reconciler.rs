@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::schedule::Scheduler;
 use super::status::{AttemptLog, ImageStatus, Status, TagStatus};
+use super::hooks::{self, HookEvent};
 use super::{DaemonConfig, DaemonError, Trigger};
 use crate::admission::{IndexHandle, PinIndex};
 use crate::git::{self, Author, Checkout, GitAuth, GitTimeouts, PushResult, RemoteSpec};
@@ -116,6 +117,7 @@ impl Reconciler {
                 trigger = triggers.recv() => {
                     if let Some(trigger) = trigger {
                         tracing::debug!(?trigger, "woken");
+                        self.on_trigger(&trigger);
                     }
                 }
             }
@@ -124,6 +126,17 @@ impl Reconciler {
             }
         }
         tracing::info!("reconcile loop stopped");
+    }
+
+    /// A pushed image makes the entries it can affect due now; the pass that follows fetches
+    /// the repo in any case.
+    fn on_trigger(&mut self, trigger: &Trigger) {
+        if let Trigger::Hook(HookEvent::ImagePushed { repo, tags }) = trigger {
+            let count = self
+                .scheduler
+                .trigger(|spec| hooks::affects(spec, repo, tags), Utc::now());
+            tracing::info!(%repo, ?tags, entries = count, "push hook: entries due now");
+        }
     }
 
     /// One pass: every wake-up fetches first, so locks are always computed on the newest head.
