@@ -97,6 +97,14 @@ pub struct WebhookArgs {
     #[arg(long, value_name = "NAMESPACE", env = "IMAGELOCK_WEBHOOK_NAMESPACE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_namespace: Option<String>,
+    /// Address of the push hooks (plain HTTP; needs --hook-secret-file).
+    #[arg(long, value_name = "ADDR", env = "IMAGELOCK_HOOKS_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hooks_listen: Option<SocketAddr>,
+    /// File holding the shared secret that authenticates push hooks.
+    #[arg(long, value_name = "FILE", env = "IMAGELOCK_HOOK_SECRET_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook_secret_file: Option<PathBuf>,
 }
 
 impl ServeArgs {

@@ -67,6 +67,10 @@ pub struct DaemonConfig {
     pub webhook_service: String,
     /// The webhook Service's namespace, for the generated certificate.
     pub webhook_namespace: String,
+    /// Push hooks address (plain HTTP: `POST /hooks/{dockerhub,quay,git}`); none when unset.
+    pub hooks_listen: Option<SocketAddr>,
+    /// File holding the hooks' shared secret (required with `hooksListen`).
+    pub hook_secret_file: Option<PathBuf>,
 }
 
 impl Default for DaemonConfig {
@@ -89,6 +93,8 @@ impl Default for DaemonConfig {
             tls_self_signed: None,
             webhook_service: "imagelock".into(),
             webhook_namespace: "imagelock".into(),
+            hooks_listen: None,
+            hook_secret_file: None,
         }
     }
 }
@@ -104,6 +110,8 @@ pub enum DaemonError {
     },
     #[error("admin server failed: {0}")]
     Admin(std::io::Error),
+    #[error("hooks server failed: {0}")]
+    Hooks(std::io::Error),
     #[error("cannot watch {path}: {message}")]
     Watch { path: PathBuf, message: String },
     #[error("admission webhook: {0}")]
@@ -118,6 +126,7 @@ impl DaemonError {
             DaemonError::Config(_) => "config",
             DaemonError::Listen { .. } => "listen",
             DaemonError::Admin(_) => "admin",
+            DaemonError::Hooks(_) => "hooks",
             DaemonError::Watch { .. } => "watch",
             DaemonError::Webhook(_) => "webhook",
             DaemonError::TaskEnded(_) => "task_ended",
@@ -145,6 +154,11 @@ impl DaemonConfig {
         if self.push_attempts == 0 {
             return Err(DaemonError::Config(
                 "pushAttempts must be at least 1".into(),
+            ));
+        }
+        if self.hooks_listen.is_some() && self.hook_secret_file.is_none() {
+            return Err(DaemonError::Config(
+                "hooksListen needs hookSecretFile: hooks are never served without a secret".into(),
             ));
         }
         self.webhook_tls().map(|_| ())
@@ -256,6 +270,26 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
         async move { serve.await.map_err(DaemonError::Admin) }
     });
 
+    let hooks = match (config.hooks_listen, &config.hook_secret_file) {
+        (Some(addr), Some(secret_file)) => {
+            let secret = hooks::HookSecret::from_file(secret_file)
+                .map_err(|e| DaemonError::Config(e.to_string()))?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Listen { addr, source })?;
+            tracing::info!(%addr, "push hooks listening");
+            let router = hooks::router(secret, trigger_tx.clone());
+            let shutdown = shutdown.clone();
+            Some(tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await
+                    .map_err(DaemonError::Hooks)
+            }))
+        }
+        _ => None,
+    };
+
     // Keep the watcher alive for the daemon's lifetime; dropping it stops the watch.
     let _watcher = match watch::local_repo_path(&config.repo) {
         Some(path) => Some(watch::watch(&path, trigger_tx.clone())?),
@@ -275,6 +309,9 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
         named("admin server", admin),
         named("reconcile loop", reconcile),
     ];
+    if let Some(hooks) = hooks {
+        tasks.push(named("hooks server", hooks));
+    }
     if let Some(webhook) = webhook {
         tasks.push(named(
             "webhook server",

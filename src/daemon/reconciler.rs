@@ -9,9 +9,9 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::hooks::{self, HookEvent};
 use super::schedule::Scheduler;
 use super::status::{AttemptLog, ImageStatus, Status, TagStatus};
-use super::hooks::{self, HookEvent};
 use super::{DaemonConfig, DaemonError, Trigger};
 use crate::admission::{IndexHandle, PinIndex};
 use crate::git::{self, Author, Checkout, GitAuth, GitTimeouts, PushResult, RemoteSpec};

@@ -155,6 +155,17 @@ impl Daemon {
         poll_interval: &str,
         insecure: &[&str],
     ) -> Self {
+        Self::start_with(repo, workdir, poll_interval, insecure, |_| {}).await
+    }
+
+    /// [`Daemon::start`] with more configuration.
+    async fn start_with(
+        repo: &ConfigRepo,
+        workdir: &Path,
+        poll_interval: &str,
+        insecure: &[&str],
+        customize: impl Fn(&mut DaemonConfig),
+    ) -> Self {
         claim_git_socket_timeouts(repo);
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
@@ -162,7 +173,7 @@ impl Daemon {
             .expect("http client");
         for _ in 0..3 {
             let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-            let config = DaemonConfig {
+            let mut config = DaemonConfig {
                 repo: repo.url(),
                 workdir: workdir.to_owned(),
                 poll_interval: poll_interval.to_owned(),
@@ -170,6 +181,7 @@ impl Daemon {
                 admin_listen: admin,
                 ..DaemonConfig::default()
             };
+            customize(&mut config);
             let token = CancellationToken::new();
             let handle = tokio::spawn(imagelock::daemon::run(config, token.clone()));
             let mut daemon = Daemon {
@@ -607,4 +619,75 @@ fn a_second_writer_racing_the_push_keeps_both_commits() {
         &["diff-tree", "--no-commit-id", "--name-only", "-r", "main"],
     );
     assert_eq!(files.trim(), WEB_LOCK);
+}
+
+#[tokio::test]
+async fn a_quay_push_hook_resolves_at_once_and_a_wrong_secret_triggers_nothing() {
+    let registry = TestRegistry::start();
+    let host = registry.host();
+    push_web(&host).await;
+    // Scheduled once a year and polled hourly: only the hook can make it resolve now.
+    let repo = config_repo(web_manifest(&host, "      schedule: \"0 0 1 1 *\"\n"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = "0123456789abcdef-hook-secret";
+    let secret_file = dir.path().join("hook-secret");
+    std::fs::write(&secret_file, format!("{secret}\n")).expect("write secret");
+    let hooks = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let daemon = Daemon::start_with(&repo, &dir.path().join("checkout"), "1h", &[&host], |c| {
+        c.hooks_listen = Some(hooks);
+        c.hook_secret_file = Some(secret_file.clone());
+    })
+    .await;
+    daemon.wait_committed().await;
+    assert_eq!(repo.commit_count(), 2);
+
+    let moved = push_index(
+        &host,
+        "team-a/web",
+        "latest",
+        &["linux/amd64", "linux/arm64"],
+    )
+    .await;
+    let payload = serde_json::json!({
+        "name": "web", "repository": "team-a/web", "namespace": "team-a",
+        "docker_url": format!("{host}/team-a/web"), "updated_tags": ["latest"],
+    })
+    .to_string();
+    let post = |url: String, token: Option<&str>| {
+        let mut request = daemon.http.post(url).body(payload.clone());
+        if let Some(token) = token {
+            request = request.header("X-Imagelock-Token", token);
+        }
+        async move {
+            request
+                .send()
+                .await
+                .expect("hook request")
+                .status()
+                .as_u16()
+        }
+    };
+    let base = format!("http://{hooks}/hooks");
+    assert_eq!(
+        post(format!("{base}/quay/not-the-secret-at-all"), None).await,
+        401
+    );
+    assert_eq!(
+        post(format!("{base}/quay"), Some("not-the-secret-at-all")).await,
+        401
+    );
+    assert_eq!(post(format!("{base}/quay"), None).await, 401);
+    // Refused hooks trigger nothing: give a wrongly woken daemon time to commit, then look.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(repo.commit_count(), 2, "{:?}", repo.subjects());
+
+    assert_eq!(post(format!("{base}/quay/{secret}"), None).await, 202);
+    wait_for("the hook's commit", || async {
+        (repo.commit_count() == 3).then_some(())
+    })
+    .await;
+    let lock = remote_lock(&repo, WEB_LOCK).expect("lock");
+    let latest = tag(&lock, "web", "latest");
+    assert_eq!((latest.generation, &latest.digest), (2, &moved.digest));
+    daemon.stop().await;
 }
