@@ -97,6 +97,12 @@ pub fn parse_cron(expression: &str) -> Result<Schedule, String> {
             "it has {fields} field(s), not minute hour day-of-month month day-of-week{hint}"
         ));
     }
+    if let Some(cron) = interned(expression) {
+        return Ok(Schedule {
+            expression: expression.to_owned(),
+            cron,
+        });
+    }
     let cron = croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Disallowed)
         .build()
@@ -109,12 +115,45 @@ pub fn parse_cron(expression: &str) -> Result<Schedule, String> {
         })?;
     Ok(Schedule {
         expression: expression.to_owned(),
-        cron,
+        cron: intern(expression, cron),
     })
+}
+
+/// Parsed schedules by expression, so equal expressions share one parse. Bounded: a repo
+/// with more distinct expressions than this parses the rest per entry.
+static SCHEDULES: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<croner::Cron>>>,
+> = std::sync::LazyLock::new(Default::default);
+const MAX_INTERNED_SCHEDULES: usize = 1024;
+
+fn interned(expression: &str) -> Option<std::sync::Arc<croner::Cron>> {
+    SCHEDULES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(expression)
+        .cloned()
+}
+
+fn intern(expression: &str, cron: croner::Cron) -> std::sync::Arc<croner::Cron> {
+    let cron = std::sync::Arc::new(cron);
+    let mut schedules = SCHEDULES.lock().unwrap_or_else(|e| e.into_inner());
+    if schedules.len() < MAX_INTERNED_SCHEDULES {
+        schedules.insert(expression.to_owned(), cron.clone());
+    }
+    cron
 }
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn equal_expressions_share_one_parsed_schedule() {
+        let a = parse_cron("17 */3 * * 1-5").unwrap();
+        let b = parse_cron("17 */3 * * 1-5").unwrap();
+        assert!(std::sync::Arc::ptr_eq(&a.cron, &b.cron));
+        assert_eq!(a, b);
+    }
+
     use super::*;
     use chrono::{Datelike, TimeZone, Utc, Weekday};
 

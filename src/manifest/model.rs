@@ -23,7 +23,8 @@ pub struct Position {
 #[derive(Debug, Clone)]
 pub struct Schedule {
     pub expression: String,
-    pub cron: croner::Cron,
+    /// Shared: a parsed cron is kilobytes, and thousands of entries use a few expressions.
+    pub cron: std::sync::Arc<croner::Cron>,
 }
 
 impl Schedule {
