@@ -15,3 +15,4 @@ pub mod reference;
 pub mod registry;
 pub mod resolve;
 pub mod telemetry;
+pub mod yaml_scalar;
