@@ -20,6 +20,7 @@ pub use config::parse_repo_config;
 pub use imageset::parse_image_set;
 pub use load::{LoadedRepo, load_repo};
 pub use model::*;
+pub use pattern::highest_version_first;
 
 /// API version of every file imagelock reads or writes.
 pub const API_VERSION: &str = "imagelock.dev/v1alpha1";
