@@ -10,6 +10,7 @@ pub mod git;
 pub mod lock;
 pub mod manifest;
 pub mod mirror;
+pub mod outputs;
 pub mod reconcile;
 pub mod reference;
 pub mod registry;

@@ -17,7 +17,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use config::parse_repo_config;
-pub use imageset::parse_image_set;
+pub use imageset::{parse_image_set, peek_metadata};
 pub use load::{LoadedRepo, load_repo};
 pub use model::*;
 pub use pattern::highest_version_first;
