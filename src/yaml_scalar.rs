@@ -40,6 +40,20 @@ pub fn is_plain_safe(s: &str, flow: bool) -> bool {
         )
 }
 
+/// True when a value someone wrote plain may be replaced by `s` and stay plain: the rule of
+/// [`is_plain_safe`], widened to strings that start with a digit and contain a `/` (image
+/// references on an IP address registry, `127.0.0.1:5000/team-a/web@sha256:...`): no number,
+/// date, boolean or null form of YAML 1.1 or 1.2 contains a `/`. Files imagelock generates keep
+/// the strict rule, so that their bytes never change with this one.
+pub fn stays_plain(s: &str) -> bool {
+    let reference_like = s.starts_with(|c: char| c.is_ascii_digit())
+        && s.contains('/')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./+-@:".contains(c))
+        && !s.ends_with(':');
+    is_plain_safe(s, false) || reference_like
+}
+
 /// A double-quoted scalar with JSON-compatible escapes (valid YAML 1.2).
 pub fn quoted(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| format!("\"{}\"", s.escape_default()))
@@ -71,6 +85,25 @@ mod tests {
             assert!(is_plain_safe(s, false), "{s:?} can stay plain");
         }
         assert!(!is_plain_safe("sha256:abc", true));
+    }
+
+    #[test]
+    fn references_on_ip_registries_stay_plain() {
+        assert!(stays_plain("127.0.0.1:5000/team-a/web@sha256:abc"));
+        assert!(stays_plain("web"));
+        for s in [
+            "1.4",
+            "10:30",
+            "2026-11-20",
+            "1e3",
+            "0x1f",
+            "1/",
+            "1/a b",
+            "1/a:",
+        ] {
+            let plain_ok = s.contains('/') && !s.contains(' ') && !s.ends_with(':');
+            assert_eq!(stays_plain(s), plain_ok, "{s:?}");
+        }
     }
 
     #[test]

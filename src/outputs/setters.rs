@@ -1,8 +1,8 @@
 //! Setter markers: a line of any YAML file that ends in
 //! `# {"imagelock": "<namespace>:<alias>[:<tag>]"}` gets the scalar value before the marker
 //! replaced with the pin, in place. Every other byte of the file stays as it was: comments,
-//! order, line endings, the quoting style of the value (a plain value that could be misread
-//! when written plain is double-quoted instead).
+//! order, line endings, the quoting style of the value (a plain value whose new text could be
+//! misread when written plain is double-quoted instead; see [`stays_plain`]).
 //!
 //! The marker is JSON: `{"imagelock": "team-a:web"}` pins to the alias's primary tag,
 //! `{"imagelock": "team-a:web:1.4"}` to tag `1.4`. An optional `"part"` picks what is written:
@@ -15,7 +15,7 @@
 
 use saphyr_parser::{Event, Parser, ScalarStyle, ScanError};
 
-use crate::yaml_scalar::{is_plain_safe, quoted, single_quoted};
+use crate::yaml_scalar::{quoted, single_quoted, stays_plain};
 
 /// The key of the marker object.
 pub const MARKER_KEY: &str = "imagelock";
@@ -123,7 +123,7 @@ pub fn rewrite(text: &str, resolve: &dyn Fn(&Marker) -> Resolution) -> Rewrite {
                     let new = match found.style {
                         ScalarStyle::SingleQuoted => single_quoted(&value),
                         ScalarStyle::DoubleQuoted => quoted(&value),
-                        _ if is_plain_safe(&value, false) => value.clone(),
+                        _ if stays_plain(&value) => value.clone(),
                         _ => quoted(&value),
                     };
                     if text[found.start..found.end] != new {
