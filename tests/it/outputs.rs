@@ -3,25 +3,15 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use chrono::TimeZone as _;
 use imagelock::lock::{self, LockFile, LockedImage, LockedTag};
 use imagelock::reconcile::{self, Mode, Observations};
 
-use crate::common::{ConfigRepo, ImageSpec, TestRegistry, git, image_set, push_image, write};
-
-async fn imagelock(dir: &Path, args: &[&str], insecure: &[&str]) -> Output {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_imagelock"));
-    command
-        .args(args)
-        .arg(dir)
-        .env_remove("IMAGELOCK_INSECURE_REGISTRIES");
-    for host in insecure {
-        command.args(["--insecure-registry", host]);
-    }
-    command.output().await.expect("run imagelock")
-}
+use crate::common::{
+    ConfigRepo, ImageSpec, TestRegistry, git, image_set, imagelock, push_image, write,
+};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
