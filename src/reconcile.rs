@@ -4,7 +4,8 @@
 //! 2. [`mirror`] (network): copy the pins those entries would get into the mirror; a pin whose
 //!    copy fails becomes a failure, so the lock never points at what the mirror lacks.
 //! 3. [`apply`] (files, no network): load the manifests again, compute each lock from its
-//!    previous version and the observations, write what changed, remove orphaned locks.
+//!    previous version and the observations, write what changed, remove orphaned locks, and
+//!    bring the outputs (`outputs:` in `imagelock.yaml`) up to date with the new locks.
 //!
 //! Keeping the steps apart lets the daemon re-run [`apply`] on a fresh head after a rejected
 //! push without asking the registries again.
@@ -19,6 +20,7 @@ use futures_util::stream;
 use crate::lock::{self, ImageObservation, LockFile, PinChange, Problem, TagObservation};
 use crate::manifest::{self, Diagnostic, ImageSet, ImageSpec, LoadedRepo};
 use crate::mirror::{CopyReport, MirrorEngine, plan};
+use crate::outputs::{self, OutputChange};
 use crate::reference::Digest;
 use crate::registry::RegistryClient;
 use crate::resolve::resolve_image;
@@ -32,6 +34,8 @@ pub enum ReconcileError {
     Manifest(#[from] manifest::ManifestError),
     #[error(transparent)]
     Lock(#[from] lock::LockError),
+    #[error(transparent)]
+    Outputs(#[from] outputs::OutputsError),
     #[error("{path}: cannot remove orphaned lock file: {source}")]
     RemoveOrphan {
         path: PathBuf,
@@ -49,6 +53,7 @@ impl ReconcileError {
         match self {
             ReconcileError::Manifest(_) => "manifest",
             ReconcileError::Lock(e) => e.metric_label(),
+            ReconcileError::Outputs(e) => e.metric_label(),
             ReconcileError::RemoveOrphan { .. } => "remove_orphan",
             ReconcileError::Walk { .. } => "walk",
         }
@@ -232,11 +237,14 @@ pub enum Mode {
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub changes: Vec<PinChange>,
-    /// Repo-relative paths written or removed.
+    /// Repo-relative paths written or removed: locks and outputs, sorted.
     pub touched: Vec<PathBuf>,
+    /// The output files among `touched`, and how each changed.
+    pub outputs: Vec<OutputChange>,
     /// Pins that could not move, per manifest.
     pub problems: Vec<(PathBuf, Problem)>,
-    /// Manifest errors; those files' locks were left as they were.
+    /// Manifest errors (those files' locks were left as they were), and problems that left an
+    /// output or a marked line as it was.
     pub diagnostics: Vec<Diagnostic>,
     /// True when `imagelock.yaml` is invalid: nothing was locked.
     pub config_invalid: bool,
@@ -255,9 +263,10 @@ pub fn apply(
         config_invalid: repo.config.is_none(),
         ..Outcome::default()
     };
-    if repo.config.is_none() {
+    let Some(config) = &repo.config else {
         return Ok(outcome);
-    }
+    };
+    let mut locks = Vec::with_capacity(repo.sets.len());
     for set in &repo.sets {
         let lock_rel = lock::lock_path_for(&set.path);
         let previous = read_previous(root, &set.path);
@@ -289,8 +298,23 @@ pub fn apply(
             outcome.touched.push(lock_rel);
         }
         outcome.changes.extend(changes);
+        locks.push((set, next));
     }
     remove_orphans(root, &repo, mode, &mut outcome)?;
+
+    // Outputs follow the locks as this pass leaves them, written or not.
+    if !config.outputs.is_empty() {
+        let frozen = outputs::Frozen::of(root, &repo)?;
+        let inputs: Vec<_> = locks.iter().map(|(set, lock)| (*set, lock)).collect();
+        let report =
+            outputs::generate(root, &config.outputs, &inputs, &frozen, mode == Mode::Write)?;
+        outcome
+            .touched
+            .extend(report.changes.iter().map(|c| c.path.clone()));
+        outcome.touched.sort();
+        outcome.outputs = report.changes;
+        outcome.diagnostics.extend(report.diagnostics);
+    }
     Ok(outcome)
 }
 

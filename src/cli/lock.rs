@@ -8,6 +8,7 @@ use anyhow::Context as _;
 
 use super::RegistryArgs;
 use crate::git::{self, Author};
+use crate::lock::ChangeKind;
 use crate::manifest;
 use crate::mirror::progress::TerminalProgress;
 use crate::mirror::{EngineOptions, MirrorEngine};
@@ -35,6 +36,14 @@ pub async fn run(dir: &Path, commit: bool, registry: &RegistryArgs) -> anyhow::R
     for change in &outcome.changes {
         println!("{}: {change}", change.lock);
     }
+    for output in &outcome.outputs {
+        let done = match output.kind {
+            ChangeKind::Added => "written",
+            ChangeKind::Changed => "updated",
+            ChangeKind::Removed => "removed",
+        };
+        println!("{}: {done}", output.path.display());
+    }
     if commit && !outcome.touched.is_empty() {
         let author = Author {
             name: config.git.author_name.clone(),
@@ -48,7 +57,7 @@ pub async fn run(dir: &Path, commit: bool, registry: &RegistryArgs) -> anyhow::R
             None => println!("nothing to commit"),
         }
     } else if outcome.touched.is_empty() {
-        println!("locks are up to date");
+        println!("locks and outputs are up to date");
     }
     Ok(super::exit_code(failed))
 }

@@ -68,6 +68,16 @@ fn text(outcome: &Outcome) -> String {
         }
         out.push_str(&format!("  {} {change}\n", sign(change.kind)));
     }
+    if !outcome.outputs.is_empty() {
+        out.push_str("outputs\n");
+        for output in &outcome.outputs {
+            out.push_str(&format!(
+                "  {} {}\n",
+                sign(output.kind),
+                output.path.display()
+            ));
+        }
+    }
     for diagnostic in &outcome.diagnostics {
         out.push_str(&format!("error: {diagnostic}\n"));
     }
@@ -84,8 +94,12 @@ fn text(outcome: &Outcome) -> String {
 
 fn summary(outcome: &Outcome) -> String {
     let count = |kind| outcome.changes.iter().filter(|c| c.kind == kind).count();
+    let outputs = match outcome.outputs.len() {
+        0 => String::new(),
+        n => format!("; {n} output file(s) to update"),
+    };
     format!(
-        "{} added, {} changed, {} removed, {} error(s)\n",
+        "{} added, {} changed, {} removed, {} error(s){outputs}\n",
         count(ChangeKind::Added),
         count(ChangeKind::Changed),
         count(ChangeKind::Removed),
@@ -121,6 +135,16 @@ fn markdown(outcome: &Outcome) -> String {
             ));
         }
     }
+    if !outcome.outputs.is_empty() {
+        out.push_str("\n**Outputs**\n\n");
+        for output in &outcome.outputs {
+            out.push_str(&format!(
+                "- {} `{}`\n",
+                sign(output.kind),
+                output.path.display()
+            ));
+        }
+    }
     if !outcome.diagnostics.is_empty() || !outcome.problems.is_empty() {
         out.push_str("\n**Errors**\n\n");
         for diagnostic in &outcome.diagnostics {
@@ -142,6 +166,7 @@ fn markdown(outcome: &Outcome) -> String {
 fn json_report(outcome: &Outcome) -> serde_json::Value {
     json!({
         "changes": outcome.changes,
+        "outputs": outcome.outputs,
         "errors": outcome.diagnostics.iter().map(|d| json!({
             "file": d.path,
             "line": d.position.line,

@@ -1,11 +1,13 @@
 //! The deterministic lock renderer.
 //!
 //! Hand-written rather than a serializer so the layout is fixed by us: field order as in the
-//! design, map keys sorted, flow style for the small maps, and quoting decided by one rule.
+//! design, map keys sorted, flow style for the small maps, and quoting decided by one rule
+//! ([`crate::yaml_scalar`], shared with the outputs).
 
 use std::fmt::Write as _;
 
 use super::{API_VERSION, KIND, LockFile, LockedTag};
+use crate::yaml_scalar::{flow_scalar, quoted, scalar};
 
 /// Renders a lock file. Same lock, same bytes.
 pub fn render(lock: &LockFile) -> String {
@@ -74,44 +76,6 @@ fn render_tag(out: &mut String, tag: &LockedTag) {
             quoted(&entry.resolved_at)
         );
     }
-}
-
-/// A block-context scalar: plain when YAML reads it back as the same string, quoted otherwise.
-fn scalar(s: &str) -> String {
-    if is_plain_safe(s, false) {
-        s.to_owned()
-    } else {
-        quoted(s)
-    }
-}
-
-/// A scalar inside `{...}`, where `:` and `,` also end a plain scalar.
-fn flow_scalar(s: &str) -> String {
-    if is_plain_safe(s, true) {
-        s.to_owned()
-    } else {
-        quoted(s)
-    }
-}
-
-fn is_plain_safe(s: &str, flow: bool) -> bool {
-    let Some(first) = s.chars().next() else {
-        return false;
-    };
-    // Starting with a letter rules out numbers, indicators and most special forms.
-    let allowed = |c: char| c.is_ascii_alphanumeric() || "_./+-".contains(c) || (!flow && c == ':');
-    first.is_ascii_alphabetic()
-        && s.chars().all(allowed)
-        && !s.ends_with(':')
-        && !matches!(
-            s.to_ascii_lowercase().as_str(),
-            "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "y" | "n"
-        )
-}
-
-/// A double-quoted scalar with JSON-compatible escapes (valid YAML 1.2).
-fn quoted(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| format!("\"{}\"", s.escape_default()))
 }
 
 #[cfg(test)]
@@ -206,19 +170,6 @@ images:
         let parsed = parse(Path::new("web.lock.yaml"), &text).unwrap();
         assert_eq!(parsed, lock);
         assert_eq!(render(&parsed), text);
-    }
-
-    #[test]
-    fn quotes_what_yaml_would_misread() {
-        for s in [
-            "1.4", "true", "no", "", "-x", "a: b", "x,y", "#c", "100", "a b", "NULL",
-        ] {
-            assert!(!is_plain_safe(s, false), "{s:?} must be quoted");
-        }
-        for s in ["latest", "v2.13.1", "quay.io/company/web", "sha256:abc"] {
-            assert!(is_plain_safe(s, false), "{s:?} can stay plain");
-        }
-        assert!(!is_plain_safe("sha256:abc", true));
     }
 
     #[test]

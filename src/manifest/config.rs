@@ -12,14 +12,17 @@
 //!   quay.io: {rateLimit: 10, concurrency: 4, insecure: false, credential: quay-robot}
 //! defaults: {schedule: "*/15 * * * *", keep: 25, mirror: false, platforms: [linux/amd64]}
 //! git: {authorName: imagelock, authorEmail: imagelock@example.com, message: "..."}
-//! outputs: {...}                        # kept raw for now
+//! outputs:                              # generated files, committed with the locks
+//!   kustomize: {path: outputs/kustomize}    # <path>/<namespace>/kustomization.yaml
+//!   helmValues: {path: outputs/helm}        # <path>/<namespace>/<set>.yaml
+//!   setters: {paths: [apps/]}               # marked lines rewritten in these files
 //! admission:                           # what the webhook does with Pods, per namespace
 //!   default: rewrite                    # rewrite | enforce | audit | off (default rewrite)
 //!   namespaces: {team-a: enforce}
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::reference::{DOCKER_HUB, ImageRepo, is_valid_tag};
 
@@ -27,9 +30,9 @@ use super::Diagnostic;
 use super::common::{self, top_level};
 use super::model::{
     AdmissionMode, AdmissionSettings, Defaults, GitSettings, MirrorLayout, MirrorTarget,
-    RawSection, RegistrySettings, RepoConfig,
+    OutputPath, Outputs, RegistrySettings, RepoConfig,
 };
-use super::yaml::{Doc, Node, Value, describe, suggest};
+use super::yaml::{Doc, Node, Value, suggest};
 
 const ROOT: &[&str] = &[
     "apiVersion",
@@ -47,6 +50,11 @@ const DEFAULTS: &[&str] = &["schedule", "keep", "mirror", "platforms"];
 const GIT: &[&str] = &["authorName", "authorEmail", "message"];
 const ADMISSION: &[&str] = &["default", "namespaces"];
 const ADMISSION_MODES: &[&str] = &["rewrite", "enforce", "audit", "off"];
+const OUTPUTS: &[&str] = &["kustomize", "helmValues", "setters"];
+const OUTPUT_DIR: &[&str] = &["path"];
+const SETTERS: &[&str] = &["paths"];
+/// Where manifests live; generated outputs must stay out of it (they would be read as manifests).
+const IMAGES_DIR: &str = "images";
 
 /// The per-image layout when `mirror:` names only a registry.
 pub const DEFAULT_LAYOUT: &str = "{namespace}/{name}";
@@ -78,7 +86,9 @@ fn repo_config(doc: &mut Doc<'_>, root: &Node<'_>) -> Option<RepoConfig> {
     if let Some(value) = map.get("git") {
         config.git = git(doc, value).unwrap_or_default();
     }
-    config.outputs = map.get("outputs").and_then(|value| raw_section(doc, value));
+    if let Some(value) = map.get("outputs") {
+        config.outputs = outputs(doc, value).unwrap_or_default();
+    }
     if let Some(value) = map.get("admission") {
         config.admission = admission(doc, value).unwrap_or_default();
     }
@@ -364,6 +374,134 @@ fn author_email(doc: &mut Doc<'_>, value: &Value<'_>) -> Option<String> {
     Some(email)
 }
 
+fn outputs(doc: &mut Doc<'_>, value: &Value<'_>) -> Option<Outputs> {
+    let map = doc.mapping(value, OUTPUTS)?;
+    let mut outputs = Outputs::default();
+    if let Some(value) = map.get("kustomize") {
+        outputs.kustomize = output_dir(doc, value, "outputs/kustomize");
+    }
+    if let Some(value) = map.get("helmValues") {
+        outputs.helm_values = output_dir(doc, value, "outputs/helm");
+    }
+    if let (Some(kustomize), Some(helm)) = (&outputs.kustomize, &outputs.helm_values)
+        && (kustomize.path.starts_with(&helm.path) || helm.path.starts_with(&kustomize.path))
+    {
+        doc.error(
+            helm.position,
+            &helm.field,
+            format!(
+                "{} overlaps kustomize.path {}; give each output a directory of its own, like outputs/helm and outputs/kustomize",
+                helm.path.display(),
+                kustomize.path.display()
+            ),
+        );
+        outputs.helm_values = None;
+    }
+    if let Some(value) = map.get("setters") {
+        outputs.setters = setters(doc, value).unwrap_or_default();
+    }
+    Some(outputs)
+}
+
+/// `{path: DIR}` for a generated directory: inside the repository, not its root, not in `images/`.
+fn output_dir(doc: &mut Doc<'_>, value: &Value<'_>, example: &str) -> Option<OutputPath> {
+    let map = doc.mapping(value, OUTPUT_DIR)?;
+    let hint = format!("the directory to generate into, like {example}");
+    let value = doc.required(&map, "path", &hint)?;
+    let output = repo_path(doc, value, example)?;
+    let message = if output.path.as_os_str().is_empty() {
+        "is the repository root; generated files need a directory of their own"
+    } else if output.path.starts_with(IMAGES_DIR) {
+        "is inside images/, where every YAML file is read as a manifest; generate outside it"
+    } else {
+        return Some(output);
+    };
+    doc.error(
+        value.position,
+        &value.field,
+        format!("{message}, like {example}"),
+    );
+    None
+}
+
+fn setters(doc: &mut Doc<'_>, value: &Value<'_>) -> Option<Vec<OutputPath>> {
+    let map = doc.mapping(value, SETTERS)?;
+    let value = doc.required(
+        &map,
+        "paths",
+        "the files and directories whose marked lines imagelock rewrites, like [apps/]",
+    )?;
+    let items = doc.list(value)?;
+    if items.is_empty() {
+        doc.error(
+            value.position,
+            &value.field,
+            "is empty; list the files and directories to rewrite, like [apps/], or remove setters:",
+        );
+        return None;
+    }
+    let mut paths: Vec<OutputPath> = Vec::new();
+    for item in items {
+        let Some(path) = repo_path(doc, &item, "apps/") else {
+            continue;
+        };
+        if let Some(first) = paths.iter().find(|p| p.path == path.path) {
+            doc.error(
+                item.position,
+                &item.field,
+                format!("{:?} is listed twice (also {})", path.path, first.field),
+            );
+            continue;
+        }
+        paths.push(path);
+    }
+    Some(paths)
+}
+
+/// A repo-relative path, normalised (`./` and a trailing `/` dropped); `.` is the root.
+fn repo_path(doc: &mut Doc<'_>, value: &Value<'_>, example: &str) -> Option<OutputPath> {
+    let text = doc.string(value)?;
+    let trimmed = match text.trim_end_matches('/') {
+        "" => text.as_str(),
+        trimmed => trimmed,
+    };
+    let normalised = if trimmed == "." {
+        Ok(PathBuf::new())
+    } else {
+        crate::git::normalize_repo_path(Path::new(trimmed))
+    };
+    let path = match normalised {
+        Ok(path) if !text.contains('\\') => path,
+        Ok(_) => {
+            doc.error(
+                value.position,
+                &value.field,
+                format!(
+                    "{text:?} contains a backslash; separate directories with /, like {example}"
+                ),
+            );
+            return None;
+        }
+        Err(crate::git::GitError::InvalidPath { reason, .. }) => {
+            doc.error(
+                value.position,
+                &value.field,
+                format!("{text:?} {reason}; expected a path inside the repository, like {example}"),
+            );
+            return None;
+        }
+        Err(other) => {
+            doc.error(value.position, &value.field, other.to_string());
+            return None;
+        }
+    };
+    Some(OutputPath {
+        path,
+        position: value.position,
+        field: value.field.clone(),
+    })
+}
+
 fn admission(doc: &mut Doc<'_>, value: &Value<'_>) -> Option<AdmissionSettings> {
     let map = doc.mapping(value, ADMISSION)?;
     let mut settings = AdmissionSettings::default();
@@ -405,22 +543,6 @@ fn admission_mode(doc: &mut Doc<'_>, value: &Value<'_>) -> Option<AdmissionMode>
         format!("unknown admission mode {text:?}; expected rewrite, enforce, audit or off{hint}"),
     );
     None
-}
-
-fn raw_section(doc: &mut Doc<'_>, value: &Value<'_>) -> Option<RawSection> {
-    // Only the shape is checked until the module that owns the section defines it.
-    if !value.is_mapping() {
-        doc.error(
-            value.position,
-            &value.field,
-            format!("expected a mapping, found {}", describe(value.node)),
-        );
-        return None;
-    }
-    Some(RawSection {
-        position: value.position,
-        value: doc.json(value)?,
-    })
 }
 
 #[cfg(test)]
@@ -480,14 +602,26 @@ mod tests {
         assert_eq!(config.git.author_name, "imagelock-bot");
         assert_eq!(config.git.author_email, "imagelock@example.com");
         assert_eq!(config.git.message, "chore(images): pin {count} image(s)");
-        let outputs = config.outputs.unwrap();
+        let at = |line, col, field: &str, path: &str| OutputPath {
+            path: PathBuf::from(path),
+            position: crate::manifest::Position { line, col },
+            field: field.into(),
+        };
         assert_eq!(
-            outputs.position,
-            crate::manifest::Position { line: 25, col: 3 }
-        );
-        assert_eq!(
-            outputs.value,
-            serde_json::json!({"kustomize": [{"path": "apps/web/kustomization.yaml"}]})
+            config.outputs,
+            Outputs {
+                kustomize: Some(at(25, 21, "outputs.kustomize.path", "outputs/kustomize")),
+                helm_values: Some(at(27, 11, "outputs.helmValues.path", "outputs/helm")),
+                setters: vec![
+                    at(29, 13, "outputs.setters.paths[0]", "apps"),
+                    at(
+                        29,
+                        20,
+                        "outputs.setters.paths[1]",
+                        "clusters/prod/values.yaml"
+                    ),
+                ],
+            }
         );
         assert_eq!(config.admission.default, AdmissionMode::Rewrite);
         assert_eq!(
@@ -629,6 +763,75 @@ mod tests {
                 "imagelock.yaml:9:15: git.authorName: expected one non-empty line, like \"imagelock\"",
                 "imagelock.yaml:10:16: git.authorEmail: invalid email address \"imagelock\"; expected one like imagelock@example.com",
                 "imagelock.yaml:11:3: unknown field \"mesage\" in git; did you mean \"message\"?",
+            ]
+        );
+    }
+
+    #[test]
+    fn outputs_paths() {
+        let config = parse(&mk_config(
+            "outputs:\n  setters: {paths: [\".\", ./apps/, \"apps/web/deploy.yaml\"]}\n",
+        ));
+        let paths: Vec<_> = config
+            .outputs
+            .setters
+            .iter()
+            .map(|p| p.path.clone())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                PathBuf::new(),
+                PathBuf::from("apps"),
+                PathBuf::from("apps/web/deploy.yaml")
+            ]
+        );
+        assert!(config.outputs.kustomize.is_none() && config.outputs.helm_values.is_none());
+        assert!(parse(&mk_config("outputs: {}\n")).outputs.is_empty());
+    }
+
+    #[test]
+    fn bad_outputs() {
+        let text = mk_config(
+            "outputs:
+  kustomize: {path: ../outside}
+  helmValues: {path: images/helm}
+  setters:
+    paths: [/etc, apps, apps/, .git/hooks, \"a\\\\b\", true, \"\"]
+  kustomise: {}
+",
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "imagelock.yaml:4:21: outputs.kustomize.path: \"../outside\" contains a `..` component; expected a path inside the repository, like outputs/kustomize",
+                "imagelock.yaml:5:22: outputs.helmValues.path: is inside images/, where every YAML file is read as a manifest; generate outside it, like outputs/helm",
+                "imagelock.yaml:7:13: outputs.setters.paths[0]: \"/etc\" is absolute; repo paths are relative; expected a path inside the repository, like apps/",
+                "imagelock.yaml:7:25: outputs.setters.paths[2]: \"apps\" is listed twice (also outputs.setters.paths[1])",
+                "imagelock.yaml:7:32: outputs.setters.paths[3]: \".git/hooks\" names the .git directory; expected a path inside the repository, like apps/",
+                "imagelock.yaml:7:44: outputs.setters.paths[4]: \"a\\\\b\" contains a backslash; separate directories with /, like apps/",
+                "imagelock.yaml:7:52: outputs.setters.paths[5]: expected a string, found the boolean true; quote it if you mean the text",
+                "imagelock.yaml:7:58: outputs.setters.paths[6]: \"\" is empty; expected a path inside the repository, like apps/",
+                "imagelock.yaml:8:3: unknown field \"kustomise\" in outputs; did you mean \"kustomize\"?",
+            ]
+        );
+        let text = mk_config(
+            "outputs:\n  kustomize: {path: out}\n  helmValues: {path: out/helm}\n  setters: {paths: []}\n",
+        );
+        assert_eq!(
+            errors(&text),
+            [
+                "imagelock.yaml:5:22: outputs.helmValues.path: out/helm overlaps kustomize.path out; give each output a directory of its own, like outputs/helm and outputs/kustomize",
+                "imagelock.yaml:6:20: outputs.setters.paths: is empty; list the files and directories to rewrite, like [apps/], or remove setters:",
+            ]
+        );
+        assert_eq!(
+            errors(&mk_config(
+                "outputs:\n  kustomize: {path: .}\n  helmValues: {}\n"
+            )),
+            [
+                "imagelock.yaml:4:21: outputs.kustomize.path: is the repository root; generated files need a directory of their own, like outputs/kustomize",
+                "imagelock.yaml:5:15: outputs.helmValues: missing required field \"path\"; the directory to generate into, like outputs/helm",
             ]
         );
     }

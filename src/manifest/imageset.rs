@@ -9,7 +9,7 @@ use super::common::{self, is_dns_label, is_dns_name, top_level};
 use super::model::{
     Defaults, ImageSet, ImageSpec, Pin, RepoConfig, Select, TagMatcher, VersionPattern,
 };
-use super::yaml::{Doc, Map, Node, Value};
+use super::yaml::{Doc, Map, Node, Value, root_value};
 use super::{Diagnostic, Position};
 
 const ROOT: &[&str] = &["apiVersion", "kind", "metadata", "spec"];
@@ -66,6 +66,17 @@ pub(crate) fn parse(
         .load("an ImageSet manifest")
         .and_then(|root| image_set(&mut doc, &root, &context));
     doc.finish(set)
+}
+
+/// `metadata.name` and `metadata.namespace` of a manifest that may be invalid elsewhere, so
+/// that what was generated from its last good lock can be kept. `None` when the file is not
+/// YAML or either value is missing or invalid.
+pub fn peek_metadata(text: &str) -> Option<(String, String)> {
+    let mut doc = Doc::new(Path::new(""), text);
+    let root = doc.load("an ImageSet manifest")?;
+    let map = doc.mapping(&root_value(&root), ROOT)?;
+    let (name, namespace) = metadata(&mut doc, map.get("metadata")?)?;
+    Some((name?, namespace?))
 }
 
 struct Context<'a> {
@@ -612,6 +623,22 @@ mod tests {
         let errors = errors(text);
         assert_eq!(errors.len(), 1, "{errors:#?}");
         errors.into_iter().next().unwrap_or_default()
+    }
+
+    #[test]
+    fn metadata_of_an_invalid_manifest() {
+        let broken = mk_manifest("- name: Web\n  source: nowhere\n  tagz: [1]");
+        assert!(parse_image_set(Path::new(PATH), &broken, &mk_config()).is_err());
+        assert_eq!(
+            peek_metadata(&broken),
+            Some(("web".to_owned(), "team-a".to_owned()))
+        );
+        assert_eq!(peek_metadata("kind: [\n"), None);
+        assert_eq!(peek_metadata("metadata: {name: web}\n"), None);
+        assert_eq!(
+            peek_metadata("metadata: {name: web, namespace: Team}\n"),
+            None
+        );
     }
 
     #[test]

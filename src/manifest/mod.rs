@@ -17,9 +17,10 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use config::parse_repo_config;
-pub use imageset::parse_image_set;
+pub use imageset::{parse_image_set, peek_metadata};
 pub use load::{LoadedRepo, load_repo};
 pub use model::*;
+pub use pattern::highest_version_first;
 
 /// API version of every file imagelock reads or writes.
 pub const API_VERSION: &str = "imagelock.dev/v1alpha1";

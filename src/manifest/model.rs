@@ -56,8 +56,8 @@ pub struct RepoConfig {
     pub registries: BTreeMap<String, RegistrySettings>,
     pub defaults: Defaults,
     pub git: GitSettings,
-    /// `outputs:`, only checked to be a mapping until the outputs module defines it.
-    pub outputs: Option<RawSection>,
+    /// `outputs:`: files generated from the locks and committed with them.
+    pub outputs: Outputs,
     /// `admission:`: what the webhook does with each namespace's Pods.
     pub admission: AdmissionSettings,
 }
@@ -141,13 +141,33 @@ impl std::str::FromStr for AdmissionMode {
     }
 }
 
-/// A section of `imagelock.yaml` kept as plain data for a module that validates it later.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RawSection {
-    /// Where the section's mapping starts, for that module's own diagnostics.
+/// `outputs:` in `imagelock.yaml`. Every path is repo-relative, normalised, free of `..`
+/// and `.git`; the two generated directories lie outside `images/` and apart from each other.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outputs {
+    /// `kustomize.path`: one Component per namespace, `<path>/<namespace>/kustomization.yaml`.
+    pub kustomize: Option<OutputPath>,
+    /// `helmValues.path`: one values file per ImageSet, `<path>/<namespace>/<set>.yaml`.
+    pub helm_values: Option<OutputPath>,
+    /// `setters.paths`: files and directories whose marked lines are rewritten. An empty path
+    /// is the whole repository.
+    pub setters: Vec<OutputPath>,
+}
+
+impl Outputs {
+    pub fn is_empty(&self) -> bool {
+        self.kustomize.is_none() && self.helm_values.is_none() && self.setters.is_empty()
+    }
+}
+
+/// A repo-relative path from `outputs:`, with where it is written in `imagelock.yaml` for
+/// problems found when the outputs are generated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputPath {
+    pub path: PathBuf,
     pub position: Position,
-    /// The section as JSON data (always an object).
-    pub value: serde_json::Value,
+    /// Its field path, like `outputs.setters.paths[0]`.
+    pub field: String,
 }
 
 /// Where mirrored images go.

@@ -182,6 +182,43 @@ fn compare_identifier(x: &str, y: &str) -> Ordering {
     }
 }
 
+/// A sort order for tags: highest version first, equal versions by text; tags that are not
+/// versions after every version, by text. Versions here are lenient (`1.25`, `v2`, `1.2.3.4`,
+/// each with an optional `-prerelease`), since a tag need not have three parts to be ordered;
+/// missing parts count as 0 and prereleases follow semver precedence.
+pub fn highest_version_first(a: &str, b: &str) -> Ordering {
+    fn lenient(tag: &str) -> Option<(Vec<u64>, &str)> {
+        let rest = tag.strip_prefix('v').unwrap_or(tag);
+        let (core, pre) = match rest.split_once('-') {
+            Some((_, "")) => return None,
+            Some((core, pre)) => (core, pre),
+            None => (rest, ""),
+        };
+        let numbers = core
+            .split('.')
+            .map(parse_number)
+            .collect::<Option<Vec<_>>>()?;
+        Some((numbers, pre))
+    }
+    let compare = |(na, pa): &(Vec<u64>, &str), (nb, pb): &(Vec<u64>, &str)| {
+        let parts = na.len().max(nb.len());
+        let padded = |n: &Vec<u64>| {
+            (0..parts)
+                .map(|i| n.get(i).copied().unwrap_or(0))
+                .collect::<Vec<_>>()
+        };
+        padded(na)
+            .cmp(&padded(nb))
+            .then_with(|| compare_prerelease(pa, pb))
+    };
+    match (lenient(a), lenient(b)) {
+        (Some(va), Some(vb)) => compare(&vb, &va).then_with(|| a.cmp(b)),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => a.cmp(b),
+    }
+}
+
 impl TagMatcher {
     /// The tags of `tags` this matcher selects, highest version first (ties in precedence,
     /// such as `1.0.0` and `v1.0.0` under a semver range, by tag text); at most one with
@@ -425,6 +462,36 @@ mod tests {
             let error = VersionPattern::parse(bad).unwrap_err();
             assert!(error.contains("x-pattern like v2.13.x"), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn version_order_for_any_tags() {
+        let mut tags = mk_tags(&[
+            "stable",
+            "1.24",
+            "1.25",
+            "v1.25.0",
+            "1.25.1",
+            "latest",
+            "1.25.1-rc1",
+            "2",
+            "x-1",
+        ]);
+        tags.sort_by(|a, b| highest_version_first(a, b));
+        assert_eq!(
+            tags,
+            [
+                "2",
+                "1.25.1",
+                "1.25.1-rc1",
+                "1.25",
+                "v1.25.0",
+                "1.24",
+                "latest",
+                "stable",
+                "x-1"
+            ]
+        );
     }
 
     #[test]

@@ -470,55 +470,6 @@ impl<'s> Doc<'s> {
                 .collect(),
         )
     }
-
-    /// The node as JSON, for sections kept raw until they get their own model.
-    pub fn json(&mut self, value: &Value<'_>) -> Option<serde_json::Value> {
-        match data(value.node) {
-            YamlData::Value(Scalar::Null) => Some(serde_json::Value::Null),
-            YamlData::Value(Scalar::Boolean(b)) => Some((*b).into()),
-            YamlData::Value(Scalar::Integer(i)) => Some((*i).into()),
-            YamlData::Value(Scalar::FloatingPoint(f)) => {
-                match serde_json::Number::from_f64(f.into_inner()) {
-                    Some(n) => Some(serde_json::Value::Number(n)),
-                    None => {
-                        self.error(
-                            value.position,
-                            &value.field,
-                            format!("{} is not a finite number", f.into_inner()),
-                        );
-                        None
-                    }
-                }
-            }
-            YamlData::Value(Scalar::String(s)) => Some(serde_json::Value::String(s.to_string())),
-            YamlData::Sequence(_) => {
-                let items = self.list(value)?;
-                let converted: Vec<_> = items.iter().map(|item| self.json(item)).collect();
-                converted
-                    .into_iter()
-                    .collect::<Option<Vec<_>>>()
-                    .map(serde_json::Value::Array)
-            }
-            YamlData::Mapping(_) => {
-                let entries = self.dict(value)?;
-                let mut object = serde_json::Map::new();
-                let mut ok = true;
-                for (key, _, item) in &entries {
-                    match self.json(item) {
-                        Some(json) => {
-                            object.insert(key.clone(), json);
-                        }
-                        None => ok = false,
-                    }
-                }
-                ok.then_some(serde_json::Value::Object(object))
-            }
-            _ => {
-                self.error(value.position, &value.field, "invalid value");
-                None
-            }
-        }
-    }
 }
 
 /// The value under a key; a `null` value is reported at its key, since it has no text of its own.

@@ -7,22 +7,9 @@ use std::process::Output;
 use imagelock::lock::{self, LockFile};
 
 use crate::common::{
-    ConfigRepo, Fault, FaultProxy, ImageSpec, TestRegistry, free_port, git, image_set, push_image,
-    push_index, push_many_tags, repo_config, skopeo_digest, write,
+    ConfigRepo, Fault, FaultProxy, ImageSpec, TestRegistry, free_port, git, image_set, imagelock,
+    push_image, push_index, push_many_tags, repo_config, skopeo_digest, write,
 };
-
-/// Runs the binary without blocking the runtime (a test's FaultProxy runs on it).
-async fn imagelock(dir: &Path, args: &[&str], insecure: &[&str]) -> Output {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_imagelock"));
-    command
-        .args(args)
-        .arg(dir)
-        .env_remove("IMAGELOCK_INSECURE_REGISTRIES");
-    for host in insecure {
-        command.args(["--insecure-registry", host]);
-    }
-    command.output().await.expect("run imagelock")
-}
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()

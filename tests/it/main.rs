@@ -8,4 +8,5 @@ mod git;
 mod lock;
 mod mirror;
 mod mirror_engine;
+mod outputs;
 mod registry;
