@@ -178,7 +178,7 @@ impl DaemonConfig {
                     ("webhookService", &self.webhook_service),
                     ("webhookNamespace", &self.webhook_namespace),
                 ] {
-                    if !is_dns_label(name) {
+                    if !crate::manifest::is_dns_label(name) {
                         return Err(DaemonError::Config(format!(
                             "{what} {name:?} is not a valid Kubernetes name (lowercase letters, digits and -)"
                         )));
@@ -213,17 +213,6 @@ impl DaemonConfig {
             (None, None) => Ok(None),
         }
     }
-}
-
-/// A Kubernetes object name of one DNS label (Services, namespaces).
-fn is_dns_label(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
 }
 
 /// The webhook's certificate: files (a mounted Secret) or generated.

@@ -141,18 +141,7 @@ pub(crate) fn is_registry_host(host: &str) -> bool {
             && p.bytes().all(|b| b.is_ascii_digit())
             && p.parse::<u16>().is_ok_and(|n| n > 0)
     });
-    port_ok
-        && !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
+    port_ok && !name.is_empty() && name.len() <= 253 && name.split('.').all(is_dns_label)
 }
 
 /// A registry host from a string value, with a hint for the usual mistakes.
@@ -186,7 +175,7 @@ pub(crate) fn check_registry_host(doc: &mut Doc<'_>, value: &Value<'_>, host: &s
 
 /// A DNS-1123 label: at most 63 lowercase letters, digits and `-`, starting and ending with a
 /// letter or digit (Kubernetes namespace names).
-pub(crate) fn is_dns_label(name: &str) -> bool {
+pub fn is_dns_label(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
         && name

@@ -16,6 +16,7 @@ mod yaml;
 use std::fmt;
 use std::path::PathBuf;
 
+pub use common::is_dns_label;
 pub use config::parse_repo_config;
 pub use imageset::{parse_image_set, peek_metadata};
 pub use load::{LoadedRepo, load_repo};
