@@ -218,6 +218,21 @@ impl Failure {
 
 /// A reqwest error and its causes on one line ("…: Connection refused (os error 111)"),
 /// without the URL.
+/// Counts a response (or a request that got none) in the registry metrics.
+fn record_response(registry: &str, method: &Method, response: Option<&reqwest::Response>) {
+    let remaining = response.and_then(|r| {
+        r.headers()
+            .get("ratelimit-remaining")
+            .and_then(|v| v.to_str().ok())
+    });
+    crate::telemetry::METRICS.registry_response(
+        registry,
+        method.as_str(),
+        response.map(|r| r.status().as_u16()),
+        remaining,
+    );
+}
+
 fn describe(error: reqwest::Error) -> String {
     let error = error.without_url();
     let mut text = error.to_string();
@@ -405,7 +420,9 @@ impl Engine {
         }
         let max_body = request.max_body;
         let exchange = async {
-            let mut response = builder.send().await.map_err(classify)?;
+            let sent = builder.send().await;
+            record_response(&host.name, &request.method, sent.as_ref().ok());
+            let mut response = sent.map_err(classify)?;
             let status = response.status();
             let headers = response.headers().clone();
             let declared = headers
@@ -515,7 +532,9 @@ impl Engine {
             builder = builder.header(CONTENT_LENGTH, length);
         }
         let exchange = async {
-            let mut response = builder.send().await.map_err(classify)?;
+            let sent = builder.send().await;
+            record_response(&host.name, &request.method, sent.as_ref().ok());
+            let mut response = sent.map_err(classify)?;
             let status = response.status();
             let headers = response.headers().clone();
             let mut body = Vec::new();
