@@ -79,8 +79,10 @@ pub struct GitErrorLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdmissionLabels {
-    /// `allowed` (2xx), `rejected` (4xx: bad request, too large, wrong path) or `error` (5xx,
-    /// including 503 before the pins are loaded).
+    /// `ok` (2xx: a review was answered, which may itself deny the Pod), `rejected` (4xx: bad
+    /// request, too large, wrong path) or `error` (5xx, including 503 before the pins are
+    /// loaded). The namespace's admission mode is decided inside the handler and not reported
+    /// to the observer, so it is not a label.
     pub outcome: &'static str,
     pub status: u16,
 }
@@ -265,7 +267,7 @@ impl Metrics {
     /// One admission request, as the webhook's observer reports it.
     pub fn admission(&self, status: u16, took: Duration) {
         let outcome = match status {
-            200..=299 => "allowed",
+            200..=299 => "ok",
             400..=499 => "rejected",
             _ => "error",
         };
@@ -348,7 +350,7 @@ mod tests {
             "imagelock_commits_total ",
             "imagelock_push_retries_total ",
             "imagelock_git_errors_total{operation=\"push\"}",
-            "imagelock_admission_requests_total{outcome=\"allowed\",status=\"200\"}",
+            "imagelock_admission_requests_total{outcome=\"ok\",status=\"200\"}",
             "imagelock_admission_duration_seconds_bucket{le=\"0.00005\"}",
             "imagelock_admission_duration_seconds_count ",
             "imagelock_last_successful_sync_timestamp_seconds{repository=\"https://example.com/repo.git\"}",
