@@ -145,12 +145,28 @@ pub async fn observe(
     let entries = stream::iter(work)
         .map(|(path, spec, previous)| async move {
             let observation = resolve_image(client, &spec, previous.as_ref()).await;
+            count_resolutions(&spec, &observation);
             ((path, spec.name.clone()), (spec, observation))
         })
         .buffer_unordered(IMAGE_CONCURRENCY)
         .collect()
         .await;
     Observations { entries }
+}
+
+/// Counts an entry's tag resolutions in the metrics: one per tag, or one failure when the
+/// entry could not be resolved at all.
+fn count_resolutions(spec: &ImageSpec, observation: &ImageObservation) {
+    let metrics = &crate::telemetry::METRICS;
+    let registry = &spec.source.registry;
+    match &observation.tags {
+        Err(_) => metrics.resolution(registry, false),
+        Ok(tags) => {
+            for t in tags.values() {
+                metrics.resolution(registry, matches!(t, TagObservation::Resolved(_)));
+            }
+        }
+    }
 }
 
 /// Copies into the mirror every pin that the observed, mirrored entries would get. Tags whose

@@ -1,4 +1,4 @@
-//! Admin endpoints on their own plain-HTTP port: `/healthz`, `/readyz`, `/status`.
+//! Admin endpoints on their own plain-HTTP port: `/healthz`, `/readyz`, `/status`, `/metrics`.
 //!
 //! `/readyz` waits for the repo to be loaded and, when the admission webhook runs, for its
 //! pins: a webhook without pins would answer every Pod with 503.
@@ -30,6 +30,7 @@ pub fn router(status: StatusRx, index: Option<IndexHandle>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/status", get(status_json))
+        .route("/metrics", get(metrics))
         .with_state(AdminState { status, index })
 }
 
@@ -58,6 +59,16 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
         );
     }
     (StatusCode::OK, "ready\n")
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::telemetry::METRICS_CONTENT_TYPE,
+        )],
+        crate::telemetry::encode(),
+    )
 }
 
 async fn status_json(State(AdminState { status, .. }): State<AdminState>) -> Json<Status> {

@@ -382,7 +382,12 @@ impl Webhook {
             self.listener,
             self.tls,
             self.index,
-            admission::ServerOptions::default(),
+            admission::ServerOptions {
+                observer: Some(admission::RequestObserver(Arc::new(|status, took| {
+                    crate::telemetry::METRICS.admission(status.as_u16(), took)
+                }))),
+                ..admission::ServerOptions::default()
+            },
             shutdown.clone(),
         );
         tokio::join!(server, self.certs.watch(CERT_POLL, shutdown));

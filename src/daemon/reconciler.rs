@@ -254,16 +254,24 @@ impl Reconciler {
         .await;
         let (checkout, outcome) = match joined {
             Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => return Err(e.to_string()),
+            Ok(Err(e)) => {
+                count_git_error(&e);
+                return Err(e.to_string());
+            }
             Err(e) => return Err(format!("git task failed: {e}")),
         };
         self.checkout = Some(checkout);
-        let outcome = outcome.map_err(|e| e.to_string())?;
+        let outcome = outcome.map_err(|e| {
+            count_git_error(&e);
+            e.to_string()
+        })?;
         if outcome.moved {
             tracing::info!(head = %outcome.head, "config repo moved");
         }
         self.status.head = Some(outcome.head);
-        self.status.last_sync = Some(Utc::now());
+        let synced = Utc::now();
+        self.status.last_sync = Some(synced);
+        crate::telemetry::METRICS.synced(&self.status.repo, synced);
         self.status.last_sync_error = None;
         Ok(outcome.moved)
     }
@@ -331,6 +339,11 @@ impl Reconciler {
                 self.status.last_commit_error = None;
             }
             Ok(PushResult::Pushed { commit, attempts }) => {
+                let metrics = &crate::telemetry::METRICS;
+                metrics.commits.inc();
+                metrics
+                    .push_retries
+                    .inc_by(u64::from(attempts.saturating_sub(1)));
                 for change in &changes {
                     tracing::info!(lock = %change.lock, %change, "pin changed");
                 }
@@ -340,6 +353,7 @@ impl Reconciler {
                 self.status.last_commit_error = None;
             }
             Err(e) => {
+                crate::telemetry::METRICS.git_error(retry_error_operation(&e));
                 tracing::error!(error = %e, "cannot commit lock changes");
                 self.status.last_commit_error = Some(e.to_string());
             }
@@ -439,4 +453,23 @@ impl Reconciler {
         }
         self.status_tx.send_replace(Arc::new(self.status.clone()));
     }
+}
+
+/// The `operation` label of a failed commit step: the Git operation that failed, `apply` when
+/// writing the locks failed, `push` when every push was rejected.
+fn retry_error_operation<E>(error: &git::RetryError<E>) -> &'static str {
+    match error {
+        git::RetryError::Git(e) => git_error_operation(e),
+        git::RetryError::Apply(_) => "apply",
+        git::RetryError::Exhausted { .. } => "push",
+    }
+}
+
+fn git_error_operation(error: &git::GitError) -> &'static str {
+    error.operation().map_or("other", git::Operation::as_str)
+}
+
+/// Counts a failed fetch/clone of the config repo.
+fn count_git_error(error: &git::GitError) {
+    crate::telemetry::METRICS.git_error(git_error_operation(error));
 }

@@ -263,8 +263,9 @@ impl MirrorEngine {
         self.progress.image_started(&name);
         let result = self.copy_image(request, known_missing).await;
         self.progress.image_finished(&name, result.is_ok());
-        if let Err(e) = &result {
-            tracing::debug!(image = %name, "copy failed: {e}");
+        match &result {
+            Ok(report) => crate::telemetry::METRICS.mirrored(report),
+            Err(e) => tracing::debug!(image = %name, "copy failed: {e}"),
         }
         result
     }

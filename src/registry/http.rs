@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::error::Error as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -218,6 +219,21 @@ impl Failure {
 
 /// A reqwest error and its causes on one line ("…: Connection refused (os error 111)"),
 /// without the URL.
+/// Counts a response (or a request that got none) in the registry metrics.
+fn record_response(registry: &str, method: &Method, response: Option<&reqwest::Response>) {
+    let remaining = response.and_then(|r| {
+        r.headers()
+            .get("ratelimit-remaining")
+            .and_then(|v| v.to_str().ok())
+    });
+    crate::telemetry::METRICS.registry_response(
+        registry,
+        method.as_str(),
+        response.map(|r| r.status().as_u16()),
+        remaining,
+    );
+}
+
 fn describe(error: reqwest::Error) -> String {
     let error = error.without_url();
     let mut text = error.to_string();
@@ -404,8 +420,14 @@ impl Engine {
                 .body(body.clone());
         }
         let max_body = request.max_body;
+        // Whether a response head (or a send error) was counted: a timeout before either is
+        // counted as a request without a response.
+        let counted = AtomicBool::new(false);
         let exchange = async {
-            let mut response = builder.send().await.map_err(classify)?;
+            let sent = builder.send().await;
+            record_response(&host.name, &request.method, sent.as_ref().ok());
+            counted.store(true, Ordering::Relaxed);
+            let mut response = sent.map_err(classify)?;
             let status = response.status();
             let headers = response.headers().clone();
             let declared = headers
@@ -454,7 +476,12 @@ impl Engine {
         };
         match tokio::time::timeout(self.request_timeout, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(Failure::Timeout),
+            Err(_) => {
+                if !counted.load(Ordering::Relaxed) {
+                    record_response(&host.name, &request.method, None);
+                }
+                Err(Failure::Timeout)
+            }
         }
     }
 
@@ -514,8 +541,14 @@ impl Engine {
         if let Some(length) = content_length {
             builder = builder.header(CONTENT_LENGTH, length);
         }
+        // Whether a response head (or a send error) was counted: a timeout before either is
+        // counted as a request without a response.
+        let counted = AtomicBool::new(false);
         let exchange = async {
-            let mut response = builder.send().await.map_err(classify)?;
+            let sent = builder.send().await;
+            record_response(&host.name, &request.method, sent.as_ref().ok());
+            counted.store(true, Ordering::Relaxed);
+            let mut response = sent.map_err(classify)?;
             let status = response.status();
             let headers = response.headers().clone();
             let mut body = Vec::new();
@@ -533,7 +566,12 @@ impl Engine {
         let stalled = watch.stalled(self.request_timeout);
         let response = tokio::select! {
             result = exchange => result.map_err(|f: Failure| f.into_error(target, watch.idle, 0))?,
-            after = stalled => return Err(RegistryError::Timeout { target: target.clone(), after }),
+            after = stalled => {
+                if !counted.load(Ordering::Relaxed) {
+                    record_response(&host.name, &request.method, None);
+                }
+                return Err(RegistryError::Timeout { target: target.clone(), after });
+            }
         };
         if response.status == StatusCode::UNAUTHORIZED
             && let Some(scope) = request.scope

@@ -365,6 +365,68 @@ async fn lock_commit_end_to_end_with_status_and_a_down_registry() {
     daemon.stop().await;
 }
 
+/// The value of the sample `line_start` (metric name and labels) in an OpenMetrics text.
+fn sample(text: &str, line_start: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(line_start)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_after_the_first_commit() {
+    let registry = TestRegistry::start();
+    let host = registry.host();
+    push_web(&host).await;
+    let repo = config_repo(web_manifest(&host, ""));
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let daemon = Daemon::start(&repo, &dir.path().join("checkout"), "1s", &[&host]).await;
+    daemon.wait_committed().await;
+    let response = daemon
+        .http
+        .get(format!("http://{}/metrics", daemon.admin))
+        .send()
+        .await
+        .expect("GET /metrics");
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let text = response.text().await.expect("metrics body");
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+
+    // The metrics are process-wide and the other daemon tests of this binary commit too:
+    // at least this daemon's commit. Series labelled with this test's registry or repo are
+    // this test's alone.
+    let commits = sample(&text, "imagelock_commits_total").expect("commits counter");
+    assert!(commits >= 1.0, "{text}");
+    let requests: f64 = text
+        .lines()
+        .filter(|line| {
+            line.starts_with(&format!(
+                "imagelock_registry_requests_total{{registry=\"{host}\","
+            ))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(requests > 0.0, "no requests counted for {host}:\n{text}");
+    let resolved = sample(
+        &text,
+        &format!("imagelock_resolutions_total{{registry=\"{host}\",outcome=\"success\"}}"),
+    );
+    assert!(resolved.is_some_and(|n| n >= 2.0), "{text}");
+    let synced = sample(
+        &text,
+        &format!(
+            "imagelock_last_successful_sync_timestamp_seconds{{repository=\"{}\"}}",
+            repo.url()
+        ),
+    );
+    assert!(synced.is_some_and(|t| t > 0.0), "{text}");
+    daemon.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_second_commit_without_registry_changes() {
     let registry = TestRegistry::start();

@@ -325,6 +325,22 @@ async fn too_many_requests_waits_for_retry_after() {
     let seen = proxy.requests();
     assert_eq!(statuses(&seen), [429, 429, 200]);
     assert!(seen[..2].iter().all(|s| s.faulted) && !seen[2].faulted);
+
+    // Counted per registry host (this proxy's alone, though the metrics are process-wide).
+    let metrics = imagelock::telemetry::encode();
+    let host = proxy.host();
+    for expected in [
+        format!("imagelock_registry_throttled_total{{registry=\"{host}\"}} 2"),
+        format!(
+            "imagelock_registry_requests_total{{registry=\"{host}\",method=\"GET\",status=\"429\"}} 2"
+        ),
+        format!("imagelock_registry_ratelimit_remaining{{registry=\"{host}\"}} 0"),
+    ] {
+        assert!(
+            metrics.lines().any(|line| line == expected),
+            "{expected:?} missing:\n{metrics}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -142,6 +142,8 @@ impl FaultProxy {
                 status: 429,
                 headers: vec![
                     ("Retry-After".into(), retry_after.into()),
+                    // As Docker Hub sends it.
+                    ("ratelimit-remaining".into(), "0;w=21600".into()),
                     ("Content-Type".into(), "application/json".into()),
                 ],
                 body: r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#.into(),
