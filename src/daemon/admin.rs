@@ -31,6 +31,7 @@ pub fn router(status: StatusRx, index: Option<IndexHandle>) -> Router {
         .route("/readyz", get(readyz))
         .route("/status", get(status_json))
         .route("/metrics", get(metrics))
+        .layer(super::request_timeout())
         .with_state(AdminState { status, index })
 }
 

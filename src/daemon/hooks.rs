@@ -217,6 +217,7 @@ pub fn router(secret: HookSecret, triggers: mpsc::Sender<Trigger>) -> Router {
         .route("/hooks/{kind}", post(without_token))
         .route("/hooks/{kind}/{token}", post(with_token))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(super::request_timeout())
         .with_state(HookState { secret, triggers })
 }
 

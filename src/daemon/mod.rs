@@ -225,6 +225,18 @@ enum WebhookTls {
 /// How often the certificate files are checked even without a change event.
 const CERT_POLL: Duration = Duration::from_secs(60);
 
+/// How long the plain-HTTP servers (admin, hooks) give one request, reading its body
+/// included, before answering 408: a slow client cannot hold a handler.
+pub(crate) const HTTP_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The timeout layer for the plain-HTTP routers.
+pub(crate) fn request_timeout() -> tower_http::timeout::TimeoutLayer {
+    tower_http::timeout::TimeoutLayer::with_status_code(
+        axum::http::StatusCode::REQUEST_TIMEOUT,
+        HTTP_REQUEST_TIMEOUT,
+    )
+}
+
 /// Why the loop should run a pass now rather than at its next scheduled time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trigger {
