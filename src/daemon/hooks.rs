@@ -273,10 +273,10 @@ async fn handle(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
-    use crate::manifest::{Pin, TagMatcher, VersionPattern, default_schedule};
+    use crate::manifest::mk_image_spec;
+    use crate::manifest::{TagMatcher, VersionPattern};
 
     /// Docker Hub's documented push payload.
     const DOCKERHUB: &str = r#"{
@@ -301,23 +301,13 @@ mod tests {
 
     fn mk_spec(source: &str, tags: &[&str], pattern: Option<&str>) -> ImageSpec {
         ImageSpec {
-            name: "x".into(),
-            source: ImageRepo::parse(source).unwrap(),
-            tags: tags.iter().map(|t| t.to_string()).collect(),
             matcher: pattern.map(|p| TagMatcher {
                 pattern: VersionPattern::parse(p).unwrap(),
                 allow_prerelease: false,
                 select: Default::default(),
                 exclude: vec![],
             }),
-            digests: BTreeMap::new(),
-            schedule: default_schedule(),
-            keep: 25,
-            pin: Pin::None,
-            platforms: vec![],
-            mirror: false,
-            position: Default::default(),
-            name_position: Default::default(),
+            ..mk_image_spec("x", source, tags)
         }
     }
 

@@ -104,14 +104,14 @@ impl Scheduler {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+
     use std::path::PathBuf;
 
     use chrono::TimeZone;
 
     use super::*;
-    use crate::manifest::{Pin, parse_cron};
-    use crate::reference::ImageRepo;
+    use crate::manifest::mk_image_spec;
+    use crate::manifest::parse_cron;
 
     fn mk_set(tags: &[&str], schedule: &str) -> ImageSet {
         ImageSet {
@@ -120,18 +120,8 @@ mod tests {
             namespace: "team-a".into(),
             mirror: false,
             images: vec![ImageSpec {
-                name: "web".into(),
-                source: ImageRepo::parse("quay.io/company/web").unwrap(),
-                tags: tags.iter().map(|t| t.to_string()).collect(),
-                matcher: None,
-                digests: BTreeMap::new(),
                 schedule: parse_cron(schedule).unwrap(),
-                keep: 25,
-                pin: Pin::None,
-                platforms: vec![],
-                mirror: false,
-                position: Default::default(),
-                name_position: Default::default(),
+                ..mk_image_spec("web", "quay.io/company/web", tags)
             }],
         }
     }

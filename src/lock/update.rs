@@ -245,7 +245,8 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
-    use crate::manifest::{Pin, default_schedule};
+    use crate::manifest::Pin;
+    use crate::manifest::mk_image_spec;
     use crate::reference::ImageRepo;
 
     fn mk_digest(c: char) -> Digest {
@@ -269,18 +270,9 @@ mod tests {
             namespace: "team-a".into(),
             mirror: false,
             images: vec![ImageSpec {
-                name: "web".into(),
-                source: ImageRepo::parse("quay.io/company/web").unwrap(),
-                tags: vec!["latest".into()],
-                matcher: None,
-                digests: BTreeMap::new(),
-                schedule: default_schedule(),
                 keep,
                 pin,
-                platforms: vec![],
-                mirror: false,
-                position: Default::default(),
-                name_position: Default::default(),
+                ..mk_image_spec("web", "quay.io/company/web", &["latest"])
             }],
         }
     }

@@ -349,3 +349,23 @@ impl Pin {
         }
     }
 }
+
+/// An image entry with the defaults, for tests across the crate: override fields with
+/// `ImageSpec { keep: 2, ..mk_image_spec(..) }`.
+#[cfg(test)]
+pub(crate) fn mk_image_spec(name: &str, source: &str, tags: &[&str]) -> ImageSpec {
+    ImageSpec {
+        name: name.into(),
+        source: ImageRepo::parse(source).unwrap_or_else(|e| panic!("test source {source}: {e}")),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        matcher: None,
+        digests: BTreeMap::new(),
+        schedule: default_schedule(),
+        keep: DEFAULT_KEEP,
+        pin: Pin::None,
+        platforms: vec![],
+        mirror: false,
+        position: Position::default(),
+        name_position: Position::default(),
+    }
+}

@@ -171,7 +171,8 @@ mod tests {
 
     use super::*;
     use crate::lock::{LockedImage, LockedTag};
-    use crate::manifest::{MirrorLayout, Pin, default_schedule};
+    use crate::manifest::MirrorLayout;
+    use crate::manifest::mk_image_spec;
     use crate::reference::ImageRepo;
 
     fn mk_digest(c: char) -> Digest {
@@ -182,18 +183,8 @@ mod tests {
 
     fn mk_spec(name: &str, mirror: bool) -> ImageSpec {
         ImageSpec {
-            name: name.into(),
-            source: ImageRepo::parse("quay.io/company/web").unwrap(),
-            tags: vec!["latest".into(), "1.4".into()],
-            matcher: None,
-            digests: BTreeMap::new(),
-            schedule: default_schedule(),
-            keep: 25,
-            pin: Pin::None,
-            platforms: vec![],
             mirror,
-            position: Default::default(),
-            name_position: Default::default(),
+            ..mk_image_spec(name, "quay.io/company/web", &["latest", "1.4"])
         }
     }
 
