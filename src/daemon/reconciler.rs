@@ -1,6 +1,6 @@
 //! The reconcile loop: fetch, resolve what is due, write locks, commit and push.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,7 @@ use crate::lock;
 use crate::manifest::{self, LoadedRepo, RegistrySettings, RepoConfig};
 use crate::mirror::progress::Silent;
 use crate::mirror::{EngineOptions, MirrorEngine};
-use crate::reconcile::{self, Mode, Observations};
+use crate::reconcile::{self, EntryKey, Mode, Observations};
 use crate::registry::RegistryClient;
 
 /// Loads the checkout on a blocking thread: parsing thousands of entries takes long enough to
@@ -51,6 +51,10 @@ pub struct Reconciler {
     status: Status,
     /// The admission webhook's pins, swapped after every load of the repo.
     index: Option<IndexHandle>,
+    /// Pinned digest per entry and tag for `/status`, read from the lock files once per head
+    /// (`pins_revision`) rather than on every pass.
+    pins: BTreeMap<EntryKey, BTreeMap<String, String>>,
+    pins_revision: Option<String>,
 }
 
 impl Reconciler {
@@ -93,6 +97,8 @@ impl Reconciler {
             status_tx,
             status,
             index,
+            pins: BTreeMap::new(),
+            pins_revision: None,
         })
     }
 
@@ -227,11 +233,12 @@ impl Reconciler {
         if shutdown.is_cancelled() {
             return;
         }
-        self.commit(observations, &config, now).await;
-        // Reload so status (and the webhook) show the pins as committed.
+        let pushed = self.commit(observations, &config, now).await;
+        // After a push, reload so status (and the webhook) show the pins as committed. Without
+        // one, the repo loaded at the start of the pass is still the head's.
         let reloaded = match self.checkout.as_ref().map(|c| c.worktree().to_path_buf()) {
-            Some(worktree) => load_repo(worktree).await.ok(),
-            None => None,
+            Some(worktree) if pushed => load_repo(worktree).await.ok(),
+            _ => None,
         };
         let repo = reloaded.unwrap_or(repo);
         self.update_index(&repo).await;
@@ -292,15 +299,15 @@ impl Reconciler {
     }
 
     /// Applies the observations on the current head, commits and pushes; on a rejected push,
-    /// fetches and applies again on the new head.
+    /// fetches and applies again on the new head. Returns whether a commit was pushed.
     async fn commit(
         &mut self,
         observations: Observations,
         config: &RepoConfig,
         now: DateTime<Utc>,
-    ) {
+    ) -> bool {
         let Some(mut checkout) = self.checkout.take() else {
-            return;
+            return false;
         };
         let author = Author {
             name: config.git.author_name.clone(),
@@ -329,7 +336,7 @@ impl Reconciler {
                 // The checkout went with the failed task; the next pass clones or reopens it.
                 tracing::error!(error = %e, "commit task failed");
                 self.status.last_commit_error = Some(format!("commit task failed: {e}"));
-                return;
+                return false;
             }
         };
         self.checkout = Some(checkout);
@@ -337,6 +344,7 @@ impl Reconciler {
             Ok(PushResult::NothingToCommit) => {
                 tracing::debug!("locks unchanged; nothing to commit");
                 self.status.last_commit_error = None;
+                false
             }
             Ok(PushResult::Pushed { commit, attempts }) => {
                 let metrics = &crate::telemetry::METRICS;
@@ -351,11 +359,13 @@ impl Reconciler {
                 self.status.head = Some(commit.clone());
                 self.status.last_commit = Some(commit);
                 self.status.last_commit_error = None;
+                true
             }
             Err(e) => {
                 crate::telemetry::METRICS.git_error(retry_error_operation(&e));
                 tracing::error!(error = %e, "cannot commit lock changes");
                 self.status.last_commit_error = Some(e.to_string());
+                false
             }
         }
     }
@@ -403,21 +413,41 @@ impl Reconciler {
         handle.store(index);
     }
 
+    /// The pinned digests of every entry, from the lock files of the checkout.
+    fn read_pins(&self, repo: &LoadedRepo) -> BTreeMap<EntryKey, BTreeMap<String, String>> {
+        let Some(root) = self.checkout.as_ref().map(|c| c.worktree()) else {
+            return BTreeMap::new();
+        };
+        let mut pins = BTreeMap::new();
+        for set in &repo.sets {
+            let Ok(Some(locked)) = lock::read(&root.join(lock::lock_path_for(&set.path))) else {
+                continue;
+            };
+            for (alias, image) in locked.images {
+                let tags = image
+                    .tags
+                    .into_iter()
+                    .map(|(tag, pin)| (tag, pin.digest.to_string()))
+                    .collect();
+                pins.insert((set.path.clone(), alias), tags);
+            }
+        }
+        pins
+    }
+
     /// Publishes a status snapshot for the admin endpoints.
     fn publish(&mut self, repo: Option<&LoadedRepo>) {
         if let Some(repo) = repo {
             self.status.ready = true;
             self.status.manifest_errors =
                 repo.diagnostics.iter().map(ToString::to_string).collect();
-            let root: Option<PathBuf> = self.checkout.as_ref().map(|c| c.worktree().to_path_buf());
+            if self.pins_revision.is_none() || self.pins_revision != self.status.head {
+                self.pins = self.read_pins(repo);
+                self.pins_revision = self.status.head.clone();
+            }
             let mut images = Vec::new();
             let mut keys = BTreeSet::new();
             for set in &repo.sets {
-                let locked = root.as_ref().and_then(|r| {
-                    lock::read(&r.join(lock::lock_path_for(&set.path)))
-                        .ok()
-                        .flatten()
-                });
                 for spec in &set.images {
                     let key = (set.path.clone(), spec.name.clone());
                     let next_run = self.scheduler.next_run(&key);
@@ -429,16 +459,14 @@ impl Reconciler {
                         next_run,
                         ..ImageStatus::default()
                     };
-                    if let Some(locked) = locked.as_ref().and_then(|l| l.images.get(&spec.name)) {
-                        for (tag, pin) in &locked.tags {
-                            image.tags.insert(
-                                tag.clone(),
-                                TagStatus {
-                                    digest: Some(pin.digest.to_string()),
-                                    ..TagStatus::default()
-                                },
-                            );
-                        }
+                    for (tag, digest) in self.pins.get(&key).into_iter().flatten() {
+                        image.tags.insert(
+                            tag.clone(),
+                            TagStatus {
+                                digest: Some(digest.clone()),
+                                ..TagStatus::default()
+                            },
+                        );
                     }
                     self.attempts.annotate(&key, &mut image);
                     for tag in image.tags.values_mut() {
