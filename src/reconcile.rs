@@ -133,7 +133,7 @@ pub async fn observe(
 ) -> Observations {
     let mut work = Vec::new();
     for set in &repo.sets {
-        let previous = read_previous(root, &set.path);
+        let previous = read_previous_or_none(root, &set.path);
         for spec in set.images.iter().filter(|spec| due(set, spec)) {
             let previous_image = previous
                 .as_ref()
@@ -203,7 +203,7 @@ pub async fn mirror(
                 Some((spec.name.clone(), observation.clone()))
             })
             .collect();
-        let previous = read_previous(root, &set.path);
+        let previous = read_previous_or_none(root, &set.path);
         let (prospective, _) = lock::update_lock(previous.as_ref(), &observed, &relevant, now);
         for spec in &observed.images {
             let name = plan::placement(target, &observed, spec).and_then(Result::ok);
@@ -285,7 +285,7 @@ pub fn apply(
     let mut locks = Vec::with_capacity(repo.sets.len());
     for set in &repo.sets {
         let lock_rel = lock::lock_path_for(&set.path);
-        let previous = read_previous(root, &set.path);
+        let previous = read_previous(root, &set.path)?;
         // An observation made for another version of the entry (the manifest changed under a
         // retried push) is not applied; the entry is resolved again in the next pass.
         let relevant: BTreeMap<String, ImageObservation> = set
@@ -334,15 +334,26 @@ pub fn apply(
     Ok(outcome)
 }
 
-fn read_previous(root: &Path, manifest: &Path) -> Option<LockFile> {
-    let path = root.join(lock::lock_path_for(manifest));
-    match lock::read(&path) {
-        Ok(previous) => previous,
-        Err(e) => {
-            tracing::warn!(error = %e, "previous lock unreadable; starting from an empty lock");
-            None
+/// The lock beside `manifest`. One that does not parse is regenerated from nothing (it is
+/// not a lock imagelock wrote); one that cannot be read is an error, so that a passing I/O
+/// fault never rewrites a lock without its history.
+fn read_previous(root: &Path, manifest: &Path) -> Result<Option<LockFile>, lock::LockError> {
+    match lock::read(&root.join(lock::lock_path_for(manifest))) {
+        Err(e @ lock::LockError::Parse { .. }) => {
+            tracing::warn!(error = %e, "previous lock is not valid; it is regenerated");
+            Ok(None)
         }
+        other => other,
     }
+}
+
+/// [`read_previous`] for what only reads: resolution and mirroring go on without the
+/// previous pins, which only save requests there.
+fn read_previous_or_none(root: &Path, manifest: &Path) -> Option<LockFile> {
+    read_previous(root, manifest).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "previous lock unreadable; resolving without it");
+        None
+    })
 }
 
 /// Same source and same selection rules: an observation for one is valid for the other.
@@ -460,6 +471,42 @@ mod tests {
             commit_message("imagelock: update {count} image pin(s)", &changes),
             "imagelock: update 1 image pin(s)\n\n\
              images/web.lock.yaml: web:latest sha256:aaaaaaaaaaaa -> sha256:bbbbbbbbbbbb (generation 2)\n"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_lock_stops_the_pass_instead_of_losing_its_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(
+            root.join("imagelock.yaml"),
+            "apiVersion: imagelock.dev/v1alpha1\nkind: Config\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(root.join("images")).unwrap();
+        std::fs::write(
+            root.join("images/web.yaml"),
+            "apiVersion: imagelock.dev/v1alpha1\nkind: ImageSet\nmetadata: {name: web, namespace: team-a}\nspec:\n  images:\n    - {name: web, source: quay.io/company/web, tags: [latest]}\n",
+        )
+        .unwrap();
+        // A directory where the lock should be: reading it fails with an I/O error.
+        std::fs::create_dir(root.join("images/web.lock.yaml")).unwrap();
+        let result = apply(
+            root,
+            &Observations::default(),
+            chrono::Utc::now(),
+            Mode::Write,
+        );
+        assert!(
+            matches!(
+                result,
+                Err(ReconcileError::Lock(lock::LockError::Read { .. }))
+            ),
+            "{result:?}"
+        );
+        assert!(
+            root.join("images/web.lock.yaml").is_dir(),
+            "nothing was written over it"
         );
     }
 }
