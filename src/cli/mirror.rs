@@ -52,9 +52,13 @@ pub async fn run(dir: &Path, dry_run: bool, registry: &RegistryArgs) -> anyhow::
         .collect()
         .await;
     let mut checked = Vec::new();
+    let mut fetched = Vec::new();
     for (request, standing) in standings {
         match standing {
-            Ok(standing) => checked.push((request, standing)),
+            Ok((standing, manifest)) => {
+                fetched.extend(manifest.map(|m| (request.source.clone(), m)));
+                checked.push((request, standing));
+            }
             Err(e) => {
                 // Unknown standing: try the copy, which reports the real failure.
                 eprintln!("{} -> {}: {e}", request.source, request.destination);
@@ -71,6 +75,9 @@ pub async fn run(dir: &Path, dry_run: bool, registry: &RegistryArgs) -> anyhow::
 
     let progress = Arc::new(TerminalProgress::new(plan.to_copy.len() as u64));
     let engine = MirrorEngine::new(client, EngineOptions::default(), progress.clone());
+    for (source, manifest) in fetched {
+        engine.prefetched(source, manifest);
+    }
     let results = engine.copy_all_missing(plan.to_copy.clone()).await;
     progress.finish();
     let mut total = CopyReport::default();

@@ -75,6 +75,8 @@ pub struct MirrorEngine {
     chunked: Mutex<HashMap<String, Arc<AtomicBool>>>,
     /// Lookups of referrers, shared across the run.
     pub(super) referrer_lookups: super::referrers::Lookups,
+    /// Manifests a presence check already fetched, taken by the first copy that needs them.
+    prefetched: Mutex<HashMap<(ImageRepo, Digest), FetchedManifest>>,
 }
 
 impl std::fmt::Debug for MirrorEngine {
@@ -193,7 +195,15 @@ impl MirrorEngine {
             blobs: Mutex::new(HashMap::new()),
             chunked: Mutex::new(HashMap::new()),
             referrer_lookups: super::referrers::Lookups::default(),
+            prefetched: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Hands the engine a manifest already fetched from `repo` (by [`super::standing`]): the
+    /// copy of that digest uses it instead of asking the source again.
+    pub fn prefetched(&self, repo: ImageRepo, manifest: FetchedManifest) {
+        let mut prefetched = self.prefetched.lock().unwrap_or_else(|e| e.into_inner());
+        prefetched.insert((repo, manifest.digest.clone()), manifest);
     }
 
     /// Whether the destination already has the manifest (a HEAD answers with its digest).
@@ -354,6 +364,14 @@ impl MirrorEngine {
         repo: &ImageRepo,
         digest: &Digest,
     ) -> Result<FetchedManifest, MirrorError> {
+        let key = (repo.clone(), digest.clone());
+        let prefetched = {
+            let mut prefetched = self.prefetched.lock().unwrap_or_else(|e| e.into_inner());
+            prefetched.remove(&key)
+        };
+        if let Some(manifest) = prefetched {
+            return Ok(manifest);
+        }
         self.client
             .get_manifest(repo, digest.as_str())
             .await?

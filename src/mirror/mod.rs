@@ -17,7 +17,7 @@ mod referrers;
 use std::sync::Arc;
 
 use crate::reference::{Digest, ImageRepo, Platform};
-use crate::registry::RegistryError;
+use crate::registry::{FetchedManifest, RegistryError};
 
 pub use engine::{EngineOptions, MirrorEngine};
 
@@ -115,11 +115,13 @@ impl MirrorError {
 
 /// Where `request` stands: present when the destination already has the digest under every
 /// requested tag (or by digest when there are none); otherwise to copy, or missing when the
-/// source lacks it. One HEAD per tag when present: the warm path stays cheap.
+/// source lacks it. One HEAD per tag when present: the warm path stays cheap. An image to copy
+/// comes with its source manifest, fetched (and verified) by the check itself, so the copy
+/// need not ask again (see [`MirrorEngine::prefetched`]).
 pub async fn standing(
     client: &crate::registry::RegistryClient,
     request: &CopyRequest,
-) -> Result<plan::Standing, MirrorError> {
+) -> Result<(plan::Standing, Option<FetchedManifest>), MirrorError> {
     let references: Vec<&str> = if request.tags.is_empty() {
         vec![request.digest.as_str()]
     } else {
@@ -136,13 +138,13 @@ pub async fn standing(
         }
     }
     if present {
-        return Ok(plan::Standing::Present);
+        return Ok((plan::Standing::Present, None));
     }
     match client
-        .head_manifest(&request.source, request.digest.as_str())
+        .get_manifest(&request.source, request.digest.as_str())
         .await?
     {
-        Some(_) => Ok(plan::Standing::ToCopy),
-        None => Ok(plan::Standing::MissingAtSource),
+        Some(manifest) => Ok((plan::Standing::ToCopy, Some(manifest))),
+        None => Ok((plan::Standing::MissingAtSource, None)),
     }
 }

@@ -197,6 +197,58 @@ async fn a_second_mirror_run_uploads_nothing() {
 }
 
 #[tokio::test]
+async fn a_cold_mirror_asks_the_source_for_each_manifest_once() {
+    let source = TestRegistry::start();
+    let mirror = TestRegistry::start();
+    let proxy = FaultProxy::start(&source.host()).await;
+    let src = proxy.host();
+    let dst = mirror.host();
+    let index = push_index(
+        &source.host(),
+        "company/api",
+        "v1",
+        &["linux/amd64", "linux/arm64"],
+    )
+    .await;
+    let images = format!("    - name: api\n      source: {src}/company/api\n      tags: [v1]\n");
+    let unmirrored = mirrored_config(&dst).replace("mirror: true", "mirror: false");
+    let repo = ConfigRepo::new(&[
+        ("imagelock.yaml", unmirrored),
+        ("images/api.yaml", image_set("team-b", "api", &images)),
+    ]);
+    let dir = repo.work.to_str().expect("utf-8");
+    let output = imagelock(&["lock", dir], &[&src, &dst]).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    std::fs::write(repo.work.join("imagelock.yaml"), mirrored_config(&dst)).expect("config");
+    let before = proxy.requests().len();
+
+    let output = imagelock(&["mirror", dir], &[&src, &dst]).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stdout).contains("to copy (1)"),
+        "{}",
+        text(&output.stdout)
+    );
+    let asked: Vec<String> = proxy.requests()[before..]
+        .iter()
+        .filter(|seen| seen.target.contains("/manifests/sha256:"))
+        .map(|seen| format!("{} {}", seen.method, seen.target))
+        .collect();
+    let index_path = format!("/v2/company/api/manifests/{}", index.digest);
+    assert_eq!(
+        asked.iter().filter(|a| a.ends_with(&index_path)).count(),
+        1,
+        "the check's GET of the index serves the copy too: {asked:#?}"
+    );
+    assert!(
+        asked.iter().all(|a| a.starts_with("GET ")),
+        "no HEAD of a manifest at the source: {asked:#?}"
+    );
+    assert_eq!(asked.len(), 3, "the index and its two children: {asked:#?}");
+    assert_eq!(skopeo_digest(&dst, "team-b/api", "v1").await, index.digest);
+}
+
+#[tokio::test]
 async fn copy_preserves_the_digest() {
     let source = TestRegistry::start();
     let target = TestRegistry::start();
