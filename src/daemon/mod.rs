@@ -8,6 +8,7 @@
 
 mod admin;
 pub mod hooks;
+pub mod leader;
 mod reconciler;
 mod schedule;
 mod status;
@@ -28,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admission::{self, AdmissionError, CertReloader, IndexHandle, SelfSigned, TlsFiles};
 
 pub use schedule::Scheduler;
-pub use status::{ImageStatus, Status, TagStatus};
+pub use status::{ImageStatus, LeaseStatus, Status, TagStatus};
 
 /// The daemon's own configuration (not the config repo's `imagelock.yaml`): merged by figment
 /// from defaults, a YAML file, `IMAGELOCK_*` variables and flags.
