@@ -110,6 +110,8 @@ pub struct Metrics {
     pub admission_requests: Family<AdmissionLabels, Counter>,
     pub admission_duration: Histogram,
     pub last_successful_sync: Family<RepositoryLabels, Gauge<f64, AtomicU64>>,
+    /// 1 while this replica may write (always without leader election), else 0.
+    pub leader: Gauge,
 }
 
 impl Metrics {
@@ -127,6 +129,7 @@ impl Metrics {
         let admission_requests = Family::<AdmissionLabels, Counter>::default();
         let admission_duration = Histogram::new(ADMISSION_BUCKETS);
         let last_successful_sync = Family::<RepositoryLabels, Gauge<f64, AtomicU64>>::default();
+        let leader = Gauge::default();
         // Counters are registered without `_total`: the encoder appends it.
         registry.register(
             "imagelock_registry_requests",
@@ -188,6 +191,11 @@ impl Metrics {
             "Unix time of the last successful fetch of the config repo",
             last_successful_sync.clone(),
         );
+        registry.register(
+            "imagelock_leader",
+            "1 while this replica holds the leader election Lease (or runs without one) and may write, else 0",
+            leader.clone(),
+        );
         Metrics {
             registry,
             registry_requests,
@@ -202,6 +210,7 @@ impl Metrics {
             admission_requests,
             admission_duration,
             last_successful_sync,
+            leader,
         }
     }
 
@@ -354,6 +363,7 @@ mod tests {
             "imagelock_admission_duration_seconds_bucket{le=\"0.00005\"}",
             "imagelock_admission_duration_seconds_count ",
             "imagelock_last_successful_sync_timestamp_seconds{repository=\"https://example.com/repo.git\"}",
+            "imagelock_leader ",
             "# EOF",
         ] {
             assert!(text.contains(needle), "{needle:?} missing from:\n{text}");

@@ -64,6 +64,39 @@ pub struct ServeArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub webhook: WebhookArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub leader: LeaderArgs,
+}
+
+/// Leader election among replicas (a `coordination.k8s.io` Lease): off unless
+/// `--leader-election` is set.
+#[derive(Debug, Clone, Default, Args, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaderArgs {
+    /// Elect one writer through a Lease: every replica serves, only the holder resolves,
+    /// mirrors and pushes. Needs --pod-name.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        env = "IMAGELOCK_LEADER_ELECTION",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leader_election: Option<bool>,
+    /// The Lease's name [default: imagelock].
+    #[arg(long, value_name = "NAME", env = "IMAGELOCK_LEASE_NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_name: Option<String>,
+    /// The Lease's namespace [default: the service account's].
+    #[arg(long, value_name = "NAMESPACE", env = "IMAGELOCK_LEASE_NAMESPACE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_namespace: Option<String>,
+    /// This replica's identity in the Lease: its Pod name, from the downward API.
+    #[arg(long, value_name = "NAME", env = "IMAGELOCK_POD_NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
 }
 
 /// The admission webhook (HTTPS, `POST /mutate`): off unless `--webhook-listen` is set.
@@ -138,15 +171,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn flags_override_the_file_and_unset_flags_do_not() {
+    /// A config file holding `yaml`, in a directory that lives as long as the guard.
+    fn config_file(yaml: &str) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("config.yaml");
-        std::fs::write(
-            &file,
+        std::fs::write(&file, yaml).unwrap();
+        (dir, file)
+    }
+
+    #[test]
+    fn flags_override_the_file_and_unset_flags_do_not() {
+        let (_dir, file) = config_file(
             "repo: file:///srv/config\nbranch: prod\npollInterval: 5m\ninsecureRegistries: [reg.local]\n",
-        )
-        .unwrap();
+        );
         let args = ServeArgs {
             config: Some(file),
             branch: Some("staging".into()),
@@ -162,13 +199,9 @@ mod tests {
 
     #[test]
     fn webhook_settings_from_file_and_flags() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("config.yaml");
-        std::fs::write(
-            &file,
+        let (_dir, file) = config_file(
             "repo: file:///srv/config\nwebhookListen: 0.0.0.0:8443\ntlsCert: /tls/tls.crt\ntlsKey: /tls/tls.key\n",
-        )
-        .unwrap();
+        );
         let args = ServeArgs {
             config: Some(file),
             webhook: WebhookArgs {
@@ -187,10 +220,32 @@ mod tests {
     }
 
     #[test]
+    fn leader_election_from_file_and_flags() {
+        let (_dir, file) = config_file(
+            "repo: file:///srv/config\nleaderElection: true\nleaseName: imagelock-prod\nleaseNamespace: infra\nleaseDuration: 30s\n",
+        );
+        let args = ServeArgs {
+            config: Some(file),
+            leader: LeaderArgs {
+                pod_name: Some("imagelock-7d9f-abcde".into()),
+                ..LeaderArgs::default()
+            },
+            ..ServeArgs::default()
+        };
+        let config = args.config().unwrap();
+        assert!(config.leader_election);
+        assert_eq!(config.lease_namespace.as_deref(), Some("infra"));
+        let settings = config.lease_settings().unwrap().expect("election on");
+        assert_eq!(settings.name, "imagelock-prod");
+        assert_eq!(settings.identity, "imagelock-7d9f-abcde");
+        assert_eq!(settings.lease_duration.as_secs(), 30);
+        assert_eq!(settings.renew_deadline.as_secs(), 10);
+        assert_eq!(settings.retry_period.as_secs(), 2);
+    }
+
+    #[test]
     fn unknown_keys_in_the_file_are_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("config.yaml");
-        std::fs::write(&file, "repo: x\npollIntervall: 5m\n").unwrap();
+        let (_dir, file) = config_file("repo: x\npollIntervall: 5m\n");
         let args = ServeArgs {
             config: Some(file),
             ..ServeArgs::default()

@@ -5,9 +5,14 @@
 //! after every pass) and, for a `file://` repo, a watcher that wakes the loop when the remote
 //! changes. All select on one shutdown token; if an essential task ends, the daemon ends
 //! instead of running half-alive.
+//!
+//! With `leaderElection`, a Lease elector runs too: every replica serves, only the holder of
+//! the Lease writes (see [`leader`]). It outlives the reconcile loop on shutdown, so a push in
+//! flight stays covered by the Lease until it ends; then the Lease is released.
 
 mod admin;
 pub mod hooks;
+pub mod leader;
 mod reconciler;
 mod schedule;
 mod status;
@@ -26,9 +31,10 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::{self, AdmissionError, CertReloader, IndexHandle, SelfSigned, TlsFiles};
+use leader::{Leadership, LeaseElector, LeaseSettings};
 
 pub use schedule::Scheduler;
-pub use status::{ImageStatus, Status, TagStatus};
+pub use status::{ImageStatus, LeaseStatus, Status, TagStatus};
 
 /// The daemon's own configuration (not the config repo's `imagelock.yaml`): merged by figment
 /// from defaults, a YAML file, `IMAGELOCK_*` variables and flags.
@@ -71,6 +77,22 @@ pub struct DaemonConfig {
     pub hooks_listen: Option<SocketAddr>,
     /// File holding the hooks' shared secret (required with `hooksListen`).
     pub hook_secret_file: Option<PathBuf>,
+    /// Elect one writer among replicas through a `coordination.k8s.io` Lease: every replica
+    /// serves, only the holder resolves, mirrors and pushes. Needs `podName` and API access
+    /// (in-cluster service account, or a kubeconfig).
+    pub leader_election: bool,
+    /// The Lease's name.
+    pub lease_name: String,
+    /// The Lease's namespace; by default the service account's (or the kubeconfig's).
+    pub lease_namespace: Option<String>,
+    /// This replica's identity in the Lease: its Pod name (`IMAGELOCK_POD_NAME`).
+    pub pod_name: Option<String>,
+    /// How long others wait after the Lease last changed before taking it over (whole seconds).
+    pub lease_duration: String,
+    /// How long the leader may fail to renew before it stops writing (less than leaseDuration).
+    pub lease_renew_deadline: String,
+    /// The pause between attempts to renew or acquire the Lease (less than leaseRenewDeadline).
+    pub lease_retry_period: String,
 }
 
 impl Default for DaemonConfig {
@@ -95,6 +117,13 @@ impl Default for DaemonConfig {
             webhook_namespace: "imagelock".into(),
             hooks_listen: None,
             hook_secret_file: None,
+            leader_election: false,
+            lease_name: "imagelock".into(),
+            lease_namespace: None,
+            pod_name: None,
+            lease_duration: "15s".into(),
+            lease_renew_deadline: "10s".into(),
+            lease_retry_period: "2s".into(),
         }
     }
 }
@@ -118,6 +147,8 @@ pub enum DaemonError {
     Webhook(#[from] AdmissionError),
     #[error("the {0} task ended unexpectedly")]
     TaskEnded(&'static str),
+    #[error("leader election needs the Kubernetes API: {0}")]
+    Kube(#[source] kube::Error),
 }
 
 impl DaemonError {
@@ -130,6 +161,7 @@ impl DaemonError {
             DaemonError::Watch { .. } => "watch",
             DaemonError::Webhook(_) => "webhook",
             DaemonError::TaskEnded(_) => "task_ended",
+            DaemonError::Kube(_) => "kube",
         }
     }
 }
@@ -161,7 +193,38 @@ impl DaemonConfig {
                 "hooksListen needs hookSecretFile: hooks are never served without a secret".into(),
             ));
         }
+        self.lease_settings()?;
         self.webhook_tls().map(|_| ())
+    }
+
+    /// How to keep the leader election Lease; `None` without leader election.
+    pub fn lease_settings(&self) -> Result<Option<LeaseSettings>, DaemonError> {
+        if !self.leader_election {
+            return Ok(None);
+        }
+        let identity = match self.pod_name.as_deref().map(str::trim) {
+            Some(name) if !name.is_empty() => name.to_owned(),
+            _ => {
+                return Err(DaemonError::Config(
+                    "leaderElection needs podName, this replica's identity in the Lease: set IMAGELOCK_POD_NAME (from the downward API's metadata.name) or `podName:`".into(),
+                ));
+            }
+        };
+        if self.lease_name.is_empty() {
+            return Err(DaemonError::Config("leaseName is empty".into()));
+        }
+        let duration = |key: &str, value: &str| {
+            humantime::parse_duration(value)
+                .map_err(|e| DaemonError::Config(format!("{key} {value:?}: {e}")))
+        };
+        let settings = LeaseSettings {
+            lease_duration: duration("leaseDuration", &self.lease_duration)?,
+            renew_deadline: duration("leaseRenewDeadline", &self.lease_renew_deadline)?,
+            retry_period: duration("leaseRetryPeriod", &self.lease_retry_period)?,
+            ..LeaseSettings::new(self.lease_name.clone(), identity)
+        };
+        settings.validate().map_err(DaemonError::Config)?;
+        Ok(Some(settings))
     }
 
     /// Where the webhook's certificate comes from; `None` when there is no webhook.
@@ -246,9 +309,56 @@ pub enum Trigger {
     Hook(hooks::HookEvent),
 }
 
-/// Runs the daemon until `shutdown` is cancelled or an essential task fails.
+/// Runs the daemon until `shutdown` is cancelled or an essential task fails. With
+/// `leaderElection`, reaches the API server through the in-cluster service account (or a
+/// kubeconfig, outside a cluster).
 pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<(), DaemonError> {
     config.validate()?;
+    let kube = if config.leader_election {
+        Some(
+            kube::Client::try_default()
+                .await
+                .map_err(DaemonError::Kube)?,
+        )
+    } else {
+        None
+    };
+    run_with_kube(config, kube, shutdown).await
+}
+
+/// [`run`] with the API server client given (tests pass one over a fake API server); it is
+/// used only with `leaderElection`.
+pub async fn run_with_kube(
+    config: DaemonConfig,
+    kube: Option<kube::Client>,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    config.validate()?;
+    // Stopped only once the reconcile loop has ended (see the module doc).
+    let elector_stop = CancellationToken::new();
+    let (leadership, elector) = match (config.lease_settings()?, kube) {
+        (None, _) => (Leadership::always(), None),
+        (Some(_), None) => {
+            return Err(DaemonError::Config(
+                "leaderElection is on but no Kubernetes API client was given".into(),
+            ));
+        }
+        (Some(settings), Some(client)) => {
+            let namespace = config
+                .lease_namespace
+                .clone()
+                .unwrap_or_else(|| client.default_namespace().to_owned());
+            tracing::info!(
+                lease = %settings.name,
+                %namespace,
+                identity = %settings.identity,
+                "leader election on: only the Lease holder writes"
+            );
+            let api = kube::Api::namespaced(client, &namespace);
+            let (elector, leadership) = LeaseElector::new(api, &namespace, settings);
+            (leadership, Some(elector))
+        }
+    };
     let (status_tx, status_rx) = watch_channel::channel(std::sync::Arc::new(Status::default()));
     let (trigger_tx, trigger_rx) = mpsc::channel(16);
 
@@ -267,7 +377,13 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
         })?;
     tracing::info!(addr = %config.admin_listen, "admin endpoints listening");
     let admin = tokio::spawn({
-        let serve = admin::serve(listener, status_rx, index.clone(), shutdown.clone());
+        let serve = admin::serve(
+            listener,
+            status_rx,
+            index.clone(),
+            leadership.clone(),
+            shutdown.clone(),
+        );
         async move { serve.await.map_err(DaemonError::Admin) }
     });
 
@@ -297,11 +413,23 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
         None => None,
     };
 
-    let reconciler = reconciler::Reconciler::new(config, status_tx, index)?;
+    let reconciler = reconciler::Reconciler::new(config, status_tx, index, leadership)?;
+    // Started last, when nothing can fail any more: an early error must not leave it holding
+    // the Lease.
+    let elector = elector.map(|elector| {
+        let run = elector.run(elector_stop.clone());
+        tokio::spawn(async move {
+            run.await;
+            Ok(())
+        })
+    });
     let reconcile = tokio::spawn({
         let run = reconciler.run(trigger_rx, shutdown.clone());
+        // Dropped when the loop ends, panics included: only then may the Lease go.
+        let release_lease = elector_stop.clone().drop_guard();
         async move {
             run.await;
+            drop(release_lease);
             Ok(())
         }
     });
@@ -312,6 +440,9 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
     ];
     if let Some(hooks) = hooks {
         tasks.push(named("hooks server", hooks));
+    }
+    if let Some(elector) = elector {
+        tasks.push(named("leader election", elector));
     }
     if let Some(webhook) = webhook {
         tasks.push(named(
@@ -493,5 +624,41 @@ mod tests {
             ..DaemonConfig::default()
         };
         assert!(config_error(config.webhook_tls()).contains("webhookNamespace"));
+    }
+
+    #[test]
+    fn leader_election_needs_a_pod_name_and_a_lease_the_leader_stays_inside() {
+        let elected = |pod_name: Option<&str>, renew_deadline: &str| DaemonConfig {
+            repo: "file:///srv/config".into(),
+            leader_election: true,
+            pod_name: pod_name.map(Into::into),
+            lease_renew_deadline: renew_deadline.into(),
+            ..DaemonConfig::default()
+        };
+        let error = |config: DaemonConfig| match config.validate() {
+            Err(DaemonError::Config(message)) => message,
+            other => panic!("expected a config error, got {other:?}"),
+        };
+        assert!(error(elected(None, "10s")).contains("IMAGELOCK_POD_NAME"));
+        assert!(error(elected(Some(" "), "10s")).contains("podName"));
+        assert!(error(elected(Some("imagelock-0"), "15s")).contains("leaseRenewDeadline"));
+        assert!(
+            error(elected(Some("imagelock-0"), "soon")).contains("leaseRenewDeadline \"soon\"")
+        );
+        let settings = elected(Some("imagelock-0"), "10s")
+            .lease_settings()
+            .unwrap();
+        assert_eq!(
+            settings,
+            Some(LeaseSettings::new("imagelock", "imagelock-0"))
+        );
+        // Without election, nothing about it is required or checked.
+        let single = DaemonConfig {
+            repo: "file:///srv/config".into(),
+            lease_renew_deadline: "soon".into(),
+            ..DaemonConfig::default()
+        };
+        assert!(single.validate().is_ok());
+        assert_eq!(single.lease_settings().unwrap(), None);
     }
 }

@@ -1,4 +1,8 @@
 //! The reconcile loop: fetch, resolve what is due, write locks, commit and push.
+//!
+//! With leader election, every replica fetches and keeps the webhook's pins and `/status`
+//! current; only the leader goes on to resolve, mirror and push. A leader that loses the
+//! Lease drops its pass at once, and the push itself asks once more right before it starts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -10,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::hooks::{self, HookEvent};
+use super::leader::Leadership;
 use super::schedule::Scheduler;
 use super::status::{AttemptLog, ImageStatus, Status, TagStatus};
 use super::{DaemonConfig, DaemonError, Trigger};
@@ -55,6 +60,8 @@ pub struct Reconciler {
     /// (`pins_revision`) rather than on every pass.
     pins: BTreeMap<EntryKey, BTreeMap<String, String>>,
     pins_revision: Option<String>,
+    /// Whether this replica may resolve, mirror and push.
+    leadership: Leadership,
 }
 
 impl Reconciler {
@@ -62,6 +69,7 @@ impl Reconciler {
         config: DaemonConfig,
         status_tx: watch::Sender<Arc<Status>>,
         index: Option<IndexHandle>,
+        leadership: Leadership,
     ) -> Result<Self, DaemonError> {
         let auth = match (&config.git_token_file, &config.git_ssh_key) {
             (Some(_), Some(_)) => {
@@ -99,6 +107,7 @@ impl Reconciler {
             index,
             pins: BTreeMap::new(),
             pins_revision: None,
+            leadership,
         })
     }
 
@@ -120,6 +129,8 @@ impl Reconciler {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(until_poll.min(until_due)) => {}
+                // A new leader starts its first pass at once, not at the next poll.
+                _ = self.leadership.acquired(), if !self.leadership.is_leader() => {}
                 trigger = triggers.recv() => {
                     if let Some(trigger) = trigger {
                         tracing::debug!(?trigger, "woken");
@@ -180,6 +191,13 @@ impl Reconciler {
             self.publish(Some(&repo));
             return;
         };
+        // The rest writes (the mirror, the config repo): the leader's part. A replica that
+        // never led keeps its scheduler empty, so when it takes over everything is due.
+        let leadership = self.leadership.clone();
+        if !leadership.is_leader() {
+            self.publish(Some(&repo));
+            return;
+        }
         let entries_changed = self.scheduler.refresh(&repo.sets, now);
         let due = self.scheduler.due(now);
         if due.is_empty() && !entries_changed && !moved {
@@ -204,6 +222,7 @@ impl Reconciler {
         let mut observations = tokio::select! {
             observations = reconcile::observe(&client, &worktree, &repo, &in_due) => observations,
             _ = shutdown.cancelled() => return,
+            _ = leadership.lost() => return self.drop_pass(&repo),
         };
         if repo
             .sets
@@ -217,6 +236,7 @@ impl Reconciler {
             let report = tokio::select! {
                 report = reconcile::mirror(&engine, &worktree, &repo, &mut observations, now) => report,
                 _ = shutdown.cancelled() => return,
+                _ = leadership.lost() => return self.drop_pass(&repo),
             };
             tracing::info!(
                 manifests = report.manifests_pushed,
@@ -233,6 +253,9 @@ impl Reconciler {
         if shutdown.is_cancelled() {
             return;
         }
+        if !leadership.is_leader() {
+            return self.drop_pass(&repo);
+        }
         let pushed = self.commit(observations, &config, now).await;
         // After a push, reload so status (and the webhook) show the pins as committed. Without
         // one, the repo loaded at the start of the pass is still the head's.
@@ -243,6 +266,13 @@ impl Reconciler {
         let repo = reloaded.unwrap_or(repo);
         self.update_index(&repo).await;
         self.publish(Some(&repo));
+    }
+
+    /// Ends a pass whose replica lost the Lease: nothing of it is written; the new leader
+    /// resolves for itself.
+    fn drop_pass(&mut self, repo: &LoadedRepo) {
+        tracing::info!("leadership lost: the pass in flight stops before writing");
+        self.publish(Some(repo));
     }
 
     /// Clones on first use, then fetches and resets. Returns whether the head moved.
@@ -315,17 +345,22 @@ impl Reconciler {
         };
         let template = config.git.message.clone();
         let attempts = self.config.push_attempts;
+        let leadership = self.leadership.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let mut changes = Vec::new();
+            let apply = |worktree: &std::path::Path| {
+                let outcome = reconcile::apply(worktree, &observations, now, Mode::Write)?;
+                if outcome.touched.is_empty() {
+                    return Ok(None);
+                }
+                let message = reconcile::commit_message(&template, &outcome.changes);
+                changes = outcome.changes;
+                Ok::<_, reconcile::ReconcileError>(Some((outcome.touched, message)))
+            };
+            // The last guard: a Lease lost while the locks were written stops the push.
             let result =
-                git::commit_and_push_with_retry(&mut checkout, &author, attempts, |worktree| {
-                    let outcome = reconcile::apply(worktree, &observations, now, Mode::Write)?;
-                    if outcome.touched.is_empty() {
-                        return Ok(None);
-                    }
-                    let message = reconcile::commit_message(&template, &outcome.changes);
-                    changes = outcome.changes;
-                    Ok::<_, reconcile::ReconcileError>(Some((outcome.touched, message)))
+                git::commit_and_push_guarded(&mut checkout, &author, attempts, apply, || {
+                    leadership.is_leader()
                 });
             (checkout, result, changes)
         })
@@ -360,6 +395,10 @@ impl Reconciler {
                 self.status.last_commit = Some(commit);
                 self.status.last_commit_error = None;
                 true
+            }
+            Err(git::RetryError::PushWithheld) => {
+                tracing::info!("leadership lost before the push: the lock commit is dropped");
+                false
             }
             Err(e) => {
                 crate::telemetry::METRICS.git_error(retry_error_operation(&e));
@@ -489,7 +528,7 @@ fn retry_error_operation<E>(error: &git::RetryError<E>) -> &'static str {
     match error {
         git::RetryError::Git(e) => git_error_operation(e),
         git::RetryError::Apply(_) => "apply",
-        git::RetryError::Exhausted { .. } => "push",
+        git::RetryError::Exhausted { .. } | git::RetryError::PushWithheld => "push",
     }
 }
 

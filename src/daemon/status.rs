@@ -25,10 +25,27 @@ pub struct Status {
     pub last_commit: Option<String>,
     pub last_commit_error: Option<String>,
     pub manifest_errors: Vec<String>,
+    /// Whether this replica resolves, mirrors and pushes (always, without leader election).
+    pub leader: bool,
+    /// The leader election Lease, when replicas elect a leader.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseStatus>,
     /// The admission webhook's pins, when the webhook runs and has them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admission: Option<crate::admission::IndexSummary>,
     pub images: Vec<ImageStatus>,
+}
+
+/// The leader election as one replica sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseStatus {
+    pub name: String,
+    pub namespace: String,
+    /// This replica's holder identity (its Pod name).
+    pub identity: String,
+    /// The holder it last saw; `None` while the Lease is free or unknown.
+    pub holder: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

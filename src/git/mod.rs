@@ -18,7 +18,7 @@ use std::time::Duration;
 pub use checkout::{Checkout, commit_in};
 pub use error::{GitError, Operation, redact_url};
 pub use paths::{join_repo_path, normalize_repo_path};
-pub use retry::{PushResult, RetryError, commit_and_push_with_retry};
+pub use retry::{PushResult, RetryError, commit_and_push_guarded, commit_and_push_with_retry};
 
 /// How to authenticate to the remote. Secrets stay in their files and are read on each
 /// use, so a rotated secret is picked up without a restart.

@@ -26,6 +26,10 @@ pub enum RetryError<E> {
     /// Every attempt's push was rejected (others kept winning the race).
     #[error("push still rejected after {attempts} attempts: {last}")]
     Exhausted { attempts: u32, last: GitError },
+    /// The caller's `may_push` said no right before the push; the commit stays local, and the
+    /// next sync drops it.
+    #[error("push withheld: this replica may no longer write")]
+    PushWithheld,
 }
 
 impl<E> RetryError<E> {
@@ -35,6 +39,7 @@ impl<E> RetryError<E> {
             RetryError::Git(e) => e.metric_label(),
             RetryError::Apply(_) => "apply",
             RetryError::Exhausted { .. } => "rejected_exhausted",
+            RetryError::PushWithheld => "withheld",
         }
     }
 }
@@ -51,7 +56,20 @@ pub fn commit_and_push_with_retry<E>(
     checkout: &mut Checkout,
     author: &Author,
     max_attempts: u32,
+    apply: impl FnMut(&Path) -> Result<Option<(Vec<PathBuf>, String)>, E>,
+) -> Result<PushResult, RetryError<E>> {
+    commit_and_push_guarded(checkout, author, max_attempts, apply, || true)
+}
+
+/// [`commit_and_push_with_retry`] that asks `may_push` right before each push and gives up
+/// with [`RetryError::PushWithheld`] on `false`: the last guard of a writer that may lose its
+/// right to write (a lost leader election) while it applies and commits.
+pub fn commit_and_push_guarded<E>(
+    checkout: &mut Checkout,
+    author: &Author,
+    max_attempts: u32,
     mut apply: impl FnMut(&Path) -> Result<Option<(Vec<PathBuf>, String)>, E>,
+    may_push: impl Fn() -> bool,
 ) -> Result<PushResult, RetryError<E>> {
     let max_attempts = max_attempts.max(1);
     let mut attempt = 0;
@@ -68,6 +86,9 @@ pub fn commit_and_push_with_retry<E>(
         else {
             return Ok(PushResult::NothingToCommit);
         };
+        if !may_push() {
+            return Err(RetryError::PushWithheld);
+        }
         match checkout.push() {
             Ok(()) => {
                 return Ok(PushResult::Pushed {

@@ -11,17 +11,18 @@ import pytest
 
 from chartlib import NAMESPACE, REPO, VALUE_SETS, Render, values_for
 
-# Every key the daemon's config file may hold (DaemonConfig is deny_unknown_fields, so any other
-# key stops the daemon at start). From src/daemon/mod.rs on main, the webhook keys of
-# feat/admission, and the keys of the hooks server and leader election being added now.
+# Every key the daemon's config file may hold (DaemonConfig in src/daemon/mod.rs is
+# deny_unknown_fields, so any other key stops the daemon at start). Keep in sync with it.
 DAEMON_CONFIG_KEYS = {
-    # main
     "repo", "branch", "workdir", "pollInterval", "gitTokenFile", "gitSshKey", "gitSshPassphraseFile",
     "registryConfig", "insecureRegistries", "adminListen", "pushAttempts",
-    # feat/admission
+    # the webhook
     "webhookListen", "tlsCert", "tlsKey", "tlsSelfSigned", "webhookService", "webhookNamespace",
-    # hooks and leader election
-    "hooksListen", "hookSecretFile", "leaderElection", "leaseName", "leaseNamespace",
+    # push hooks
+    "hooksListen", "hookSecretFile",
+    # leader election (podName normally comes from IMAGELOCK_POD_NAME)
+    "leaderElection", "leaseName", "leaseNamespace", "podName", "leaseDuration", "leaseRenewDeadline",
+    "leaseRetryPeriod",
 }
 # Config keys that name a file the daemon reads.
 FILE_KEYS = ["gitTokenFile", "gitSshKey", "gitSshPassphraseFile", "registryConfig", "tlsCert", "tlsKey", "hookSecretFile"]

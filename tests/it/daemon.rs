@@ -23,8 +23,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{
-    ConfigRepo, Fault, FaultProxy, ImageSpec, PushedImage, PushedIndex, TestRegistry, free_port,
-    git, image_set, push_image, push_index, repo_config, skopeo_digest,
+    ConfigRepo, FakeApiServer, Fault, FaultProxy, ImageSpec, PushedImage, PushedIndex,
+    TestRegistry, free_port, git, image_set, push_image, push_index, repo_config, skopeo_digest,
 };
 
 /// Upper bound of every wait: far above what a pass takes, so only a hang reaches it.
@@ -166,6 +166,40 @@ impl Daemon {
         insecure: &[&str],
         customize: impl Fn(&mut DaemonConfig),
     ) -> Self {
+        Self::start_full(repo, workdir, poll_interval, insecure, None, customize).await
+    }
+
+    /// [`Daemon::start`] (1 s polls, `host` insecure, a checkout under `dir`) as the replica
+    /// `pod_name` of several: leader election through `server`.
+    async fn start_elected(
+        repo: &ConfigRepo,
+        dir: &Path,
+        host: &str,
+        server: &FakeApiServer,
+        pod_name: &str,
+    ) -> Self {
+        let elected = |config: &mut DaemonConfig| {
+            config.leader_election = true;
+            config.pod_name = Some(pod_name.to_owned());
+            config.lease_name = LEASE.to_owned();
+            // Seconds rather than client-go's 15 s, so a take-over fits in a test.
+            config.lease_duration = "2s".to_owned();
+            config.lease_renew_deadline = "1s".to_owned();
+            config.lease_retry_period = "200ms".to_owned();
+        };
+        let workdir = dir.join("checkout");
+        let kube = Some(server.client());
+        Self::start_full(repo, &workdir, "1s", &[host], kube, elected).await
+    }
+
+    async fn start_full(
+        repo: &ConfigRepo,
+        workdir: &Path,
+        poll_interval: &str,
+        insecure: &[&str],
+        kube: Option<kube::Client>,
+        customize: impl Fn(&mut DaemonConfig),
+    ) -> Self {
         claim_git_socket_timeouts(repo);
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
@@ -183,7 +217,11 @@ impl Daemon {
             };
             customize(&mut config);
             let token = CancellationToken::new();
-            let handle = tokio::spawn(imagelock::daemon::run(config, token.clone()));
+            let handle = tokio::spawn(imagelock::daemon::run_with_kube(
+                config,
+                kube.clone(),
+                token.clone(),
+            ));
             let mut daemon = Daemon {
                 token,
                 handle: Some(handle),
@@ -574,16 +612,23 @@ async fn cancelling_an_idle_daemon_returns_ok_and_closes_the_admin_port() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn cancelling_while_a_registry_stalls_does_not_wait_for_it() {
+/// `web` behind a proxy that holds every manifest request for an hour, and a config repo
+/// that names it through the proxy: a pass that resolves stays in flight. Keep the registry.
+async fn stalled_web() -> (TestRegistry, FaultProxy, ConfigRepo, tempfile::TempDir) {
     let registry = TestRegistry::start();
     push_web(&registry.host()).await;
-    // Far longer than any wait here: `run` must not sit out the registry's timeouts.
     let proxy = FaultProxy::start(&registry.host()).await;
     proxy.add_rule("manifests", Fault::Delay(Duration::from_secs(3600)), None);
-    let host = proxy.host();
-    let repo = config_repo(web_manifest(&host, ""));
+    let repo = config_repo(web_manifest(&proxy.host(), ""));
     let dir = tempfile::tempdir().expect("tempdir");
+    (registry, proxy, repo, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelling_while_a_registry_stalls_does_not_wait_for_it() {
+    // Far longer than any wait here: `run` must not sit out the registry's timeouts.
+    let (_registry, proxy, repo, dir) = stalled_web().await;
+    let host = proxy.host();
 
     let daemon = Daemon::start(&repo, &dir.path().join("checkout"), "1h", &[&host]).await;
     wait_for("a manifest request held by the proxy", || async {
@@ -752,4 +797,108 @@ async fn a_quay_push_hook_resolves_at_once_and_a_wrong_secret_triggers_nothing()
     let latest = tag(&lock, "web", "latest");
     assert_eq!((latest.generation, &latest.digest), (2, &moved.digest));
     daemon.stop().await;
+}
+
+// ---- leader election -----------------------------------------------------------------
+
+/// The Lease the replicas of these tests compete for.
+const LEASE: &str = "imagelock";
+
+/// Plays another replica that holds the Lease: writes it as `holder` every 200 ms (a 2 s
+/// lease) until dropped.
+struct OtherReplica(JoinHandle<()>);
+
+impl OtherReplica {
+    fn hold(server: &FakeApiServer, holder: &'static str) -> Self {
+        let server = server.clone();
+        OtherReplica(tokio::spawn(async move {
+            loop {
+                server.hold_as(LEASE, holder, 2);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }))
+    }
+}
+
+impl Drop for OtherReplica {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_that_does_not_lead_commits_nothing_until_it_takes_over() {
+    let registry = TestRegistry::start();
+    let host = registry.host();
+    push_web(&host).await;
+    let repo = config_repo(web_manifest(&host, ""));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = FakeApiServer::default();
+    let other = OtherReplica::hold(&server, "replica-a");
+
+    let daemon = Daemon::start_elected(&repo, dir.path(), &host, &server, "replica-b").await;
+    // It follows the repo and answers, but resolves and writes nothing.
+    let status = daemon
+        .wait_status("the repo loaded while another replica leads", |s| {
+            (s["ready"] == true && s["lease"]["holder"] == "replica-a").then(|| s.clone())
+        })
+        .await;
+    assert_eq!(status["leader"], false, "{status:#}");
+    assert_eq!(status["lease"]["identity"], "replica-b");
+    assert_eq!(status["lease"]["name"], LEASE);
+    let mut synced = timestamp(&status["lastSync"]).expect("lastSync");
+    for _ in 0..2 {
+        synced = daemon.wait_sync_after(synced).await;
+    }
+    assert_eq!(daemon.get("/readyz").await, Some(200));
+    let status = daemon.status().await.expect("/status");
+    assert!(image(&status, "web")["lastAttempt"].is_null(), "{status:#}");
+    assert_eq!(repo.commit_count(), 1, "{:?}", repo.subjects());
+
+    // The other replica goes away: its Lease expires, this one takes over and commits.
+    drop(other);
+    let status = daemon.wait_committed().await;
+    assert_eq!(status["leader"], true, "{status:#}");
+    assert_eq!(status["lease"]["holder"], "replica-b");
+    assert_eq!(repo.commit_count(), 2, "{:?}", repo.subjects());
+    assert_eq!(server.holder(LEASE).as_deref(), Some("replica-b"));
+
+    // Stopping hands the Lease over: no holder, a 1 s duration.
+    daemon.stop().await;
+    let spec = server.lease(LEASE).and_then(|l| l.spec).expect("the Lease");
+    assert_eq!(spec.holder_identity, None, "{spec:?}");
+    assert_eq!(spec.lease_duration_seconds, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_the_lease_drops_the_pass_in_flight() {
+    // Resolving hangs: the pass stays in flight until something drops it.
+    let (_registry, proxy, repo, dir) = stalled_web().await;
+    let host = proxy.host();
+    let server = FakeApiServer::default();
+
+    let daemon = Daemon::start_elected(&repo, dir.path(), &host, &server, "replica-b").await;
+    wait_for(
+        "the leader's manifest request held by the proxy",
+        || async { (proxy.max_in_flight() > 0).then_some(()) },
+    )
+    .await;
+    let status = daemon.status().await.expect("/status");
+    assert_eq!(status["leader"], true, "{status:#}");
+    // The pass in flight publishes nothing until it ends.
+    let before = timestamp(&status["lastSync"]).unwrap_or(DateTime::<Utc>::MIN_UTC);
+
+    // Another replica takes the Lease: the next renewal is refused and leadership ends at
+    // once. Only a dropped pass lets the loop fetch again.
+    let _other = OtherReplica::hold(&server, "replica-a");
+    daemon
+        .wait_status("leadership to be lost", |s| {
+            (s["leader"] == false).then_some(())
+        })
+        .await;
+    daemon.wait_sync_after(before).await;
+    assert_eq!(repo.commit_count(), 1, "{:?}", repo.subjects());
+    daemon.stop().await;
+    // Not the holder any more: nothing was released.
+    assert_eq!(server.holder(LEASE).as_deref(), Some("replica-a"));
 }

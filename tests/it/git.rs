@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use imagelock::git::{
     Author, Checkout, GitAuth, GitError, GitTimeouts, PushResult, RemoteSpec, RetryError,
-    commit_and_push_with_retry,
+    commit_and_push_guarded, commit_and_push_with_retry,
 };
 use tempfile::TempDir;
 
@@ -480,6 +480,36 @@ fn retry_loop_nothing_to_do() -> TestResult {
     });
     assert!(matches!(failed, Err(RetryError::Apply("manifest broken"))));
     assert_eq!(remote.subjects()?, ["seed"]);
+    Ok(())
+}
+
+/// The guard is asked after the commit, right before the push: a "no" leaves the remote as
+/// it was, and the next round starts from the remote's head again.
+#[test]
+fn a_withheld_push_leaves_the_remote_alone() -> TestResult {
+    let remote = Remote::new(SEED)?;
+    let (_work, mut checkout) = clone(&remote)?;
+    let asked = std::cell::Cell::new(0);
+    let write = |tree: &Path| {
+        std::fs::write(tree.join("lock.yaml"), "pinned\n")?;
+        Ok::<_, std::io::Error>(Some((paths(&["lock.yaml"]), "pin".to_owned())))
+    };
+    let withheld = commit_and_push_guarded(&mut checkout, &author(), 3, write, || {
+        asked.set(asked.get() + 1);
+        false
+    });
+    assert!(
+        matches!(withheld, Err(RetryError::PushWithheld)),
+        "{withheld:?}"
+    );
+    assert_eq!(asked.get(), 1);
+    assert_eq!(remote.subjects()?, ["seed"]);
+    let pushed = commit_and_push_guarded(&mut checkout, &author(), 3, write, || true)?;
+    assert!(
+        matches!(pushed, PushResult::Pushed { attempts: 1, .. }),
+        "{pushed:?}"
+    );
+    assert_eq!(remote.subjects()?, ["pin", "seed"]);
     Ok(())
 }
 

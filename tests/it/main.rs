@@ -1,10 +1,11 @@
 //! The one integration test binary: real Git repositories, a real `docker-registry`, image
-//! pushing and a fault-injecting proxy (`common`). Add a module per area.
+//! pushing, a fault-injecting proxy and an in-memory Kubernetes API server (`common`). Add a module per area.
 
 mod admission;
 mod common;
 mod daemon;
 mod git;
+mod leader;
 mod lock;
 mod mirror;
 mod mirror_engine;

@@ -6,16 +6,19 @@
 //! - [`Pusher`] and the `push_*` functions: images, indexes and many tags pushed through the
 //!   registry API with plain reqwest, independent of the code under test.
 //! - [`FaultProxy`]: a scripted proxy for the faults a real registry will not produce.
+//! - [`FakeApiServer`]: Leases in memory behind a `kube::Client`, with faulty links.
 //! - [`imagelock`]: the real binary.
 
 #![allow(dead_code, unused_imports)] // Not every test module uses every fixture.
 
+mod apiserver;
 mod cli;
 mod gitops;
 mod proxy;
 mod push;
 mod registry;
 
+pub use apiserver::{FakeApiServer, Link, LinkFault};
 pub use cli::imagelock;
 pub use gitops::{ConfigRepo, git, image_set, repo_config, write};
 pub use proxy::{Fault, FaultProxy, Seen};
