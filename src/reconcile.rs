@@ -162,7 +162,7 @@ fn count_resolutions(spec: &ImageSpec, observation: &ImageObservation) {
     match &observation.tags {
         Err(_) => metrics.resolution(registry, false),
         Ok(tags) => {
-            for t in tags.values() {
+            for (_, t) in tags {
                 metrics.resolution(registry, matches!(t, TagObservation::Resolved(_)));
             }
         }
