@@ -20,6 +20,7 @@ use crate::manifest::{self, LoadedRepo, RegistrySettings, RepoConfig};
 use crate::mirror::progress::Silent;
 use crate::mirror::{EngineOptions, MirrorEngine};
 use crate::reconcile::{self, EntryKey, Mode, Observations};
+use crate::reference::ImageRepo;
 use crate::registry::RegistryClient;
 
 /// Loads the checkout on a blocking thread: parsing thousands of entries takes long enough to
@@ -35,6 +36,9 @@ async fn load_repo(worktree: PathBuf) -> Result<Arc<LoadedRepo>, manifest::Manif
     }
 }
 
+/// Pushes remembered between two passes at most; a pass normally follows at once.
+const MAX_PENDING_PUSHES: usize = 1024;
+
 pub struct Reconciler {
     config: DaemonConfig,
     poll_interval: Duration,
@@ -42,6 +46,8 @@ pub struct Reconciler {
     checkout: Option<Checkout>,
     scheduler: Scheduler,
     attempts: AttemptLog,
+    /// Image pushes (repository, tags) that hooks reported since the last pass.
+    pushes: Vec<(ImageRepo, Vec<String>)>,
     /// The client and the registry settings it was built for; rebuilt when they change.
     client: Option<(
         std::collections::BTreeMap<String, RegistrySettings>,
@@ -93,6 +99,7 @@ impl Reconciler {
             checkout: None,
             scheduler: Scheduler::default(),
             attempts: AttemptLog::default(),
+            pushes: Vec::new(),
             client: None,
             status_tx,
             status,
@@ -134,14 +141,31 @@ impl Reconciler {
         tracing::info!("reconcile loop stopped");
     }
 
-    /// A pushed image makes the entries it can affect due now; the pass that follows fetches
-    /// the repo in any case.
+    /// A pushed image makes the entries it can affect due in the pass that follows, matched
+    /// against the manifests that pass fetches.
     fn on_trigger(&mut self, trigger: &Trigger) {
         if let Trigger::Hook(HookEvent::ImagePushed { repo, tags }) = trigger {
-            let count = self
-                .scheduler
-                .trigger(|spec| hooks::affects(spec, repo, tags), Utc::now());
-            tracing::info!(%repo, ?tags, entries = count, "push hook: entries due now");
+            let push = (repo.clone(), tags.clone());
+            if self.pushes.contains(&push) {
+                return;
+            }
+            if self.pushes.len() >= MAX_PENDING_PUSHES {
+                tracing::warn!(%repo, ?tags, "push hook dropped: too many pushes wait for a pass");
+                return;
+            }
+            self.pushes.push(push);
+        }
+    }
+
+    /// Makes the entries that the pushes since the last pass affect due now.
+    fn apply_pushes(&mut self, repo: &LoadedRepo, now: DateTime<Utc>) {
+        for (source, tags) in std::mem::take(&mut self.pushes) {
+            let count = self.scheduler.trigger(
+                &repo.sets,
+                |spec| hooks::affects(spec, &source, &tags),
+                now,
+            );
+            tracing::info!(repo = %source, ?tags, entries = count, "push hook: entries due now");
         }
     }
 
@@ -181,6 +205,7 @@ impl Reconciler {
             return;
         };
         let entries_changed = self.scheduler.refresh(&repo.sets, now);
+        self.apply_pushes(&repo, now);
         let due = self.scheduler.due(now);
         if due.is_empty() && !entries_changed && !moved {
             self.publish(Some(&repo));
