@@ -21,7 +21,6 @@ use crate::lock::{self, ImageObservation, LockFile, PinChange, Problem, TagObser
 use crate::manifest::{self, Diagnostic, ImageSet, ImageSpec, LoadedRepo};
 use crate::mirror::{CopyReport, MirrorEngine, plan};
 use crate::outputs::{self, OutputChange};
-use crate::reference::Digest;
 use crate::registry::RegistryClient;
 use crate::resolve::resolve_image;
 
@@ -89,39 +88,12 @@ impl Observations {
         }
     }
 
-    /// Per entry and tag: the digest it resolved to, or why it did not.
-    pub fn attempts(&self) -> Vec<Attempt> {
-        let mut attempts = Vec::new();
-        for ((path, alias), (_, observation)) in &self.entries {
-            let mk = |tag: Option<&str>, result: Result<Digest, String>| Attempt {
-                manifest: path.clone(),
-                alias: alias.clone(),
-                tag: tag.map(str::to_owned),
-                result,
-            };
-            match &observation.tags {
-                Err(reason) => attempts.push(mk(None, Err(reason.clone()))),
-                Ok(tags) => {
-                    for (tag, t) in tags {
-                        attempts.push(match t {
-                            TagObservation::Resolved(r) => mk(Some(tag), Ok(r.digest.clone())),
-                            TagObservation::Failed(reason) => mk(Some(tag), Err(reason.clone())),
-                        });
-                    }
-                }
-            }
-        }
-        attempts
+    /// What each entry's resolution gave, by entry.
+    pub fn iter(&self) -> impl Iterator<Item = (&EntryKey, &ImageObservation)> {
+        self.entries
+            .iter()
+            .map(|(key, (_, observation))| (key, observation))
     }
-}
-
-/// The result of resolving one tag (or a whole entry, when `tag` is `None`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attempt {
-    pub manifest: PathBuf,
-    pub alias: String,
-    pub tag: Option<String>,
-    pub result: Result<Digest, String>,
 }
 
 /// Resolves every entry of `repo` for which `due` says yes.
@@ -450,6 +422,7 @@ pub fn commit_message(subject_template: &str, changes: &[PinChange]) -> String {
 mod tests {
     use super::*;
     use crate::lock::ChangeKind;
+    use crate::reference::Digest;
 
     #[test]
     fn commit_message_lists_changes() {

@@ -72,8 +72,18 @@ async fn metrics() -> impl IntoResponse {
     )
 }
 
-async fn status_json(State(AdminState { status, .. }): State<AdminState>) -> Json<Status> {
-    // Clone out of the borrow so the writer is never held up by a slow client.
+async fn status_json(State(AdminState { status, .. }): State<AdminState>) -> impl IntoResponse {
+    // Take the snapshot out of the borrow so the writer is never held up by a slow client,
+    // and serialize it where it is: with thousands of entries a copy is megabytes.
     let snapshot: Arc<Status> = status.borrow().clone();
-    Json((*snapshot).clone())
+    Json(StatusJson(snapshot))
+}
+
+/// Serializes the shared snapshot in place.
+struct StatusJson(Arc<Status>);
+
+impl serde::Serialize for StatusJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
 }

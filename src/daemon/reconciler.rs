@@ -1,6 +1,5 @@
 //! The reconcile loop: fetch, resolve what is due, write locks, commit and push.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::hooks::{self, HookEvent};
 use super::schedule::Scheduler;
-use super::status::{AttemptLog, ImageStatus, Status, TagStatus};
+use super::status::{EntryLog, Pins, Status};
 use super::{DaemonConfig, DaemonError, Trigger};
 use crate::admission::{IndexHandle, PinIndex};
 use crate::git::{self, Author, Checkout, GitAuth, GitTimeouts, PushResult, RemoteSpec};
@@ -45,7 +44,8 @@ pub struct Reconciler {
     remote: RemoteSpec,
     checkout: Option<Checkout>,
     scheduler: Scheduler,
-    attempts: AttemptLog,
+    /// Per entry, its last attempt and its pins, for `/status`.
+    entries: EntryLog,
     /// Image pushes (repository, tags) that hooks reported since the last pass.
     pushes: Vec<(ImageRepo, Vec<String>)>,
     /// The client and the registry settings it was built for; rebuilt when they change.
@@ -57,9 +57,8 @@ pub struct Reconciler {
     status: Status,
     /// The admission webhook's pins, swapped after every load of the repo.
     index: Option<IndexHandle>,
-    /// Pinned digest per entry and tag for `/status`, read from the lock files once per head
-    /// (`pins_revision`) rather than on every pass.
-    pins: BTreeMap<EntryKey, BTreeMap<String, String>>,
+    /// The head whose lock files gave `entries` their pins: they are read once per head
+    /// rather than on every pass.
     pins_revision: Option<String>,
 }
 
@@ -98,13 +97,12 @@ impl Reconciler {
             remote,
             checkout: None,
             scheduler: Scheduler::default(),
-            attempts: AttemptLog::default(),
+            entries: EntryLog::default(),
             pushes: Vec::new(),
             client: None,
             status_tx,
             status,
             index,
-            pins: BTreeMap::new(),
             pins_revision: None,
         })
     }
@@ -252,7 +250,7 @@ impl Reconciler {
             );
         }
         self.scheduler.attempted(&due, now);
-        self.attempts.record(observations.attempts(), now);
+        self.entries.record(observations.iter(), now);
 
         // Shutdown between resolving and committing: the commit is not started.
         if shutdown.is_cancelled() {
@@ -439,11 +437,11 @@ impl Reconciler {
     }
 
     /// The pinned digests of every entry, from the lock files of the checkout.
-    fn read_pins(&self, repo: &LoadedRepo) -> BTreeMap<EntryKey, BTreeMap<String, String>> {
+    fn read_pins(&self, repo: &LoadedRepo) -> Vec<(EntryKey, Pins)> {
         let Some(root) = self.checkout.as_ref().map(|c| c.worktree()) else {
-            return BTreeMap::new();
+            return Vec::new();
         };
-        let mut pins = BTreeMap::new();
+        let mut pins = Vec::new();
         for set in &repo.sets {
             let Ok(Some(locked)) = lock::read(&root.join(lock::lock_path_for(&set.path))) else {
                 continue;
@@ -452,9 +450,9 @@ impl Reconciler {
                 let tags = image
                     .tags
                     .into_iter()
-                    .map(|(tag, pin)| (tag, pin.digest.to_string()))
+                    .map(|(tag, pin)| (tag, Arc::from(pin.digest.as_str())))
                     .collect();
-                pins.insert((set.path.clone(), alias), tags);
+                pins.push(((set.path.clone(), alias), tags));
             }
         }
         pins
@@ -467,42 +465,15 @@ impl Reconciler {
             self.status.manifest_errors =
                 repo.diagnostics.iter().map(ToString::to_string).collect();
             if self.pins_revision.is_none() || self.pins_revision != self.status.head {
-                self.pins = self.read_pins(repo);
+                let pins = self.read_pins(repo);
+                self.entries.replace_pins(pins);
                 self.pins_revision = self.status.head.clone();
             }
-            let mut images = Vec::new();
-            let mut keys = BTreeSet::new();
-            for set in &repo.sets {
-                for spec in &set.images {
-                    let key = (set.path.clone(), spec.name.clone());
-                    let next_run = self.scheduler.next_run(&key);
-                    let mut image = ImageStatus {
-                        manifest: set.path.clone(),
-                        namespace: set.namespace.clone(),
-                        name: spec.name.clone(),
-                        source: spec.source.to_string(),
-                        next_run,
-                        ..ImageStatus::default()
-                    };
-                    for (tag, digest) in self.pins.get(&key).into_iter().flatten() {
-                        image.tags.insert(
-                            tag.clone(),
-                            TagStatus {
-                                digest: Some(digest.clone()),
-                                ..TagStatus::default()
-                            },
-                        );
-                    }
-                    self.attempts.annotate(&key, &mut image);
-                    for tag in image.tags.values_mut() {
-                        tag.next_run = next_run;
-                    }
-                    images.push(image);
-                    keys.insert(key);
-                }
-            }
-            self.attempts.retain(|key| keys.contains(key));
-            self.status.images = images;
+            let scheduler = &self.scheduler;
+            self.status.images = self
+                .entries
+                .images(&repo.sets, |key| scheduler.next_run(key))
+                .into();
         }
         self.status_tx.send_replace(Arc::new(self.status.clone()));
     }
