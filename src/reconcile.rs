@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
@@ -62,10 +63,11 @@ impl ReconcileError {
 /// Identifies an image entry across passes: manifest path and alias.
 pub type EntryKey = (PathBuf, String);
 
-/// What the registries said in one pass, with the spec each answer was for.
+/// What the registries said in one pass, with the [`ImageSpec::selection_fingerprint`] of the
+/// spec each answer was for (a copy of the spec would be hundreds of bytes per entry).
 #[derive(Debug, Default)]
 pub struct Observations {
-    entries: BTreeMap<EntryKey, (ImageSpec, ImageObservation)>,
+    entries: BTreeMap<EntryKey, (u64, ImageObservation)>,
 }
 
 impl Observations {
@@ -103,27 +105,59 @@ pub async fn observe(
     repo: &LoadedRepo,
     due: &(dyn Fn(&ImageSet, &ImageSpec) -> bool + Sync),
 ) -> Observations {
-    let mut work = Vec::new();
-    for set in &repo.sets {
-        let previous = read_previous_or_none(root, &set.path);
-        for spec in set.images.iter().filter(|spec| due(set, spec)) {
-            let previous_image = previous
-                .as_ref()
-                .and_then(|p| p.images.get(&spec.name))
-                .cloned();
-            work.push((set.path.clone(), spec.clone(), previous_image));
-        }
-    }
-    let entries = stream::iter(work)
-        .map(|(path, spec, previous)| async move {
-            let observation = resolve_image(client, &spec, previous.as_ref()).await;
-            count_resolutions(&spec, &observation);
-            ((path, spec.name.clone()), (spec, observation))
-        })
-        .buffer_unordered(IMAGE_CONCURRENCY)
-        .collect()
-        .await;
+    let entries = observe_due(client, root, repo, due).collect().await;
     Observations { entries }
+}
+
+/// The entries to resolve, each with the previous lock of its manifest. Lazy: a manifest's
+/// previous lock is read when the entries before it are under way, and dropped once its own
+/// entries are resolved. Reading them all first would hold every previous pin of the repo
+/// (kilobytes per entry) for the whole pass.
+fn due_entries<'a>(
+    root: &'a Path,
+    repo: &'a LoadedRepo,
+    due: &'a (dyn Fn(&ImageSet, &ImageSpec) -> bool + Sync),
+) -> impl Iterator<Item = (&'a ImageSet, &'a ImageSpec, Option<Arc<LockFile>>)> + Send + 'a {
+    repo.sets.iter().flat_map(move |set| {
+        let specs: Vec<&ImageSpec> = set.images.iter().filter(|spec| due(set, spec)).collect();
+        let previous = if specs.is_empty() {
+            None
+        } else {
+            read_previous_or_none(root, &set.path).map(Arc::new)
+        };
+        specs
+            .into_iter()
+            .map(move |spec| (set, spec, previous.clone()))
+    })
+}
+
+/// The observations of the due entries, [`IMAGE_CONCURRENCY`] at a time. A plain fn names
+/// the lifetimes of the items, which the daemon's task needs to be `Send` (the same closure
+/// inside the async fn is not general enough for the compiler).
+fn observe_due<'a>(
+    client: &'a RegistryClient,
+    root: &'a Path,
+    repo: &'a LoadedRepo,
+    due: &'a (dyn Fn(&ImageSet, &ImageSpec) -> bool + Sync),
+) -> impl futures_util::Stream<Item = (EntryKey, (u64, ImageObservation))> + Send + 'a {
+    stream::iter(due_entries(root, repo, due))
+        .map(move |(set, spec, previous)| observe_entry(client, set, spec, previous))
+        .buffer_unordered(IMAGE_CONCURRENCY)
+}
+
+async fn observe_entry(
+    client: &RegistryClient,
+    set: &ImageSet,
+    spec: &ImageSpec,
+    previous: Option<Arc<LockFile>>,
+) -> (EntryKey, (u64, ImageObservation)) {
+    let previous = previous.as_ref().and_then(|p| p.images.get(&spec.name));
+    let observation = resolve_image(client, spec, previous).await;
+    count_resolutions(spec, &observation);
+    (
+        (set.path.clone(), spec.name.clone()),
+        (spec.selection_fingerprint(), observation),
+    )
 }
 
 /// Counts an entry's tag resolutions in the metrics: one per tag, or one failure when the
@@ -264,10 +298,10 @@ pub fn apply(
             .images
             .iter()
             .filter_map(|spec| {
-                let (observed_spec, observation) = observations
+                let (selection, observation) = observations
                     .entries
                     .get(&(set.path.clone(), spec.name.clone()))?;
-                same_selection(observed_spec, spec)
+                (*selection == spec.selection_fingerprint())
                     .then(|| (spec.name.clone(), observation.clone()))
             })
             .collect();
@@ -326,18 +360,6 @@ fn read_previous_or_none(root: &Path, manifest: &Path) -> Option<LockFile> {
         tracing::warn!(error = %e, "previous lock unreadable; resolving without it");
         None
     })
-}
-
-/// Same source and same selection rules: an observation for one is valid for the other.
-fn same_selection(a: &ImageSpec, b: &ImageSpec) -> bool {
-    a.source == b.source
-        && a.tags == b.tags
-        && a.matcher == b.matcher
-        && a.digests == b.digests
-        && a.platforms == b.platforms
-        && a.pin == b.pin
-        && a.keep == b.keep
-        && a.mirror == b.mirror
 }
 
 /// Locks whose manifest is gone are removed. A manifest that exists but has errors keeps its
