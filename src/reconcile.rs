@@ -279,7 +279,17 @@ pub fn apply(
     now: DateTime<Utc>,
     mode: Mode,
 ) -> Result<Outcome, ReconcileError> {
-    let repo = manifest::load_repo(root)?;
+    apply_to(root, &manifest::load_repo(root)?, observations, now, mode)
+}
+
+/// [`apply`] with the manifests of `root` already loaded.
+pub fn apply_to(
+    root: &Path,
+    repo: &LoadedRepo,
+    observations: &Observations,
+    now: DateTime<Utc>,
+    mode: Mode,
+) -> Result<Outcome, ReconcileError> {
     let mut outcome = Outcome {
         diagnostics: repo.diagnostics.clone(),
         config_invalid: repo.config.is_none(),
@@ -288,7 +298,10 @@ pub fn apply(
     let Some(config) = &repo.config else {
         return Ok(outcome);
     };
-    let mut locks = Vec::with_capacity(repo.sets.len());
+    // The new locks are kept for the outputs only: a lock of a few hundred entries holds
+    // hundreds of kilobytes, and a repo may have thousands of entries.
+    let keep_locks = !config.outputs.is_empty();
+    let mut locks = Vec::new();
     for set in &repo.sets {
         let lock_rel = lock::lock_path_for(&set.path);
         let previous = read_previous(root, &set.path)?;
@@ -320,13 +333,15 @@ pub fn apply(
             outcome.touched.push(lock_rel);
         }
         outcome.changes.extend(changes);
-        locks.push((set, next));
+        if keep_locks {
+            locks.push((set, next));
+        }
     }
-    remove_orphans(root, &repo, mode, &mut outcome)?;
+    remove_orphans(root, repo, mode, &mut outcome)?;
 
     // Outputs follow the locks as this pass leaves them, written or not.
-    if !config.outputs.is_empty() {
-        let frozen = outputs::Frozen::of(root, &repo)?;
+    if keep_locks {
+        let frozen = outputs::Frozen::of(root, repo)?;
         let inputs: Vec<_> = locks.iter().map(|(set, lock)| (*set, lock)).collect();
         let report =
             outputs::generate(root, &config.outputs, &inputs, &frozen, mode == Mode::Write)?;

@@ -183,14 +183,8 @@ impl Reconciler {
         let Some(worktree) = self.checkout.as_ref().map(|c| c.worktree().to_path_buf()) else {
             return;
         };
-        let repo = match load_repo(worktree.clone()).await {
-            Ok(repo) => repo,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the config repo");
-                self.status.last_sync_error = Some(e.to_string());
-                self.publish(None);
-                return;
-            }
+        let Some(repo) = self.load(worktree.clone()).await else {
+            return;
         };
         for diagnostic in &repo.diagnostics {
             tracing::warn!(%diagnostic, "manifest error; its last good lock stays");
@@ -256,16 +250,32 @@ impl Reconciler {
         if shutdown.is_cancelled() {
             return;
         }
-        let pushed = self.commit(observations, &config, now).await;
-        // After a push, reload so status (and the webhook) show the pins as committed. Without
-        // one, the repo loaded at the start of the pass is still the head's.
-        let reloaded = match self.checkout.as_ref().map(|c| c.worktree().to_path_buf()) {
-            Some(worktree) if pushed => load_repo(worktree).await.ok(),
-            _ => None,
+        // The commit loads the manifests again, on the head it is made on, and hands them
+        // back: the status and the webhook then show that head. Two copies of the repo at
+        // once would double its memory (thousands of entries), so this one goes first.
+        drop(repo);
+        let repo = match self.commit(observations, &config, now).await {
+            Some(repo) => repo,
+            None => match self.load(worktree).await {
+                Some(repo) => repo,
+                None => return,
+            },
         };
-        let repo = reloaded.unwrap_or(repo);
         self.update_index(&repo).await;
         self.publish(Some(&repo));
+    }
+
+    /// Loads the manifests of the checkout; a failure is logged and published.
+    async fn load(&mut self, worktree: PathBuf) -> Option<Arc<LoadedRepo>> {
+        match load_repo(worktree).await {
+            Ok(repo) => Some(repo),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the config repo");
+                self.status.last_sync_error = Some(e.to_string());
+                self.publish(None);
+                None
+            }
+        }
     }
 
     /// Clones on first use, then fetches and resets. Returns whether the head moved.
@@ -322,16 +332,15 @@ impl Reconciler {
     }
 
     /// Applies the observations on the current head, commits and pushes; on a rejected push,
-    /// fetches and applies again on the new head. Returns whether a commit was pushed.
+    /// fetches and applies again on the new head. Returns the manifests as loaded on the head
+    /// it leaves (pushed or not), when it got that far.
     async fn commit(
         &mut self,
         observations: Observations,
         config: &RepoConfig,
         now: DateTime<Utc>,
-    ) -> bool {
-        let Some(mut checkout) = self.checkout.take() else {
-            return false;
-        };
+    ) -> Option<Arc<LoadedRepo>> {
+        let mut checkout = self.checkout.take()?;
         let author = Author {
             name: config.git.author_name.clone(),
             email: config.git.author_email.clone(),
@@ -340,9 +349,16 @@ impl Reconciler {
         let attempts = self.config.push_attempts;
         let joined = tokio::task::spawn_blocking(move || {
             let mut changes = Vec::new();
+            let mut loaded = None;
             let result =
                 git::commit_and_push_with_retry(&mut checkout, &author, attempts, |worktree| {
-                    let outcome = reconcile::apply(worktree, &observations, now, Mode::Write)?;
+                    // The previous attempt's manifests go before these are read.
+                    loaded = None;
+                    let repo = Arc::new(manifest::load_repo(worktree)?);
+                    let outcome =
+                        reconcile::apply_to(worktree, &repo, &observations, now, Mode::Write);
+                    loaded = Some(repo);
+                    let outcome = outcome?;
                     if outcome.touched.is_empty() {
                         return Ok(None);
                     }
@@ -350,16 +366,16 @@ impl Reconciler {
                     changes = outcome.changes;
                     Ok::<_, reconcile::ReconcileError>(Some((outcome.touched, message)))
                 });
-            (checkout, result, changes)
+            (checkout, result, changes, loaded)
         })
         .await;
-        let (checkout, result, changes) = match joined {
-            Ok(triple) => triple,
+        let (checkout, result, changes, loaded) = match joined {
+            Ok(joined) => joined,
             Err(e) => {
                 // The checkout went with the failed task; the next pass clones or reopens it.
                 tracing::error!(error = %e, "commit task failed");
                 self.status.last_commit_error = Some(format!("commit task failed: {e}"));
-                return false;
+                return None;
             }
         };
         self.checkout = Some(checkout);
@@ -367,7 +383,6 @@ impl Reconciler {
             Ok(PushResult::NothingToCommit) => {
                 tracing::debug!("locks unchanged; nothing to commit");
                 self.status.last_commit_error = None;
-                false
             }
             Ok(PushResult::Pushed { commit, attempts }) => {
                 let metrics = &crate::telemetry::METRICS;
@@ -382,15 +397,14 @@ impl Reconciler {
                 self.status.head = Some(commit.clone());
                 self.status.last_commit = Some(commit);
                 self.status.last_commit_error = None;
-                true
             }
             Err(e) => {
                 crate::telemetry::METRICS.git_error(retry_error_operation(&e));
                 tracing::error!(error = %e, "cannot commit lock changes");
                 self.status.last_commit_error = Some(e.to_string());
-                false
             }
         }
+        loaded
     }
 
     /// Swaps the webhook's pins for those of the checkout, unless they were built from the
