@@ -8,6 +8,7 @@
 
 mod admin;
 pub mod hooks;
+mod memory;
 mod reconciler;
 mod schedule;
 mod status;
