@@ -396,9 +396,11 @@ impl Webhook {
             self.tls,
             self.index,
             admission::ServerOptions {
-                observer: Some(admission::RequestObserver(Arc::new(|status, took| {
-                    crate::telemetry::METRICS.admission(status.as_u16(), took)
-                }))),
+                observer: Some(admission::RequestObserver(Arc::new(
+                    |status, mode, took| {
+                        crate::telemetry::METRICS.admission(status.as_u16(), mode, took)
+                    },
+                ))),
                 ..admission::ServerOptions::default()
             },
             shutdown.clone(),
