@@ -4,11 +4,13 @@
 //! pins: a webhook without pins would answer every Pod with 503.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Json};
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +25,8 @@ struct AdminState {
     status: StatusRx,
     /// The webhook's pins, when the webhook runs.
     index: Option<IndexHandle>,
+    /// The length of the last `/status` answer, to size the next one's buffer.
+    status_len: Arc<AtomicUsize>,
 }
 
 pub fn router(status: StatusRx, index: Option<IndexHandle>) -> Router {
@@ -32,7 +36,11 @@ pub fn router(status: StatusRx, index: Option<IndexHandle>) -> Router {
         .route("/status", get(status_json))
         .route("/metrics", get(metrics))
         .layer(super::request_timeout())
-        .with_state(AdminState { status, index })
+        .with_state(AdminState {
+            status,
+            index,
+            status_len: Arc::default(),
+        })
 }
 
 pub async fn serve(
@@ -64,26 +72,29 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
 
 async fn metrics() -> impl IntoResponse {
     (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            crate::telemetry::METRICS_CONTENT_TYPE,
-        )],
+        [(CONTENT_TYPE, crate::telemetry::METRICS_CONTENT_TYPE)],
         crate::telemetry::encode(),
     )
 }
 
-async fn status_json(State(AdminState { status, .. }): State<AdminState>) -> impl IntoResponse {
+/// About what one entry takes in `/status` (one tag, a failure reason and a digest).
+const STATUS_BYTES_PER_IMAGE: usize = 512;
+
+async fn status_json(State(state): State<AdminState>) -> Response {
     // Take the snapshot out of the borrow so the writer is never held up by a slow client,
     // and serialize it where it is: with thousands of entries a copy is megabytes.
-    let snapshot: Arc<Status> = status.borrow().clone();
-    Json(StatusJson(snapshot))
-}
-
-/// Serializes the shared snapshot in place.
-struct StatusJson(Arc<Status>);
-
-impl serde::Serialize for StatusJson {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(serializer)
+    let snapshot: Arc<Status> = state.status.borrow().clone();
+    // So is the JSON (about 500 bytes an entry). A buffer grown by doubling would be copied
+    // at every step and reach twice that: it starts at the last answer's length, or at
+    // what the entries need when there are more of them now.
+    let last = state.status_len.load(Ordering::Relaxed);
+    let estimate = last.max(snapshot.images.len() * STATUS_BYTES_PER_IMAGE);
+    let mut json = Vec::with_capacity(estimate + estimate / 16);
+    match serde_json::to_writer(&mut json, &*snapshot) {
+        Ok(()) => {
+            state.status_len.store(json.len(), Ordering::Relaxed);
+            ([(CONTENT_TYPE, "application/json")], json).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }
