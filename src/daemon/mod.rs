@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admission::{self, AdmissionError, CertReloader, IndexHandle, SelfSigned, TlsFiles};
 
+pub use memory::tune_allocator;
 pub use schedule::Scheduler;
 pub use status::{ImageStatus, Status, TagStatus};
 
