@@ -7,7 +7,7 @@
 //! digests) are shared `Arc`s too: with 10,000 entries, each copy of the list would be
 //! megabytes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -239,7 +239,9 @@ impl EntryLog {
             let Some(set) = declared.get(path.as_path()) else {
                 return false;
             };
-            entries.retain(|alias, _| set.images.iter().any(|spec| spec.name == *alias));
+            // A set of the aliases: a manifest may have thousands of entries.
+            let aliases: HashSet<&str> = set.images.iter().map(|s| s.name.as_str()).collect();
+            entries.retain(|alias, _| aliases.contains(alias.as_str()));
             !entries.is_empty()
         });
     }
