@@ -424,7 +424,7 @@ async fn serve(
     )));
     let observer = admission::RequestObserver(Arc::new({
         let times = times.clone();
-        move |_, took| {
+        move |_, _, took| {
             if let Ok(mut times) = times.lock() {
                 times.push(took);
             }

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
@@ -21,7 +22,6 @@ use crate::lock::{self, ImageObservation, LockFile, PinChange, Problem, TagObser
 use crate::manifest::{self, Diagnostic, ImageSet, ImageSpec, LoadedRepo};
 use crate::mirror::{CopyReport, MirrorEngine, plan};
 use crate::outputs::{self, OutputChange};
-use crate::reference::Digest;
 use crate::registry::RegistryClient;
 use crate::resolve::resolve_image;
 
@@ -63,10 +63,11 @@ impl ReconcileError {
 /// Identifies an image entry across passes: manifest path and alias.
 pub type EntryKey = (PathBuf, String);
 
-/// What the registries said in one pass, with the spec each answer was for.
+/// What the registries said in one pass, with the [`ImageSpec::selection_fingerprint`] of the
+/// spec each answer was for (a copy of the spec would be hundreds of bytes per entry).
 #[derive(Debug, Default)]
 pub struct Observations {
-    entries: BTreeMap<EntryKey, (ImageSpec, ImageObservation)>,
+    entries: BTreeMap<EntryKey, (u64, ImageObservation)>,
 }
 
 impl Observations {
@@ -89,39 +90,12 @@ impl Observations {
         }
     }
 
-    /// Per entry and tag: the digest it resolved to, or why it did not.
-    pub fn attempts(&self) -> Vec<Attempt> {
-        let mut attempts = Vec::new();
-        for ((path, alias), (_, observation)) in &self.entries {
-            let mk = |tag: Option<&str>, result: Result<Digest, String>| Attempt {
-                manifest: path.clone(),
-                alias: alias.clone(),
-                tag: tag.map(str::to_owned),
-                result,
-            };
-            match &observation.tags {
-                Err(reason) => attempts.push(mk(None, Err(reason.clone()))),
-                Ok(tags) => {
-                    for (tag, t) in tags {
-                        attempts.push(match t {
-                            TagObservation::Resolved(r) => mk(Some(tag), Ok(r.digest.clone())),
-                            TagObservation::Failed(reason) => mk(Some(tag), Err(reason.clone())),
-                        });
-                    }
-                }
-            }
-        }
-        attempts
+    /// What each entry's resolution gave, by entry.
+    pub fn iter(&self) -> impl Iterator<Item = (&EntryKey, &ImageObservation)> {
+        self.entries
+            .iter()
+            .map(|(key, (_, observation))| (key, observation))
     }
-}
-
-/// The result of resolving one tag (or a whole entry, when `tag` is `None`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attempt {
-    pub manifest: PathBuf,
-    pub alias: String,
-    pub tag: Option<String>,
-    pub result: Result<Digest, String>,
 }
 
 /// Resolves every entry of `repo` for which `due` says yes.
@@ -131,27 +105,59 @@ pub async fn observe(
     repo: &LoadedRepo,
     due: &(dyn Fn(&ImageSet, &ImageSpec) -> bool + Sync),
 ) -> Observations {
-    let mut work = Vec::new();
-    for set in &repo.sets {
-        let previous = read_previous_or_none(root, &set.path);
-        for spec in set.images.iter().filter(|spec| due(set, spec)) {
-            let previous_image = previous
-                .as_ref()
-                .and_then(|p| p.images.get(&spec.name))
-                .cloned();
-            work.push((set.path.clone(), spec.clone(), previous_image));
-        }
-    }
-    let entries = stream::iter(work)
-        .map(|(path, spec, previous)| async move {
-            let observation = resolve_image(client, &spec, previous.as_ref()).await;
-            count_resolutions(&spec, &observation);
-            ((path, spec.name.clone()), (spec, observation))
-        })
-        .buffer_unordered(IMAGE_CONCURRENCY)
-        .collect()
-        .await;
+    let entries = observe_due(client, root, repo, due).collect().await;
     Observations { entries }
+}
+
+/// The entries to resolve, each with the previous lock of its manifest. Lazy: a manifest's
+/// previous lock is read when the entries before it are under way, and dropped once its own
+/// entries are resolved. Reading them all first would hold every previous pin of the repo
+/// (kilobytes per entry) for the whole pass.
+fn due_entries<'a>(
+    root: &'a Path,
+    repo: &'a LoadedRepo,
+    due: &'a (dyn Fn(&ImageSet, &ImageSpec) -> bool + Sync),
+) -> impl Iterator<Item = (&'a ImageSet, &'a ImageSpec, Option<Arc<LockFile>>)> + Send + 'a {
+    repo.sets.iter().flat_map(move |set| {
+        let specs: Vec<&ImageSpec> = set.images.iter().filter(|spec| due(set, spec)).collect();
+        let previous = if specs.is_empty() {
+            None
+        } else {
+            read_previous_or_none(root, &set.path).map(Arc::new)
+        };
+        specs
+            .into_iter()
+            .map(move |spec| (set, spec, previous.clone()))
+    })
+}
+
+/// The observations of the due entries, [`IMAGE_CONCURRENCY`] at a time. A plain fn names
+/// the lifetimes of the items, which the daemon's task needs to be `Send` (the same closure
+/// inside the async fn is not general enough for the compiler).
+fn observe_due<'a>(
+    client: &'a RegistryClient,
+    root: &'a Path,
+    repo: &'a LoadedRepo,
+    due: &'a (dyn Fn(&ImageSet, &ImageSpec) -> bool + Sync),
+) -> impl futures_util::Stream<Item = (EntryKey, (u64, ImageObservation))> + Send + 'a {
+    stream::iter(due_entries(root, repo, due))
+        .map(move |(set, spec, previous)| observe_entry(client, set, spec, previous))
+        .buffer_unordered(IMAGE_CONCURRENCY)
+}
+
+async fn observe_entry(
+    client: &RegistryClient,
+    set: &ImageSet,
+    spec: &ImageSpec,
+    previous: Option<Arc<LockFile>>,
+) -> (EntryKey, (u64, ImageObservation)) {
+    let previous = previous.as_ref().and_then(|p| p.images.get(&spec.name));
+    let observation = resolve_image(client, spec, previous).await;
+    count_resolutions(spec, &observation);
+    (
+        (set.path.clone(), spec.name.clone()),
+        (spec.selection_fingerprint(), observation),
+    )
 }
 
 /// Counts an entry's tag resolutions in the metrics: one per tag, or one failure when the
@@ -162,7 +168,7 @@ fn count_resolutions(spec: &ImageSpec, observation: &ImageObservation) {
     match &observation.tags {
         Err(_) => metrics.resolution(registry, false),
         Ok(tags) => {
-            for t in tags.values() {
+            for (_, t) in tags {
                 metrics.resolution(registry, matches!(t, TagObservation::Resolved(_)));
             }
         }
@@ -273,7 +279,17 @@ pub fn apply(
     now: DateTime<Utc>,
     mode: Mode,
 ) -> Result<Outcome, ReconcileError> {
-    let repo = manifest::load_repo(root)?;
+    apply_to(root, &manifest::load_repo(root)?, observations, now, mode)
+}
+
+/// [`apply`] with the manifests of `root` already loaded.
+pub fn apply_to(
+    root: &Path,
+    repo: &LoadedRepo,
+    observations: &Observations,
+    now: DateTime<Utc>,
+    mode: Mode,
+) -> Result<Outcome, ReconcileError> {
     let mut outcome = Outcome {
         diagnostics: repo.diagnostics.clone(),
         config_invalid: repo.config.is_none(),
@@ -282,7 +298,10 @@ pub fn apply(
     let Some(config) = &repo.config else {
         return Ok(outcome);
     };
-    let mut locks = Vec::with_capacity(repo.sets.len());
+    // The new locks are kept for the outputs only: a lock of a few hundred entries holds
+    // hundreds of kilobytes, and a repo may have thousands of entries.
+    let keep_locks = !config.outputs.is_empty();
+    let mut locks = Vec::new();
     for set in &repo.sets {
         let lock_rel = lock::lock_path_for(&set.path);
         let previous = read_previous(root, &set.path)?;
@@ -292,10 +311,10 @@ pub fn apply(
             .images
             .iter()
             .filter_map(|spec| {
-                let (observed_spec, observation) = observations
+                let (selection, observation) = observations
                     .entries
                     .get(&(set.path.clone(), spec.name.clone()))?;
-                same_selection(observed_spec, spec)
+                (*selection == spec.selection_fingerprint())
                     .then(|| (spec.name.clone(), observation.clone()))
             })
             .collect();
@@ -314,13 +333,15 @@ pub fn apply(
             outcome.touched.push(lock_rel);
         }
         outcome.changes.extend(changes);
-        locks.push((set, next));
+        if keep_locks {
+            locks.push((set, next));
+        }
     }
-    remove_orphans(root, &repo, mode, &mut outcome)?;
+    remove_orphans(root, repo, mode, &mut outcome)?;
 
     // Outputs follow the locks as this pass leaves them, written or not.
-    if !config.outputs.is_empty() {
-        let frozen = outputs::Frozen::of(root, &repo)?;
+    if keep_locks {
+        let frozen = outputs::Frozen::of(root, repo)?;
         let inputs: Vec<_> = locks.iter().map(|(set, lock)| (*set, lock)).collect();
         let report =
             outputs::generate(root, &config.outputs, &inputs, &frozen, mode == Mode::Write)?;
@@ -354,18 +375,6 @@ fn read_previous_or_none(root: &Path, manifest: &Path) -> Option<LockFile> {
         tracing::warn!(error = %e, "previous lock unreadable; resolving without it");
         None
     })
-}
-
-/// Same source and same selection rules: an observation for one is valid for the other.
-fn same_selection(a: &ImageSpec, b: &ImageSpec) -> bool {
-    a.source == b.source
-        && a.tags == b.tags
-        && a.matcher == b.matcher
-        && a.digests == b.digests
-        && a.platforms == b.platforms
-        && a.pin == b.pin
-        && a.keep == b.keep
-        && a.mirror == b.mirror
 }
 
 /// Locks whose manifest is gone are removed. A manifest that exists but has errors keeps its
@@ -450,6 +459,7 @@ pub fn commit_message(subject_template: &str, changes: &[PinChange]) -> String {
 mod tests {
     use super::*;
     use crate::lock::ChangeKind;
+    use crate::reference::Digest;
 
     #[test]
     fn commit_message_lists_changes() {

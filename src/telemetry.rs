@@ -36,6 +36,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::manifest::AdmissionMode;
+
 /// The content type of [`encode`]'s output.
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -79,10 +81,12 @@ pub struct GitErrorLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdmissionLabels {
+    /// The admission mode of the request's namespace (`rewrite`, `enforce`, `audit`, `off`),
+    /// or `none` when no review was made (a rejected request, or no pins loaded yet).
+    pub mode: &'static str,
     /// `ok` (2xx: a review was answered, which may itself deny the Pod), `rejected` (4xx: bad
     /// request, too large, wrong path) or `error` (5xx, including 503 before the pins are
-    /// loaded). The namespace's admission mode is decided inside the handler and not reported
-    /// to the observer, so it is not a label.
+    /// loaded).
     pub outcome: &'static str,
     pub status: u16,
 }
@@ -178,7 +182,7 @@ impl Metrics {
         );
         registry.register(
             "imagelock_admission_requests",
-            "Admission webhook requests, by outcome and HTTP status",
+            "Admission webhook requests, by namespace mode, outcome and HTTP status",
             admission_requests.clone(),
         );
         registry.register(
@@ -273,15 +277,21 @@ impl Metrics {
             .inc();
     }
 
-    /// One admission request, as the webhook's observer reports it.
-    pub fn admission(&self, status: u16, took: Duration) {
+    /// One admission request, as the webhook's observer reports it: its status, the mode of
+    /// the namespace it was reviewed for (`None`: no review was made) and its server-side time.
+    pub fn admission(&self, status: u16, mode: Option<AdmissionMode>, took: Duration) {
         let outcome = match status {
             200..=299 => "ok",
             400..=499 => "rejected",
             _ => "error",
         };
+        let mode = mode.map_or("none", AdmissionMode::as_str);
         self.admission_requests
-            .get_or_create(&AdmissionLabels { outcome, status })
+            .get_or_create(&AdmissionLabels {
+                mode,
+                outcome,
+                status,
+            })
             .inc();
         self.admission_duration.observe(took.as_secs_f64());
     }
@@ -344,7 +354,12 @@ mod tests {
         });
         m.commits.inc();
         m.git_error("push");
-        m.admission(200, Duration::from_micros(120));
+        m.admission(
+            200,
+            Some(AdmissionMode::Enforce),
+            Duration::from_micros(120),
+        );
+        m.admission(503, None, Duration::from_micros(40));
         m.synced("https://example.com/repo.git", chrono::Utc::now());
         let text = encode();
         for needle in [
@@ -359,7 +374,8 @@ mod tests {
             "imagelock_commits_total ",
             "imagelock_push_retries_total ",
             "imagelock_git_errors_total{operation=\"push\"}",
-            "imagelock_admission_requests_total{outcome=\"ok\",status=\"200\"}",
+            "imagelock_admission_requests_total{mode=\"enforce\",outcome=\"ok\",status=\"200\"}",
+            "imagelock_admission_requests_total{mode=\"none\",outcome=\"error\",status=\"503\"}",
             "imagelock_admission_duration_seconds_bucket{le=\"0.00005\"}",
             "imagelock_admission_duration_seconds_count ",
             "imagelock_last_successful_sync_timestamp_seconds{repository=\"https://example.com/repo.git\"}",

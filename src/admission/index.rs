@@ -20,50 +20,57 @@ use crate::reference::ImageRepo;
 pub const DEFAULT_TAG: &str = "latest";
 
 /// The pins and namespace modes of one revision of the config repo.
+///
+/// Built for tens of thousands of pins: the maps share the strings of `sets` (`Arc`s, not
+/// copies), and the tags of an alias or a source are a sorted slice rather than a map of
+/// their own (most have one or two).
 #[derive(Debug, Default)]
 pub struct PinIndex {
     /// The config repo commit the index was built from, when known.
     revision: Option<String>,
     settings: AdmissionSettings,
     /// namespace -> alias -> pins.
-    aliases: HashMap<String, HashMap<String, AliasPins>>,
-    /// source repository -> tag -> pins.
-    sources: HashMap<ImageRepo, HashMap<String, SourcePins>>,
+    aliases: HashMap<Arc<str>, HashMap<Arc<str>, AliasPins>>,
+    /// source repository -> its pinned tags, sorted by tag.
+    sources: HashMap<Arc<ImageRepo>, Vec<SourcePins>>,
     /// What each manifest contributed, kept so that a manifest that breaks later keeps its
     /// last good pins (see [`PinIndex::build`]).
     sets: BTreeMap<PathBuf, Arc<SetPins>>,
     pinned_tags: usize,
 }
 
+/// Tag -> the reference a Pod should run (`<mirror or source>@<digest>`), sorted by tag.
+type TagPins = Arc<[(Arc<str>, Arc<str>)]>;
+
 /// The pins one ImageSet manifest contributes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct SetPins {
-    namespace: String,
+    namespace: Arc<str>,
     images: Vec<ImagePins>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ImagePins {
-    alias: String,
-    source: Option<ImageRepo>,
-    /// Tag -> the reference a Pod should run (`<mirror or source>@<digest>`).
-    tags: Vec<(String, Arc<str>)>,
+    alias: Arc<str>,
+    source: Option<Arc<ImageRepo>>,
+    tags: TagPins,
 }
 
 #[derive(Debug)]
 struct AliasPins {
-    tags: HashMap<String, Arc<str>>,
-    /// The tag `image: <alias>` means: `latest` when pinned, else the only tag, else none.
-    default_tag: Option<String>,
+    tags: TagPins,
+    /// Where in `tags` is the tag `image: <alias>` means: `latest` when pinned, else the only
+    /// tag, else none.
+    default_tag: Option<usize>,
 }
 
 #[derive(Debug)]
 struct SourcePins {
-    /// The pin of the first manifest (by path) that pins this source and tag.
-    first: Arc<str>,
+    tag: Arc<str>,
     /// The first pin per namespace, preferred for Pods of that namespace (its mirror
-    /// repository is the one the namespace's pull secrets are for).
-    by_namespace: Vec<(String, Arc<str>)>,
+    /// repository is the one the namespace's pull secrets are for). The first of all, from
+    /// the first manifest (by path) that pins this source and tag, serves other namespaces.
+    by_namespace: Vec<(Arc<str>, Arc<str>)>,
 }
 
 /// What an image of a Pod resolves to.
@@ -169,8 +176,8 @@ impl PinIndex {
         settings: AdmissionSettings,
         sets: BTreeMap<PathBuf, Arc<SetPins>>,
     ) -> PinIndex {
-        let mut aliases: HashMap<String, HashMap<String, AliasPins>> = HashMap::new();
-        let mut sources: HashMap<ImageRepo, HashMap<String, SourcePins>> = HashMap::new();
+        let mut aliases: HashMap<Arc<str>, HashMap<Arc<str>, AliasPins>> = HashMap::new();
+        let mut sources: HashMap<Arc<ImageRepo>, Vec<SourcePins>> = HashMap::new();
         let mut pinned_tags = 0;
         // In path order: where two manifests claim the same alias, the first one wins, as in
         // `load_repo`.
@@ -180,22 +187,33 @@ impl PinIndex {
                 let namespace = aliases.entry(set.namespace.clone()).or_default();
                 namespace
                     .entry(image.alias.clone())
-                    .or_insert_with(|| AliasPins::new(&image.tags));
+                    .or_insert_with(|| AliasPins::new(image.tags.clone()));
                 let Some(source) = &image.source else {
                     continue;
                 };
                 let by_tag = sources.entry(source.clone()).or_default();
-                for (tag, target) in &image.tags {
-                    let pins = by_tag.entry(tag.clone()).or_insert_with(|| SourcePins {
-                        first: target.clone(),
-                        by_namespace: Vec::new(),
-                    });
+                for (tag, target) in image.tags.iter() {
+                    let at = match by_tag.binary_search_by(|pins| pins.tag.cmp(tag)) {
+                        Ok(at) => at,
+                        Err(at) => {
+                            let pins = SourcePins {
+                                tag: tag.clone(),
+                                by_namespace: Vec::new(),
+                            };
+                            by_tag.insert(at, pins);
+                            at
+                        }
+                    };
+                    let pins = &mut by_tag[at];
                     if !pins.by_namespace.iter().any(|(ns, _)| *ns == set.namespace) {
                         pins.by_namespace
                             .push((set.namespace.clone(), target.clone()));
                     }
                 }
             }
+        }
+        for by_tag in sources.values_mut() {
+            by_tag.shrink_to_fit();
         }
         PinIndex {
             revision,
@@ -228,19 +246,17 @@ impl PinIndex {
     /// `None` when `alias` is not an alias of `namespace`.
     pub fn alias(&self, namespace: &str, alias: &str, tag: Option<&str>) -> Option<Lookup<'_>> {
         let pins = self.aliases.get(namespace)?.get(alias)?;
-        let tag = match tag {
-            Some(tag) => tag,
-            None => match &pins.default_tag {
-                Some(tag) => tag,
-                None => {
-                    return Some(Lookup::AmbiguousAlias {
-                        tags: pins.sorted_tags(),
-                    });
-                }
-            },
+        let found = match tag {
+            Some(tag) => pins.tags.binary_search_by(|(t, _)| (**t).cmp(tag)).ok(),
+            None if pins.default_tag.is_none() => {
+                return Some(Lookup::AmbiguousAlias {
+                    tags: pins.sorted_tags(),
+                });
+            }
+            None => pins.default_tag,
         };
-        Some(match pins.tags.get(tag) {
-            Some(target) => Lookup::Pinned(target),
+        Some(match found {
+            Some(at) => Lookup::Pinned(&pins.tags[at].1),
             None => Lookup::UnpinnedAliasTag {
                 tags: pins.sorted_tags(),
             },
@@ -249,14 +265,20 @@ impl PinIndex {
 
     /// The pin of `source:tag`, preferring one made by an ImageSet of `namespace`.
     pub fn source(&self, namespace: &str, source: &ImageRepo, tag: &str) -> Lookup<'_> {
-        let Some(pins) = self.sources.get(source).and_then(|tags| tags.get(tag)) else {
+        let Some(pins) = self.sources.get(source).and_then(|by_tag| {
+            let at = by_tag.binary_search_by(|pins| (*pins.tag).cmp(tag)).ok()?;
+            Some(&by_tag[at])
+        }) else {
+            return Lookup::Unpinned;
+        };
+        let Some((_, first)) = pins.by_namespace.first() else {
             return Lookup::Unpinned;
         };
         let target = pins
             .by_namespace
             .iter()
-            .find(|(ns, _)| ns == namespace)
-            .map_or(&pins.first, |(_, target)| target);
+            .find(|(ns, _)| **ns == *namespace)
+            .map_or(first, |(_, target)| target);
         Lookup::Pinned(target)
     }
 
@@ -273,24 +295,17 @@ impl PinIndex {
 }
 
 impl AliasPins {
-    fn new(tags: &[(String, Arc<str>)]) -> Self {
-        let default_tag = if tags.iter().any(|(tag, _)| tag == DEFAULT_TAG) {
-            Some(DEFAULT_TAG.to_owned())
-        } else if let [(only, _)] = tags {
-            Some(only.clone())
-        } else {
-            None
+    fn new(tags: TagPins) -> Self {
+        let default_tag = match tags.binary_search_by(|(tag, _)| (**tag).cmp(DEFAULT_TAG)) {
+            Ok(at) => Some(at),
+            Err(_) if tags.len() == 1 => Some(0),
+            Err(_) => None,
         };
-        AliasPins {
-            tags: tags.iter().cloned().collect(),
-            default_tag,
-        }
+        AliasPins { tags, default_tag }
     }
 
     fn sorted_tags(&self) -> Vec<&str> {
-        let mut tags: Vec<&str> = self.tags.keys().map(String::as_str).collect();
-        tags.sort_unstable();
-        tags
+        self.tags.iter().map(|(tag, _)| &**tag).collect()
     }
 }
 
@@ -302,23 +317,24 @@ fn set_pins(namespace: &str, aliases: &[&str], lock: &LockFile) -> SetPins {
         .filter_map(|alias| {
             let locked = lock.images.get(*alias)?;
             let repository = locked.mirror.as_deref().unwrap_or(&locked.source);
+            // In tag order: the lock's tags are a sorted map.
             let tags = locked
                 .tags
                 .iter()
                 .map(|(tag, pin)| {
                     let target: Arc<str> = format!("{repository}@{}", pin.digest).into();
-                    (tag.clone(), target)
+                    (Arc::from(tag.as_str()), target)
                 })
                 .collect();
             Some(ImagePins {
-                alias: (*alias).to_owned(),
-                source: ImageRepo::parse(&locked.source).ok(),
+                alias: Arc::from(*alias),
+                source: ImageRepo::parse(&locked.source).ok().map(Arc::new),
                 tags,
             })
         })
         .collect();
     SetPins {
-        namespace: namespace.to_owned(),
+        namespace: Arc::from(namespace),
         images,
     }
 }

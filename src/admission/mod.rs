@@ -19,7 +19,7 @@ pub mod tls;
 use std::path::PathBuf;
 
 pub use index::{IndexHandle, IndexSummary, PinIndex};
-pub use mutate::{REWRITTEN_ANNOTATION, ReviewError, review, review_body};
+pub use mutate::{Answer, REWRITTEN_ANNOTATION, ReviewError, review, review_body};
 pub use server::{RequestObserver, ServerOptions, serve};
 pub use tls::{CertReloader, SelfSigned, TlsFiles};
 

@@ -59,9 +59,18 @@ impl ReviewError {
     }
 }
 
-/// Answers the JSON body of a `POST /mutate`: the encoded `AdmissionReview` response, or why
-/// the body cannot be answered.
-pub fn review_body(index: &PinIndex, body: &[u8]) -> Result<Vec<u8>, ReviewError> {
+/// The answer to a `POST /mutate` body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The encoded `AdmissionReview` response.
+    pub json: Vec<u8>,
+    /// The admission mode of the request's namespace: what the answer was decided by.
+    pub mode: AdmissionMode,
+}
+
+/// Answers the JSON body of a `POST /mutate`: the encoded `AdmissionReview` response and the
+/// mode it was decided by, or why the body cannot be answered.
+pub fn review_body(index: &PinIndex, body: &[u8]) -> Result<Answer, ReviewError> {
     let incoming: AdmissionReview<DynamicObject> =
         serde_json::from_slice(body).map_err(|e| ReviewError::Invalid(e.to_string()))?;
     if incoming.types.api_version != META_API_VERSION_V1 || incoming.types.kind != META_KIND {
@@ -75,6 +84,7 @@ pub fn review_body(index: &PinIndex, body: &[u8]) -> Result<Vec<u8>, ReviewError
     if request.uid.is_empty() {
         return Err(ReviewError::NoUid);
     }
+    let mode = index.mode_for(namespace_of(&request));
     let mut response = review(index, &request);
     // kube serializes the patch bytes as a JSON array of numbers (kube-rs#1781); the API
     // documents `patch` as base64, like every `[]byte` in JSON. Write it that way.
@@ -85,7 +95,20 @@ pub fn review_body(index: &PinIndex, body: &[u8]) -> Result<Vec<u8>, ReviewError
         let base64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, patch);
         fields.insert("patch".into(), serde_json::Value::String(base64));
     }
-    serde_json::to_vec(&encoded).map_err(|e| ReviewError::Encode(e.to_string()))
+    let json = serde_json::to_vec(&encoded).map_err(|e| ReviewError::Encode(e.to_string()))?;
+    Ok(Answer { json, mode })
+}
+
+/// The namespace of the request: the API server's field, else the object's own.
+fn namespace_of(request: &AdmissionRequest<DynamicObject>) -> &str {
+    request
+        .namespace
+        .as_deref()
+        .or_else(|| {
+            let object = request.object.as_ref()?;
+            object.metadata.namespace.as_deref()
+        })
+        .unwrap_or_default()
 }
 
 /// The answer to one admission request.
@@ -101,11 +124,7 @@ pub fn review(index: &PinIndex, request: &AdmissionRequest<DynamicObject>) -> Ad
         );
     }
     let object = request.object.as_ref();
-    let namespace = request
-        .namespace
-        .as_deref()
-        .or_else(|| object.and_then(|o| o.metadata.namespace.as_deref()))
-        .unwrap_or_default();
+    let namespace = namespace_of(request);
     let mode = index.mode_for(namespace);
     if mode == AdmissionMode::Off {
         return allowed;
@@ -523,8 +542,10 @@ mod tests {
 
     /// The response part of the answer, and the Pod with the patch applied.
     fn run(index: &PinIndex, request: &Value) -> (Value, Value) {
-        let body = review_body(index, request.to_string().as_bytes()).unwrap();
-        let review: Value = serde_json::from_slice(&body).unwrap();
+        let answer = review_body(index, request.to_string().as_bytes()).unwrap();
+        let namespace = request["request"]["namespace"].as_str().unwrap_or_default();
+        assert_eq!(answer.mode, index.mode_for(namespace));
+        let review: Value = serde_json::from_slice(&answer.json).unwrap();
         assert_eq!(review["apiVersion"], "admission.k8s.io/v1");
         assert_eq!(review["kind"], "AdmissionReview");
         let response = review["response"].clone();
@@ -880,6 +901,42 @@ mod tests {
         let enforce = mk_pins(mk_settings(AdmissionMode::Enforce, &[]));
         let (response, _) = run(&enforce, &mk_request("CREATE", "team-a", Value::Null, None));
         assert_eq!(response["allowed"], false);
+    }
+
+    #[test]
+    fn the_answer_names_the_mode_of_the_requests_namespace() {
+        let index = mk_pins(mk_settings(
+            AdmissionMode::Rewrite,
+            &[
+                ("team-a", AdmissionMode::Audit),
+                ("team-b", AdmissionMode::Off),
+            ],
+        ));
+        let mode = |request: &Value| {
+            review_body(&index, request.to_string().as_bytes())
+                .unwrap()
+                .mode
+        };
+        let pod = |ns: &str| mk_pod(ns, json!({"containers": []}));
+        assert_eq!(
+            mode(&mk_request("CREATE", "team-a", pod("team-a"), None)),
+            AdmissionMode::Audit
+        );
+        assert_eq!(
+            mode(&mk_request("CREATE", "team-b", pod("team-b"), None)),
+            AdmissionMode::Off
+        );
+        assert_eq!(
+            mode(&mk_request("CREATE", "team-c", pod("team-c"), None)),
+            AdmissionMode::Rewrite
+        );
+        // Without the API server's field, the object's own namespace.
+        let mut request = mk_request("CREATE", "team-a", pod("team-a"), None);
+        request["request"]
+            .as_object_mut()
+            .unwrap()
+            .remove("namespace");
+        assert_eq!(mode(&request), AdmissionMode::Audit);
     }
 
     #[test]

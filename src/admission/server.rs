@@ -25,14 +25,19 @@ use tokio_util::task::TaskTracker;
 
 use super::index::IndexHandle;
 use super::mutate::review_body;
+use crate::manifest::AdmissionMode;
 
 /// The only path served.
 pub const MUTATE_PATH: &str = "/mutate";
 
-/// Called after every request with its status and how long the server took, from a
-/// complete request head to the response (for metrics and benchmarks).
+/// Called after every request with its status, the admission mode of the namespace it was
+/// answered for (`None` when no review was made: a rejected request, no pins yet) and how
+/// long the server took, from a complete request head to the response (for metrics and
+/// benchmarks).
 #[derive(Clone)]
-pub struct RequestObserver(pub Arc<dyn Fn(StatusCode, Duration) + Send + Sync>);
+pub struct RequestObserver(
+    pub Arc<dyn Fn(StatusCode, Option<AdmissionMode>, Duration) + Send + Sync>,
+);
 
 impl std::fmt::Debug for RequestObserver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -201,10 +206,10 @@ async fn handle(
     options: Arc<ServerOptions>,
 ) -> Result<Reply, Infallible> {
     let started = Instant::now();
-    let response = answer(request, &index, &options).await;
+    let (response, mode) = answer(request, &index, &options).await;
     let took = started.elapsed();
     if let Some(RequestObserver(observe)) = &options.observer {
-        observe(response.status(), took);
+        observe(response.status(), mode, took);
     }
     tracing::debug!(
         status = response.status().as_u16(),
@@ -214,19 +219,36 @@ async fn handle(
     Ok(response)
 }
 
-async fn answer(request: Request<Incoming>, index: &IndexHandle, options: &ServerOptions) -> Reply {
+/// The reply, and the mode of the namespace when a review was made.
+async fn answer(
+    request: Request<Incoming>,
+    index: &IndexHandle,
+    options: &ServerOptions,
+) -> (Reply, Option<AdmissionMode>) {
+    match review(request, index, options).await {
+        Ok((reply, mode)) => (reply, Some(mode)),
+        Err(reply) => (reply, None),
+    }
+}
+
+/// Reviews a `POST /mutate`; `Err` is the reply to a request that got no review.
+async fn review(
+    request: Request<Incoming>,
+    index: &IndexHandle,
+    options: &ServerOptions,
+) -> Result<(Reply, AdmissionMode), Reply> {
     if request.uri().path() != MUTATE_PATH {
-        return reply(
+        return Err(reply(
             StatusCode::NOT_FOUND,
             format!("only {MUTATE_PATH} is served"),
-        );
+        ));
     }
     if request.method() != Method::POST {
         let mut response = reply(StatusCode::METHOD_NOT_ALLOWED, "use POST");
         response
             .headers_mut()
             .insert(ALLOW, hyper::header::HeaderValue::from_static("POST"));
-        return response;
+        return Err(response);
     }
     let limit = options.max_body_bytes;
     let declared = request
@@ -235,44 +257,46 @@ async fn answer(request: Request<Incoming>, index: &IndexHandle, options: &Serve
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit as u64) {
-        return too_large(limit);
+        return Err(too_large(limit));
     }
     let body = Limited::new(request.into_body(), limit);
     let bytes = match tokio::time::timeout(options.body_timeout, body.collect()).await {
         Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(limit),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(too_large(limit));
+        }
         Ok(Err(e)) => {
-            return reply(
+            return Err(reply(
                 StatusCode::BAD_REQUEST,
                 format!("cannot read the body: {e}"),
-            );
+            ));
         }
         Err(_) => {
-            return reply(
+            return Err(reply(
                 StatusCode::REQUEST_TIMEOUT,
                 format!("the body took more than {:?}", options.body_timeout),
-            );
+            ));
         }
     };
     // One snapshot for the whole request: the answer is consistent with one revision.
     let Some(pins) = index.load() else {
-        return reply(
+        return Err(reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "the pins are not loaded yet",
-        );
+        ));
     };
     match review_body(&pins, &bytes) {
-        Ok(json) => {
-            let mut response = Response::new(Full::new(Bytes::from(json)));
+        Ok(answer) => {
+            let mut response = Response::new(Full::new(Bytes::from(answer.json)));
             response.headers_mut().insert(
                 CONTENT_TYPE,
                 hyper::header::HeaderValue::from_static("application/json"),
             );
-            response
+            Ok((response, answer.mode))
         }
         Err(e) => {
             tracing::debug!(error = %e, "webhook: bad request");
-            reply(StatusCode::BAD_REQUEST, e.to_string())
+            Err(reply(StatusCode::BAD_REQUEST, e.to_string()))
         }
     }
 }

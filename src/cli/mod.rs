@@ -153,6 +153,10 @@ pub(crate) fn build_client(
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve(_)) {
+        // Before the runtime's threads start allocating.
+        crate::daemon::tune_allocator();
+    }
     telemetry::init(&cli.log.log_level, cli.log.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -6,11 +6,13 @@
 //! read leadership live from the elector, not from the last pass.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Json};
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +29,8 @@ struct AdminState {
     /// The webhook's pins, when the webhook runs.
     index: Option<IndexHandle>,
     leadership: Leadership,
+    /// The length of the last `/status` answer, to size the next one's buffer.
+    status_len: Arc<AtomicUsize>,
 }
 
 pub fn router(status: StatusRx, index: Option<IndexHandle>, leadership: Leadership) -> Router {
@@ -40,6 +44,7 @@ pub fn router(status: StatusRx, index: Option<IndexHandle>, leadership: Leadersh
             status,
             index,
             leadership,
+            status_len: Arc::default(),
         })
 }
 
@@ -76,19 +81,33 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         .leader
         .set(i64::from(state.leadership.is_leader()));
     (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            crate::telemetry::METRICS_CONTENT_TYPE,
-        )],
+        [(CONTENT_TYPE, crate::telemetry::METRICS_CONTENT_TYPE)],
         crate::telemetry::encode(),
     )
 }
 
-async fn status_json(State(state): State<AdminState>) -> Json<Status> {
-    // Clone out of the borrow so the writer is never held up by a slow client.
+/// About what one entry takes in `/status` (one tag, a failure reason and a digest).
+const STATUS_BYTES_PER_IMAGE: usize = 512;
+
+async fn status_json(State(state): State<AdminState>) -> Response {
+    // Take the snapshot out of the borrow so the writer is never held up by a slow client.
+    // Its entries are shared (`Arc`): the copy that gets this replica's leadership holds
+    // only the summary fields.
     let snapshot: Arc<Status> = state.status.borrow().clone();
     let mut status = (*snapshot).clone();
     status.leader = state.leadership.is_leader();
     status.lease = state.leadership.lease_status();
-    Json(status)
+    // With thousands of entries the JSON is megabytes (about 500 bytes an entry). A buffer grown by doubling would be copied
+    // at every step and reach twice that: it starts at the last answer's length, or at
+    // what the entries need when there are more of them now.
+    let last = state.status_len.load(Ordering::Relaxed);
+    let estimate = last.max(status.images.len() * STATUS_BYTES_PER_IMAGE);
+    let mut json = Vec::with_capacity(estimate + estimate / 16);
+    match serde_json::to_writer(&mut json, &status) {
+        Ok(()) => {
+            state.status_len.store(json.len(), Ordering::Relaxed);
+            ([(CONTENT_TYPE, "application/json")], json).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }

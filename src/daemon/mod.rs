@@ -13,6 +13,7 @@
 mod admin;
 pub mod hooks;
 pub mod leader;
+mod memory;
 mod reconciler;
 mod schedule;
 mod status;
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admission::{self, AdmissionError, CertReloader, IndexHandle, SelfSigned, TlsFiles};
 use leader::{Leadership, LeaseElector, LeaseSettings};
 
+pub use memory::tune_allocator;
 pub use schedule::Scheduler;
 pub use status::{ImageStatus, LeaseStatus, Status, TagStatus};
 
@@ -526,9 +528,11 @@ impl Webhook {
             self.tls,
             self.index,
             admission::ServerOptions {
-                observer: Some(admission::RequestObserver(Arc::new(|status, took| {
-                    crate::telemetry::METRICS.admission(status.as_u16(), took)
-                }))),
+                observer: Some(admission::RequestObserver(Arc::new(
+                    |status, mode, took| {
+                        crate::telemetry::METRICS.admission(status.as_u16(), mode, took)
+                    },
+                ))),
                 ..admission::ServerOptions::default()
             },
             shutdown.clone(),

@@ -4,7 +4,6 @@
 //! current; only the leader goes on to resolve, mirror and push. A leader that loses the
 //! Lease drops its pass at once, and the push itself asks once more right before it starts.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::hooks::{self, HookEvent};
 use super::leader::Leadership;
 use super::schedule::Scheduler;
-use super::status::{AttemptLog, ImageStatus, Status, TagStatus};
+use super::status::{EntryLog, Pins, Status};
 use super::{DaemonConfig, DaemonError, Trigger};
 use crate::admission::{IndexHandle, PinIndex};
 use crate::git::{self, Author, Checkout, GitAuth, GitTimeouts, PushResult, RemoteSpec};
@@ -25,6 +24,7 @@ use crate::manifest::{self, LoadedRepo, RegistrySettings, RepoConfig};
 use crate::mirror::progress::Silent;
 use crate::mirror::{EngineOptions, MirrorEngine};
 use crate::reconcile::{self, EntryKey, Mode, Observations};
+use crate::reference::ImageRepo;
 use crate::registry::RegistryClient;
 
 /// Loads the checkout on a blocking thread: parsing thousands of entries takes long enough to
@@ -40,13 +40,19 @@ async fn load_repo(worktree: PathBuf) -> Result<Arc<LoadedRepo>, manifest::Manif
     }
 }
 
+/// Pushes remembered between two passes at most; a pass normally follows at once.
+const MAX_PENDING_PUSHES: usize = 1024;
+
 pub struct Reconciler {
     config: DaemonConfig,
     poll_interval: Duration,
     remote: RemoteSpec,
     checkout: Option<Checkout>,
     scheduler: Scheduler,
-    attempts: AttemptLog,
+    /// Per entry, its last attempt and its pins, for `/status`.
+    entries: EntryLog,
+    /// Image pushes (repository, tags) that hooks reported since the last pass.
+    pushes: Vec<(ImageRepo, Vec<String>)>,
     /// The client and the registry settings it was built for; rebuilt when they change.
     client: Option<(
         std::collections::BTreeMap<String, RegistrySettings>,
@@ -56,9 +62,8 @@ pub struct Reconciler {
     status: Status,
     /// The admission webhook's pins, swapped after every load of the repo.
     index: Option<IndexHandle>,
-    /// Pinned digest per entry and tag for `/status`, read from the lock files once per head
-    /// (`pins_revision`) rather than on every pass.
-    pins: BTreeMap<EntryKey, BTreeMap<String, String>>,
+    /// The head whose lock files gave `entries` their pins: they are read once per head
+    /// rather than on every pass.
     pins_revision: Option<String>,
     /// Whether this replica may resolve, mirror and push.
     leadership: Leadership,
@@ -100,12 +105,12 @@ impl Reconciler {
             remote,
             checkout: None,
             scheduler: Scheduler::default(),
-            attempts: AttemptLog::default(),
+            entries: EntryLog::default(),
+            pushes: Vec::new(),
             client: None,
             status_tx,
             status,
             index,
-            pins: BTreeMap::new(),
             pins_revision: None,
             leadership,
         })
@@ -119,6 +124,19 @@ impl Reconciler {
                 break;
             }
             self.pass(&shutdown).await;
+            // What the pass allocated for itself is free now: give it back, rather than
+            // keep the pass's peak as the daemon's size until the next one. A few ms with
+            // 10,000 entries: on a blocking thread, so the webhook keeps this worker.
+            let trimming = std::time::Instant::now();
+            if tokio::task::spawn_blocking(super::memory::release_free_memory)
+                .await
+                .is_ok()
+            {
+                tracing::debug!(
+                    micros = trimming.elapsed().as_micros() as u64,
+                    "freed heap memory returned to the system"
+                );
+            }
 
             let until_poll = self.poll_interval.saturating_sub(last_poll.elapsed());
             let until_due = self
@@ -145,14 +163,31 @@ impl Reconciler {
         tracing::info!("reconcile loop stopped");
     }
 
-    /// A pushed image makes the entries it can affect due now; the pass that follows fetches
-    /// the repo in any case.
+    /// A pushed image makes the entries it can affect due in the pass that follows, matched
+    /// against the manifests that pass fetches.
     fn on_trigger(&mut self, trigger: &Trigger) {
         if let Trigger::Hook(HookEvent::ImagePushed { repo, tags }) = trigger {
-            let count = self
-                .scheduler
-                .trigger(|spec| hooks::affects(spec, repo, tags), Utc::now());
-            tracing::info!(%repo, ?tags, entries = count, "push hook: entries due now");
+            let push = (repo.clone(), tags.clone());
+            if self.pushes.contains(&push) {
+                return;
+            }
+            if self.pushes.len() >= MAX_PENDING_PUSHES {
+                tracing::warn!(%repo, ?tags, "push hook dropped: too many pushes wait for a pass");
+                return;
+            }
+            self.pushes.push(push);
+        }
+    }
+
+    /// Makes the entries that the pushes since the last pass affect due now.
+    fn apply_pushes(&mut self, repo: &LoadedRepo, now: DateTime<Utc>) {
+        for (source, tags) in std::mem::take(&mut self.pushes) {
+            let count = self.scheduler.trigger(
+                &repo.sets,
+                |spec| hooks::affects(spec, &source, &tags),
+                now,
+            );
+            tracing::info!(repo = %source, ?tags, entries = count, "push hook: entries due now");
         }
     }
 
@@ -172,14 +207,8 @@ impl Reconciler {
         let Some(worktree) = self.checkout.as_ref().map(|c| c.worktree().to_path_buf()) else {
             return;
         };
-        let repo = match load_repo(worktree.clone()).await {
-            Ok(repo) => repo,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the config repo");
-                self.status.last_sync_error = Some(e.to_string());
-                self.publish(None);
-                return;
-            }
+        let Some(repo) = self.load(worktree.clone()).await else {
+            return;
         };
         for diagnostic in &repo.diagnostics {
             tracing::warn!(%diagnostic, "manifest error; its last good lock stays");
@@ -199,6 +228,7 @@ impl Reconciler {
             return;
         }
         let entries_changed = self.scheduler.refresh(&repo.sets, now);
+        self.apply_pushes(&repo, now);
         let due = self.scheduler.due(now);
         if due.is_empty() && !entries_changed && !moved {
             self.publish(Some(&repo));
@@ -247,7 +277,7 @@ impl Reconciler {
             );
         }
         self.scheduler.attempted(&due, now);
-        self.attempts.record(observations.attempts(), now);
+        self.entries.record(observations.iter(), now);
 
         // Shutdown between resolving and committing: the commit is not started.
         if shutdown.is_cancelled() {
@@ -256,14 +286,17 @@ impl Reconciler {
         if !leadership.is_leader() {
             return self.drop_pass(&repo);
         }
-        let pushed = self.commit(observations, &config, now).await;
-        // After a push, reload so status (and the webhook) show the pins as committed. Without
-        // one, the repo loaded at the start of the pass is still the head's.
-        let reloaded = match self.checkout.as_ref().map(|c| c.worktree().to_path_buf()) {
-            Some(worktree) if pushed => load_repo(worktree).await.ok(),
-            _ => None,
+        // The commit loads the manifests again, on the head it is made on, and hands them
+        // back: the status and the webhook then show that head. Two copies of the repo at
+        // once would double its memory (thousands of entries), so this one goes first.
+        drop(repo);
+        let repo = match self.commit(observations, &config, now).await {
+            Some(repo) => repo,
+            None => match self.load(worktree).await {
+                Some(repo) => repo,
+                None => return,
+            },
         };
-        let repo = reloaded.unwrap_or(repo);
         self.update_index(&repo).await;
         self.publish(Some(&repo));
     }
@@ -273,6 +306,19 @@ impl Reconciler {
     fn drop_pass(&mut self, repo: &LoadedRepo) {
         tracing::info!("leadership lost: the pass in flight stops before writing");
         self.publish(Some(repo));
+    }
+
+    /// Loads the manifests of the checkout; a failure is logged and published.
+    async fn load(&mut self, worktree: PathBuf) -> Option<Arc<LoadedRepo>> {
+        match load_repo(worktree).await {
+            Ok(repo) => Some(repo),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the config repo");
+                self.status.last_sync_error = Some(e.to_string());
+                self.publish(None);
+                None
+            }
+        }
     }
 
     /// Clones on first use, then fetches and resets. Returns whether the head moved.
@@ -329,16 +375,15 @@ impl Reconciler {
     }
 
     /// Applies the observations on the current head, commits and pushes; on a rejected push,
-    /// fetches and applies again on the new head. Returns whether a commit was pushed.
+    /// fetches and applies again on the new head. Returns the manifests as loaded on the head
+    /// it leaves (pushed or not), when it got that far.
     async fn commit(
         &mut self,
         observations: Observations,
         config: &RepoConfig,
         now: DateTime<Utc>,
-    ) -> bool {
-        let Some(mut checkout) = self.checkout.take() else {
-            return false;
-        };
+    ) -> Option<Arc<LoadedRepo>> {
+        let mut checkout = self.checkout.take()?;
         let author = Author {
             name: config.git.author_name.clone(),
             email: config.git.author_email.clone(),
@@ -348,8 +393,14 @@ impl Reconciler {
         let leadership = self.leadership.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let mut changes = Vec::new();
+            let mut loaded = None;
             let apply = |worktree: &std::path::Path| {
-                let outcome = reconcile::apply(worktree, &observations, now, Mode::Write)?;
+                // The previous attempt's manifests go before these are read.
+                loaded = None;
+                let repo = Arc::new(manifest::load_repo(worktree)?);
+                let outcome = reconcile::apply_to(worktree, &repo, &observations, now, Mode::Write);
+                loaded = Some(repo);
+                let outcome = outcome?;
                 if outcome.touched.is_empty() {
                     return Ok(None);
                 }
@@ -362,16 +413,25 @@ impl Reconciler {
                 git::commit_and_push_guarded(&mut checkout, &author, attempts, apply, || {
                     leadership.is_leader()
                 });
-            (checkout, result, changes)
+            let failed = result.is_err();
+            // Unpushed locks are nobody's pins: the work tree (read for the status and the
+            // webhook) goes back to what the remote has.
+            if failed {
+                loaded = None;
+                if let Err(e) = checkout.discard_local() {
+                    tracing::warn!(error = %e, "cannot drop the unpushed lock commit");
+                }
+            }
+            (checkout, result, changes, loaded)
         })
         .await;
-        let (checkout, result, changes) = match joined {
-            Ok(triple) => triple,
+        let (checkout, result, changes, loaded) = match joined {
+            Ok(joined) => joined,
             Err(e) => {
                 // The checkout went with the failed task; the next pass clones or reopens it.
                 tracing::error!(error = %e, "commit task failed");
                 self.status.last_commit_error = Some(format!("commit task failed: {e}"));
-                return false;
+                return None;
             }
         };
         self.checkout = Some(checkout);
@@ -379,7 +439,6 @@ impl Reconciler {
             Ok(PushResult::NothingToCommit) => {
                 tracing::debug!("locks unchanged; nothing to commit");
                 self.status.last_commit_error = None;
-                false
             }
             Ok(PushResult::Pushed { commit, attempts }) => {
                 let metrics = &crate::telemetry::METRICS;
@@ -394,19 +453,17 @@ impl Reconciler {
                 self.status.head = Some(commit.clone());
                 self.status.last_commit = Some(commit);
                 self.status.last_commit_error = None;
-                true
             }
             Err(git::RetryError::PushWithheld) => {
                 tracing::info!("leadership lost before the push: the lock commit is dropped");
-                false
             }
             Err(e) => {
                 crate::telemetry::METRICS.git_error(retry_error_operation(&e));
                 tracing::error!(error = %e, "cannot commit lock changes");
                 self.status.last_commit_error = Some(e.to_string());
-                false
             }
         }
+        loaded
     }
 
     /// Swaps the webhook's pins for those of the checkout, unless they were built from the
@@ -453,11 +510,11 @@ impl Reconciler {
     }
 
     /// The pinned digests of every entry, from the lock files of the checkout.
-    fn read_pins(&self, repo: &LoadedRepo) -> BTreeMap<EntryKey, BTreeMap<String, String>> {
+    fn read_pins(&self, repo: &LoadedRepo) -> Vec<(EntryKey, Pins)> {
         let Some(root) = self.checkout.as_ref().map(|c| c.worktree()) else {
-            return BTreeMap::new();
+            return Vec::new();
         };
-        let mut pins = BTreeMap::new();
+        let mut pins = Vec::new();
         for set in &repo.sets {
             let Ok(Some(locked)) = lock::read(&root.join(lock::lock_path_for(&set.path))) else {
                 continue;
@@ -466,9 +523,9 @@ impl Reconciler {
                 let tags = image
                     .tags
                     .into_iter()
-                    .map(|(tag, pin)| (tag, pin.digest.to_string()))
+                    .map(|(tag, pin)| (tag, Arc::from(pin.digest.as_str())))
                     .collect();
-                pins.insert((set.path.clone(), alias), tags);
+                pins.push(((set.path.clone(), alias), tags));
             }
         }
         pins
@@ -481,42 +538,15 @@ impl Reconciler {
             self.status.manifest_errors =
                 repo.diagnostics.iter().map(ToString::to_string).collect();
             if self.pins_revision.is_none() || self.pins_revision != self.status.head {
-                self.pins = self.read_pins(repo);
+                let pins = self.read_pins(repo);
+                self.entries.replace_pins(pins);
                 self.pins_revision = self.status.head.clone();
             }
-            let mut images = Vec::new();
-            let mut keys = BTreeSet::new();
-            for set in &repo.sets {
-                for spec in &set.images {
-                    let key = (set.path.clone(), spec.name.clone());
-                    let next_run = self.scheduler.next_run(&key);
-                    let mut image = ImageStatus {
-                        manifest: set.path.clone(),
-                        namespace: set.namespace.clone(),
-                        name: spec.name.clone(),
-                        source: spec.source.to_string(),
-                        next_run,
-                        ..ImageStatus::default()
-                    };
-                    for (tag, digest) in self.pins.get(&key).into_iter().flatten() {
-                        image.tags.insert(
-                            tag.clone(),
-                            TagStatus {
-                                digest: Some(digest.clone()),
-                                ..TagStatus::default()
-                            },
-                        );
-                    }
-                    self.attempts.annotate(&key, &mut image);
-                    for tag in image.tags.values_mut() {
-                        tag.next_run = next_run;
-                    }
-                    images.push(image);
-                    keys.insert(key);
-                }
-            }
-            self.attempts.retain(|key| keys.contains(key));
-            self.status.images = images;
+            let scheduler = &self.scheduler;
+            self.status.images = self
+                .entries
+                .images(&repo.sets, |key| scheduler.next_run(key))
+                .into();
         }
         self.status_tx.send_replace(Arc::new(self.status.clone()));
     }

@@ -4,13 +4,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 
-use crate::manifest::{ImageSet, ImageSpec};
+use crate::manifest::{ImageSet, ImageSpec, Schedule};
 use crate::reconcile::EntryKey;
 
 #[derive(Debug)]
 struct Entry {
-    /// The spec as last seen, position cleared, so a moved line is not a change.
-    spec: ImageSpec,
+    /// [`ImageSpec::fingerprint`] as last seen: a changed spec is due at once. A copy of the
+    /// spec would be hundreds of bytes per entry, for thousands of entries.
+    fingerprint: u64,
+    schedule: Schedule,
     next_run: DateTime<Utc>,
 }
 
@@ -30,21 +32,23 @@ impl Scheduler {
         for set in sets {
             for spec in &set.images {
                 let key = (set.path.clone(), spec.name.clone());
-                let mut spec = spec.clone();
-                spec.position = Default::default();
-                spec.name_position = Default::default();
+                let fingerprint = spec.fingerprint();
                 match self.entries.get_mut(&key) {
-                    Some(entry) if entry.spec == spec => {}
+                    Some(entry) if entry.fingerprint == fingerprint => {}
                     Some(entry) => {
-                        entry.spec = spec;
-                        entry.next_run = now;
+                        *entry = Entry {
+                            fingerprint,
+                            schedule: spec.schedule.clone(),
+                            next_run: now,
+                        };
                         changed = true;
                     }
                     None => {
                         self.entries.insert(
                             key.clone(),
                             Entry {
-                                spec,
+                                fingerprint,
+                                schedule: spec.schedule.clone(),
                                 next_run: now,
                             },
                         );
@@ -74,7 +78,6 @@ impl Scheduler {
             if let Some(entry) = self.entries.get_mut(key) {
                 // A schedule that never fires again leaves the entry to manifest changes and hooks.
                 entry.next_run = entry
-                    .spec
                     .schedule
                     .next_after(now)
                     .unwrap_or(DateTime::<Utc>::MAX_UTC);
@@ -82,12 +85,22 @@ impl Scheduler {
         }
     }
 
-    /// Makes the entries that `matches` selects due now (push hooks, manual triggers).
-    pub fn trigger(&mut self, matches: impl Fn(&ImageSpec) -> bool, now: DateTime<Utc>) -> usize {
+    /// Makes the entries of `sets` that `matches` selects due now (push hooks, manual
+    /// triggers). `sets` are the manifests of the last [`Scheduler::refresh`].
+    pub fn trigger(
+        &mut self,
+        sets: &[ImageSet],
+        matches: impl Fn(&ImageSpec) -> bool,
+        now: DateTime<Utc>,
+    ) -> usize {
         let mut count = 0;
-        for entry in self.entries.values_mut().filter(|e| matches(&e.spec)) {
-            entry.next_run = now;
-            count += 1;
+        for set in sets {
+            for spec in set.images.iter().filter(|spec| matches(spec)) {
+                if let Some(entry) = self.entries.get_mut(&(set.path.clone(), spec.name.clone())) {
+                    entry.next_run = now;
+                    count += 1;
+                }
+            }
         }
         count
     }
@@ -110,8 +123,8 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
-    use crate::manifest::mk_image_spec;
-    use crate::manifest::parse_cron;
+    use crate::manifest::{Pin, Select, TagMatcher, VersionPattern, mk_image_spec, parse_cron};
+    use crate::reference::{Digest, ImageRepo};
 
     fn mk_set(tags: &[&str], schedule: &str) -> ImageSet {
         ImageSet {
@@ -157,13 +170,90 @@ mod tests {
     }
 
     #[test]
+    fn any_change_but_the_position_makes_an_entry_due() {
+        let matcher = |exclude: &[&str]| TagMatcher {
+            pattern: VersionPattern::parse("v2.13.x").unwrap(),
+            allow_prerelease: false,
+            select: Select::All,
+            exclude: exclude
+                .iter()
+                .map(|r| regex::Regex::new(r).unwrap())
+                .collect(),
+        };
+        let digest = format!("sha256:{}", "a".repeat(64)).parse().unwrap();
+        type Change = Box<dyn Fn(&mut ImageSpec)>;
+        let changes: Vec<(&str, Change)> = vec![
+            ("name", Box::new(|s| s.name = "web2".into())),
+            (
+                "source",
+                Box::new(|s| s.source = ImageRepo::parse("quay.io/company/api").unwrap()),
+            ),
+            ("tags", Box::new(|s| s.tags.push("1.4".into()))),
+            ("matcher", Box::new(move |s| s.matcher = Some(matcher(&[])))),
+            (
+                "digests",
+                Box::new(move |s| {
+                    s.digests
+                        .insert(Digest::clone(&digest), vec!["stable".into()]);
+                }),
+            ),
+            (
+                "schedule",
+                Box::new(|s| s.schedule = parse_cron("5 * * * *").unwrap()),
+            ),
+            ("keep", Box::new(|s| s.keep = 3)),
+            ("pin", Box::new(|s| s.pin = Pin::All(2))),
+            (
+                "platforms",
+                Box::new(|s| s.platforms = vec!["linux/arm64".parse().unwrap()]),
+            ),
+            ("mirror", Box::new(|s| s.mirror = true)),
+        ];
+        let mut with_matcher = mk_set(&["latest"], "0 * * * *");
+        with_matcher.images[0].matcher = Some(matcher(&[]));
+        let mut excluding = with_matcher.clone();
+        excluding.images[0].matcher = Some(matcher(&["-debug$"]));
+        let mut cases: Vec<(&str, ImageSet, ImageSet)> = vec![("exclude", with_matcher, excluding)];
+        for (what, change) in &changes {
+            let mut changed = mk_set(&["latest"], "0 * * * *");
+            change(&mut changed.images[0]);
+            cases.push((what, mk_set(&["latest"], "0 * * * *"), changed));
+        }
+        for (what, before, after) in cases {
+            let mut s = Scheduler::default();
+            s.refresh(std::slice::from_ref(&before), at(10, 0));
+            let due = s.due(at(10, 0));
+            s.attempted(&due, at(10, 0));
+            let mut moved = before.clone();
+            moved.images[0].position.line += 7;
+            moved.images[0].name_position.col += 3;
+            assert!(!s.refresh(&[moved], at(10, 1)), "{what}: only moved");
+            assert!(s.refresh(&[after], at(10, 2)), "{what}: changed");
+            assert_eq!(s.due(at(10, 2)).len(), 1, "{what}: due at once");
+        }
+    }
+
+    #[test]
     fn removed_entries_are_dropped_and_triggers_make_entries_due() {
         let mut s = Scheduler::default();
         s.refresh(&[mk_set(&["latest"], "0 0 1 1 *")], at(10, 0));
         let due = s.due(at(10, 0));
         s.attempted(&due, at(10, 0));
+        let sets = [mk_set(&["latest"], "0 0 1 1 *")];
         assert_eq!(
-            s.trigger(|spec| spec.source.repository == "company/web", at(11, 0)),
+            s.trigger(
+                &sets,
+                |spec| spec.source.repository == "company/other",
+                at(11, 0)
+            ),
+            0
+        );
+        assert_eq!(
+            s.trigger(
+                &sets,
+                |spec| spec.source.repository == "company/web",
+                at(11, 0)
+            ),
             1
         );
         assert_eq!(s.due(at(11, 0)).len(), 1);

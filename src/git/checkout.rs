@@ -109,6 +109,13 @@ impl Checkout {
         Ok(outcome)
     }
 
+    /// Drops local commits and changes without fetching: the work tree goes back to the
+    /// remote head last fetched. After a push that failed or was withheld, so that what is
+    /// read from the work tree is only ever what the remote has.
+    pub fn discard_local(&mut self) -> Result<(), GitError> {
+        self.reset_to_remote(Operation::Reset).map(|_| ())
+    }
+
     /// The work tree: callers write their files below it (see
     /// [`join_repo_path`](super::join_repo_path)).
     pub fn worktree(&self) -> &Path {

@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::reference::Digest;
 
 pub use changes::{ChangeKind, PinChange, diff_locks};
-pub use update::{ImageObservation, Problem, ResolvedDigest, TagObservation, update_lock};
+pub use update::{
+    ImageObservation, Problem, ResolvedDigest, TagObservation, TagObservations, update_lock,
+};
 pub use write::render;
 
 pub const API_VERSION: &str = "imagelock.dev/v1alpha1";

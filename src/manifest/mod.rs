@@ -169,6 +169,38 @@ mod tests {
     }
 
     #[test]
+    fn the_selection_fingerprint_leaves_out_alias_schedule_and_position() {
+        let spec = mk_image_spec("web", "quay.io/company/web", &["latest"]);
+        let mut renamed = ImageSpec {
+            name: "web2".into(),
+            schedule: parse_cron("5 * * * *").unwrap(),
+            ..spec.clone()
+        };
+        renamed.position.line = 9;
+        assert_eq!(
+            spec.selection_fingerprint(),
+            renamed.selection_fingerprint()
+        );
+        assert_ne!(spec.fingerprint(), renamed.fingerprint());
+        for other in [
+            ImageSpec {
+                keep: 3,
+                ..spec.clone()
+            },
+            ImageSpec {
+                tags: vec!["latest".into(), "1.4".into()],
+                ..spec.clone()
+            },
+            ImageSpec {
+                mirror: true,
+                ..spec.clone()
+            },
+        ] {
+            assert_ne!(spec.selection_fingerprint(), other.selection_fingerprint());
+        }
+    }
+
+    #[test]
     fn default_schedule_is_valid() {
         assert_eq!(default_schedule().expression, DEFAULT_SCHEDULE);
     }

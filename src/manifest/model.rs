@@ -282,6 +282,75 @@ pub struct ImageSpec {
     pub name_position: Position,
 }
 
+impl ImageSpec {
+    /// A hash of everything that decides what the entry resolves to and when: all of it but
+    /// where it stands in its manifest. Equal specs (positions aside) have equal fingerprints;
+    /// the scheduler keeps this instead of a copy of the spec to tell a changed entry.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.name.hash(&mut hasher);
+        self.schedule.expression.hash(&mut hasher);
+        self.hash_selection(&mut hasher);
+        hasher.finish()
+    }
+
+    /// A hash of what decides the entry's tags and pins: its source and selection rules,
+    /// `pin`, `keep` and `mirror`. What the registries answered for one spec holds for any
+    /// spec of the same selection fingerprint, whatever its alias or schedule.
+    pub fn selection_fingerprint(&self) -> u64 {
+        use std::hash::Hasher as _;
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.hash_selection(&mut hasher);
+        hasher.finish()
+    }
+
+    fn hash_selection(&self, hasher: &mut impl std::hash::Hasher) {
+        use std::hash::Hash as _;
+        // Every field named, so that a new one cannot be left out unnoticed.
+        let ImageSpec {
+            name: _,     // in `fingerprint`
+            schedule: _, // in `fingerprint`
+            source,
+            tags,
+            matcher,
+            digests,
+            keep,
+            pin,
+            platforms,
+            mirror,
+            position: _,
+            name_position: _,
+        } = self;
+        source.hash(hasher);
+        tags.hash(hasher);
+        match matcher {
+            None => 0u8.hash(hasher),
+            Some(TagMatcher {
+                pattern,
+                allow_prerelease,
+                select,
+                exclude,
+            }) => {
+                1u8.hash(hasher);
+                std::mem::discriminant(pattern).hash(hasher);
+                pattern.text().hash(hasher);
+                allow_prerelease.hash(hasher);
+                select.hash(hasher);
+                exclude.len().hash(hasher);
+                for regex in exclude {
+                    regex.as_str().hash(hasher);
+                }
+            }
+        }
+        digests.hash(hasher);
+        keep.hash(hasher);
+        pin.hash(hasher);
+        platforms.hash(hasher);
+        mirror.hash(hasher);
+    }
+}
+
 /// Which tags of a repository a `match:` entry selects.
 #[derive(Debug, Clone)]
 pub struct TagMatcher {
@@ -319,7 +388,7 @@ pub enum VersionPattern {
     },
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Select {
     /// Every matching tag.
     #[default]
@@ -329,7 +398,7 @@ pub enum Select {
 }
 
 /// `pin:` holds tags at an earlier generation.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub enum Pin {
     #[default]
     None,

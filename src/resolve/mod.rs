@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use futures_util::StreamExt as _;
 use futures_util::stream;
 
-use crate::lock::{ImageObservation, LockedImage, ResolvedDigest, TagObservation};
+use crate::lock::{ImageObservation, LockedImage, ResolvedDigest, TagObservation, TagObservations};
 use crate::manifest::ImageSpec;
 use crate::reference::Digest;
 use crate::registry::RegistryClient;
@@ -74,17 +74,21 @@ pub async fn resolve_image(
             (tag, observation)
         }
     };
-    let mut tags: BTreeMap<String, TagObservation> = stream::iter(wanted)
+    let mut tags: TagObservations = stream::iter(wanted)
         .map(resolve_tag)
         .buffer_unordered(TAG_CONCURRENCY)
         .collect()
         .await;
+    tags.sort_by(|a, b| a.0.cmp(&b.0));
 
     // Promoter-style digests: they must exist at the source; their tags are fixed.
     for (digest, digest_tags) in &spec.digests {
         let observation = checked(describer.describe(digest).await, spec);
         for tag in digest_tags {
-            tags.insert(tag.clone(), observation.clone());
+            match tags.binary_search_by(|(t, _)| t.cmp(tag)) {
+                Ok(at) => tags[at].1 = observation.clone(),
+                Err(at) => tags.insert(at, (tag.clone(), observation.clone())),
+            }
         }
     }
 
@@ -111,7 +115,7 @@ fn checked(described: Result<ResolvedDigest, String>, spec: &ImageSpec) -> TagOb
 async fn pinned_details(
     spec: &ImageSpec,
     previous: Option<&LockedImage>,
-    tags: &BTreeMap<String, TagObservation>,
+    tags: &[(String, TagObservation)],
     describer: &Describer<'_>,
 ) -> BTreeMap<Digest, ResolvedDigest> {
     let mut wanted = Vec::new();
