@@ -504,6 +504,12 @@ fn a_withheld_push_leaves_the_remote_alone() -> TestResult {
     );
     assert_eq!(asked.get(), 1);
     assert_eq!(remote.subjects()?, ["seed"]);
+    // What the daemon does then: the unpushed commit goes, without a fetch.
+    let lock = checkout.worktree().join("lock.yaml");
+    assert!(lock.exists(), "the withheld commit is still checked out");
+    checkout.discard_local()?;
+    assert!(!lock.exists(), "the work tree is the remote's again");
+    assert_eq!(checkout.head()?, remote.head()?);
     let pushed = commit_and_push_guarded(&mut checkout, &author(), 3, write, || true)?;
     assert!(
         matches!(pushed, PushResult::Pushed { attempts: 1, .. }),
