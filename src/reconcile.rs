@@ -385,7 +385,7 @@ fn remove_orphans(
     mode: Mode,
     outcome: &mut Outcome,
 ) -> Result<(), ReconcileError> {
-    let images = root.join("images");
+    let images = root.join(manifest::IMAGES_DIR);
     let mut stack = vec![images.clone()];
     while let Some(dir) = stack.pop() {
         let entries = match std::fs::read_dir(&dir) {

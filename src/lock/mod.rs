@@ -134,6 +134,13 @@ pub fn read(path: &Path) -> Result<Option<LockFile>, LockError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        // Bytes that are not UTF-8 are a broken lock like any other that does not parse.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(LockError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            });
+        }
         Err(source) => {
             return Err(LockError::Read {
                 path: path.to_owned(),

@@ -28,6 +28,7 @@ use crate::reference::{DOCKER_HUB, ImageRepo, is_valid_tag};
 
 use super::Diagnostic;
 use super::common::{self, top_level};
+use super::load::IMAGES_DIR;
 use super::model::{
     AdmissionMode, AdmissionSettings, Defaults, GitSettings, MirrorLayout, MirrorTarget,
     OutputPath, Outputs, RegistrySettings, RepoConfig,
@@ -49,12 +50,9 @@ const REGISTRY: &[&str] = &["rateLimit", "concurrency", "insecure", "credential"
 const DEFAULTS: &[&str] = &["schedule", "keep", "mirror", "platforms"];
 const GIT: &[&str] = &["authorName", "authorEmail", "message"];
 const ADMISSION: &[&str] = &["default", "namespaces"];
-const ADMISSION_MODES: &[&str] = &["rewrite", "enforce", "audit", "off"];
 const OUTPUTS: &[&str] = &["kustomize", "helmValues", "setters"];
 const OUTPUT_DIR: &[&str] = &["path"];
 const SETTERS: &[&str] = &["paths"];
-/// Where manifests live; generated outputs must stay out of it (they would be read as manifests).
-const IMAGES_DIR: &str = "images";
 
 /// The per-image layout when `mirror:` names only a registry.
 pub const DEFAULT_LAYOUT: &str = "{namespace}/{name}";
@@ -533,7 +531,7 @@ fn admission_mode(doc: &mut Doc<'_>, value: &Value<'_>) -> Option<AdmissionMode>
     if let Ok(mode) = text.parse() {
         return Some(mode);
     }
-    let hint = match suggest(&text, ADMISSION_MODES) {
+    let hint = match suggest(&text, &AdmissionMode::ALL.map(AdmissionMode::as_str)) {
         Some(close) => format!("; did you mean {close:?}?"),
         None => String::new(),
     };

@@ -14,12 +14,14 @@ use super::model::{ImageSet, Position, RepoConfig};
 use super::yaml::FILE_START;
 use super::{Diagnostic, ManifestError, parse_repo_config};
 
-const CONFIG_FILE: &str = "imagelock.yaml";
-const IMAGES_DIR: &str = "images";
+/// The repo's settings file, at its root.
+pub const CONFIG_FILE: &str = "imagelock.yaml";
+/// Where manifests and their locks live.
+pub const IMAGES_DIR: &str = "images";
 /// Manifests are hand-written; anything this large is a mistake (or an attack).
-const MAX_FILE_SIZE: u64 = 8 << 20;
+pub const MAX_FILE_SIZE: u64 = 8 << 20;
 /// Deepest directory nesting under `images/` that is read.
-const MAX_DEPTH: usize = 32;
+pub const MAX_DEPTH: usize = 32;
 
 /// Everything `load_repo` found.
 #[derive(Debug, Clone, PartialEq)]

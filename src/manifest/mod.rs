@@ -19,7 +19,7 @@ use std::path::PathBuf;
 pub use common::is_dns_label;
 pub use config::parse_repo_config;
 pub use imageset::{parse_image_set, peek_metadata};
-pub use load::{LoadedRepo, load_repo};
+pub use load::{CONFIG_FILE, IMAGES_DIR, LoadedRepo, MAX_DEPTH, MAX_FILE_SIZE, load_repo};
 pub use model::*;
 pub use pattern::highest_version_first;
 

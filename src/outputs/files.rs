@@ -7,10 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::{GENERATED_HEADER, OutputsError};
 
-/// Files larger than this are not read (as for manifests).
-const MAX_FILE_SIZE: u64 = 8 << 20;
-/// Deepest directory nesting walked.
-const MAX_DEPTH: usize = 32;
+use crate::manifest::{MAX_DEPTH, MAX_FILE_SIZE};
 
 /// What is at a repo-relative path, read safely.
 pub enum Read {
@@ -133,7 +130,7 @@ fn walk(
     depth: usize,
     files: &mut Vec<PathBuf>,
 ) -> Result<(), OutputsError> {
-    if depth > MAX_DEPTH || skip.contains(&relative) {
+    if depth > MAX_DEPTH || skip.iter().any(|s| relative.starts_with(s)) {
         return Ok(());
     }
     let path = root.join(relative);

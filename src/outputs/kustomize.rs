@@ -33,8 +33,9 @@ pub fn render<'p>(namespace: &str, sets: impl IntoIterator<Item = &'p SetPins>) 
                     .entry(alias.alias.clone())
                     .or_insert((&alias.repository, &primary.digest));
             }
+            let names = alias.source_names();
             for pin in &alias.pins {
-                for name in alias.source_names() {
+                for name in &names {
                     tagged
                         .entry(format!("{name}:{}", pin.tag))
                         .or_insert((&alias.repository, &pin.digest));

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use crate::lock::{self, LockFile};
+use crate::lock::LockFile;
 use crate::manifest::{ImageSet, highest_version_first};
 use crate::reference::{DOCKER_HUB, Digest, ImageRepo};
 
@@ -72,13 +72,6 @@ pub struct SetPins {
     pub namespace: String,
     /// In manifest order.
     pub aliases: Vec<AliasPins>,
-}
-
-impl SetPins {
-    /// The set's lock file, repo-relative.
-    pub fn lock_path(&self) -> PathBuf {
-        lock::lock_path_for(&self.manifest)
-    }
 }
 
 /// Every set's pins, sorted by manifest path (the order that breaks ties between sets).
@@ -152,10 +145,8 @@ impl Pins {
         self.sets.iter().filter(move |s| s.namespace == namespace)
     }
 
-    pub fn alias(&self, namespace: &str, alias: &str) -> Option<&AliasPins> {
-        self.sets
-            .iter()
-            .filter(|s| s.namespace == namespace)
+    pub fn alias<'p>(&'p self, namespace: &'p str, alias: &str) -> Option<&'p AliasPins> {
+        self.in_namespace(namespace)
             .flat_map(|s| &s.aliases)
             .find(|a| a.alias == alias)
     }
