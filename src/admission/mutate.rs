@@ -85,7 +85,7 @@ pub fn review_body(index: &PinIndex, body: &[u8]) -> Result<Answer, ReviewError>
         return Err(ReviewError::NoUid);
     }
     let mode = index.mode_for(namespace_of(&request));
-    let mut response = review(index, &request);
+    let mut response = review_in_mode(index, &request, mode);
     // kube serializes the patch bytes as a JSON array of numbers (kube-rs#1781); the API
     // documents `patch` as base64, like every `[]byte` in JSON. Write it that way.
     let patch = response.patch.take();
@@ -113,6 +113,15 @@ fn namespace_of(request: &AdmissionRequest<DynamicObject>) -> &str {
 
 /// The answer to one admission request.
 pub fn review(index: &PinIndex, request: &AdmissionRequest<DynamicObject>) -> AdmissionResponse {
+    review_in_mode(index, request, index.mode_for(namespace_of(request)))
+}
+
+/// [`review`] with the namespace's mode already looked up.
+fn review_in_mode(
+    index: &PinIndex,
+    request: &AdmissionRequest<DynamicObject>,
+    mode: AdmissionMode,
+) -> AdmissionResponse {
     let allowed = AdmissionResponse::from(request);
     if !request.kind.group.is_empty() || request.kind.kind != "Pod" {
         return warn(
@@ -125,7 +134,6 @@ pub fn review(index: &PinIndex, request: &AdmissionRequest<DynamicObject>) -> Ad
     }
     let object = request.object.as_ref();
     let namespace = namespace_of(request);
-    let mode = index.mode_for(namespace);
     if mode == AdmissionMode::Off {
         return allowed;
     }
@@ -167,11 +175,11 @@ struct Container<'a> {
     image: &'a str,
 }
 
-impl Container<'_> {
-    /// `container "web"`, `initContainer "init"`: how messages name it.
-    fn describe(&self) -> String {
+/// `container "web"`, `initContainer "init"`: how messages name a container.
+impl std::fmt::Display for Container<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = self.list.strip_suffix('s').unwrap_or(self.list);
-        format!("{kind} {:?}", self.name)
+        write!(f, "{kind} {:?}", self.name)
     }
 }
 
@@ -309,7 +317,8 @@ fn answer(
     let mut warnings = Vec::new();
     let mut refused = Vec::new();
     for (container, verdict) in decisions {
-        let who = container.describe();
+        // Formatted only when a message is written.
+        let who = container;
         let image = container.image;
         match (verdict, mode) {
             (Verdict::Rewrite(target), AdmissionMode::Audit) => warnings.push(format!(

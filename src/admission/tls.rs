@@ -145,7 +145,8 @@ impl CertReloader {
         use notify::Watcher as _;
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
+                // The reload reads the files it watches: those reads are not changes.
+                if event.is_ok_and(|e| crate::daemon::watch::is_change(&e.kind)) {
                     // A full channel already holds a wake-up.
                     let _ = tx.try_send(());
                 }
@@ -302,6 +303,14 @@ impl SelfSigned {
                     })?;
                 tracing::info!(dir = %self.dir.display(), "reusing the webhook CA");
                 key
+            }
+            // A CA key that is there but unreadable is not replaced: the webhook
+            // configuration's caBundle names that CA.
+            Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                return Err(AdmissionError::Read {
+                    path: ca_key_path,
+                    source,
+                });
             }
             _ => {
                 let key = rcgen::KeyPair::generate().map_err(generate)?;

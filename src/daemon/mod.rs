@@ -17,7 +17,7 @@ mod memory;
 mod reconciler;
 mod schedule;
 mod status;
-mod watch;
+pub(crate) mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -49,7 +49,7 @@ pub fn watch(path: &Path, triggers: mpsc::Sender<Trigger>) -> Result<RepoWatcher
 }
 
 /// True for events that change the repo; opening or reading its files is not a change.
-fn is_change(kind: &EventKind) -> bool {
+pub(crate) fn is_change(kind: &EventKind) -> bool {
     !matches!(kind, EventKind::Access(_))
 }
 
