@@ -336,8 +336,8 @@ pub async fn transfer(
                         "monolithic blob PUT refused ({e}); using chunked PATCH uploads"
                     );
                     chunked.store(true, Ordering::Relaxed);
-                    client.cancel_upload(&session).await;
                     if !last_attempt {
+                        client.cancel_upload(&session).await;
                         continue;
                     }
                 }

@@ -208,20 +208,36 @@ impl MirrorEngine {
 
     /// Whether the destination already has the manifest (a HEAD answers with its digest).
     pub async fn is_present(&self, request: &CopyRequest) -> Result<bool, MirrorError> {
-        Ok(self
-            .client
-            .head_manifest(&request.destination, request.digest.as_str())
-            .await?
-            .is_some_and(|d| d.digest == request.digest))
+        self.has_manifest(&request.destination, &request.digest)
+            .await
     }
 
     /// Whether the source still has the manifest.
     pub async fn exists_at_source(&self, request: &CopyRequest) -> Result<bool, MirrorError> {
+        self.has_manifest(&request.source, &request.digest).await
+    }
+
+    /// Whether `repo` has the manifest `digest`: one HEAD.
+    pub(super) async fn has_manifest(
+        &self,
+        repo: &ImageRepo,
+        digest: &Digest,
+    ) -> Result<bool, MirrorError> {
+        self.points_at(repo, digest.as_str(), digest).await
+    }
+
+    /// Whether `reference` in `repo` answers with `digest`: one HEAD.
+    pub(super) async fn points_at(
+        &self,
+        repo: &ImageRepo,
+        reference: &str,
+        digest: &Digest,
+    ) -> Result<bool, MirrorError> {
         Ok(self
             .client
-            .head_manifest(&request.source, request.digest.as_str())
+            .head_manifest(repo, reference)
             .await?
-            .is_some_and(|d| d.digest == request.digest))
+            .is_some_and(|d| d.digest == *digest))
     }
 
     /// Copies every request, `images_in_flight` at a time, sharing blobs across them. Results
@@ -287,22 +303,11 @@ impl MirrorEngine {
     ) -> Result<CopyReport, MirrorError> {
         let mut report = CopyReport::default();
         let (source, destination) = (&request.source, &request.destination);
-        let present = !known_missing
-            && self
-                .client
-                .head_manifest(destination, request.digest.as_str())
-                .await?
-                .is_some_and(|d| d.digest == request.digest);
+        let present = !known_missing && self.has_manifest(destination, &request.digest).await?;
         if present {
             report.manifests_present += 1;
-            self.ensure_tags(
-                destination,
-                &request.digest,
-                &request.tags,
-                None,
-                &mut report,
-            )
-            .await?;
+            self.ensure_tags(destination, &request.digest, &request.tags, &mut report)
+                .await?;
             return Ok(report);
         }
         let manifest = self.fetch(source, &request.digest).await?;
@@ -332,18 +337,17 @@ impl MirrorEngine {
     }
 
     /// Points each of `tags` at `digest` in `repo` where it does not already (HEAD per tag,
-    /// then a PUT of the manifest bytes, fetched from `repo` itself when not given).
-    pub(super) async fn ensure_tags(
+    /// then a PUT of the manifest bytes, fetched from `repo` itself once, when first needed).
+    async fn ensure_tags(
         &self,
         repo: &ImageRepo,
         digest: &Digest,
         tags: &[String],
-        mut manifest: Option<FetchedManifest>,
         report: &mut CopyReport,
     ) -> Result<(), MirrorError> {
+        let mut manifest: Option<FetchedManifest> = None;
         for tag in tags {
-            let current = self.client.head_manifest(repo, tag).await?;
-            if current.is_some_and(|d| d.digest == *digest) {
+            if self.points_at(repo, tag, digest).await? {
                 continue;
             }
             let manifest = match manifest.as_ref() {
@@ -497,11 +501,7 @@ impl MirrorEngine {
         digest: &Digest,
         report: &mut CopyReport,
     ) -> Result<(), MirrorError> {
-        let present = self
-            .client
-            .head_manifest(destination, digest.as_str())
-            .await?
-            .is_some_and(|d| d.digest == *digest);
+        let present = self.has_manifest(destination, digest).await?;
         if present {
             report.manifests_present += 1;
             return Ok(());

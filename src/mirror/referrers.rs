@@ -113,21 +113,17 @@ impl MirrorEngine {
                 }
             };
             let Some(found) = found else { continue };
-            let already = self
-                .client
-                .head_manifest(destination, &tag)
-                .await?
-                .is_some_and(|d| d.digest == found.digest);
-            if !already {
-                self.copy_by_digest(source, destination, &found.digest, report)
-                    .await?;
-                self.ensure_tags(
+            if !self.points_at(destination, &tag, &found.digest).await? {
+                // One PUT under the tag stores the artifact and points the tag at it.
+                let manifest = self.fetch(source, &found.digest).await?;
+                Box::pin(self.push_manifest(
+                    source,
                     destination,
-                    &found.digest,
-                    std::slice::from_ref(&tag),
-                    None,
+                    &manifest,
+                    &[],
+                    Some(&tag),
                     report,
-                )
+                ))
                 .await?;
             }
             copied.insert(found.digest);

@@ -250,6 +250,11 @@ pub fn pull_scope(repository: &str) -> String {
     format!("repository:{repository}:pull")
 }
 
+/// The token scope for writes to `repository` (pushing needs pull too).
+pub fn push_scope(repository: &str) -> String {
+    format!("repository:{repository}:pull,push")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -127,10 +127,6 @@ impl BlobStream {
 }
 
 /// The push scope of a repository.
-fn push_scope(repository: &str) -> String {
-    format!("repository:{repository}:pull,push")
-}
-
 /// Parses `Content-Range: bytes <start>-<end>/<total|*>` into (start, total).
 fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
     let rest = value.trim().strip_prefix("bytes")?.trim_start();
@@ -146,7 +142,7 @@ fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
 
 impl RegistryClient {
     /// An endpoint for writes to `repo`: push scope, plus pull on `mount_from`.
-    fn push_endpoint(
+    pub(super) fn push_endpoint(
         &self,
         target: &Target,
         repo: &ImageRepo,
@@ -154,7 +150,7 @@ impl RegistryClient {
         mount_from: Option<&ImageRepo>,
     ) -> Result<(Endpoint, Url), RegistryError> {
         let (mut endpoint, url) = self.endpoint(target, repo, tail)?;
-        endpoint.scope = push_scope(&repo.repository);
+        endpoint.scope = auth::push_scope(&repo.repository);
         if let Some(from) = mount_from {
             endpoint.scope.push(' ');
             endpoint.scope.push_str(&auth::pull_scope(&from.repository));

@@ -217,8 +217,6 @@ impl Failure {
     }
 }
 
-/// A reqwest error and its causes on one line ("…: Connection refused (os error 111)"),
-/// without the URL.
 /// Counts a response (or a request that got none) in the registry metrics.
 fn record_response(registry: &str, method: &Method, response: Option<&reqwest::Response>) {
     let remaining = response.and_then(|r| {
@@ -234,6 +232,8 @@ fn record_response(registry: &str, method: &Method, response: Option<&reqwest::R
     );
 }
 
+/// A reqwest error and its causes on one line ("…: Connection refused (os error 111)"),
+/// without the URL.
 fn describe(error: reqwest::Error) -> String {
     let error = error.without_url();
     let mut text = error.to_string();

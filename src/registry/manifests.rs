@@ -46,9 +46,8 @@ impl RegistryClient {
                 limit: MAX_MANIFEST_BYTES,
             });
         }
-        let (mut endpoint, url) =
-            self.endpoint(&target, repo, &format!("manifests/{reference}"))?;
-        endpoint.scope = format!("repository:{}:pull,push", repo.repository);
+        let (endpoint, url) =
+            self.push_endpoint(&target, repo, &format!("manifests/{reference}"), None)?;
         let request = Request {
             body: Some((media_type.to_owned(), Bytes::copy_from_slice(bytes))),
             ..Request::new(&target, Method::PUT, url, &endpoint.scope)
