@@ -55,10 +55,9 @@ impl Digest {
 
     /// The digest of `bytes` computed with this digest's own algorithm.
     pub fn same_algorithm_of(&self, bytes: &[u8]) -> Self {
-        match self.algorithm() {
-            "sha512" => Digest(format!("sha512:{}", hex::encode(Sha512::digest(bytes)))),
-            _ => Self::sha256_of(bytes),
-        }
+        let mut hasher = DigestHasher::for_digest(self);
+        hasher.update(bytes);
+        hasher.finish()
     }
 
     /// True when `bytes` hash to this digest.
@@ -87,6 +86,36 @@ impl Digest {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// Hashes bytes as they stream by, with the algorithm of the digest they must match.
+pub enum DigestHasher {
+    Sha256(Sha256),
+    Sha512(Sha512),
+}
+
+impl DigestHasher {
+    pub fn for_digest(digest: &Digest) -> Self {
+        match digest.algorithm() {
+            "sha512" => DigestHasher::Sha512(Sha512::new()),
+            _ => DigestHasher::Sha256(Sha256::new()),
+        }
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        match self {
+            DigestHasher::Sha256(h) => h.update(bytes),
+            DigestHasher::Sha512(h) => h.update(bytes),
+        }
+    }
+
+    /// The digest of everything hashed.
+    pub fn finish(self) -> Digest {
+        Digest(match self {
+            DigestHasher::Sha256(h) => format!("sha256:{}", hex::encode(h.finalize())),
+            DigestHasher::Sha512(h) => format!("sha512:{}", hex::encode(h.finalize())),
+        })
     }
 }
 

@@ -13,11 +13,10 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::Stream;
-use sha2::{Digest as _, Sha256, Sha512};
 
 use super::MirrorError;
 use super::progress::Progress;
-use crate::reference::{Digest, ImageRepo};
+use crate::reference::{Digest, DigestHasher, ImageRepo};
 use crate::registry::{
     BlobStream, RegistryClient, RegistryError, Target, TransferSlots, UploadMode, UploadSession,
     UploadStart,
@@ -37,37 +36,6 @@ pub struct Transferred {
     pub resumes: u32,
     /// Attempts from scratch, the first included.
     pub attempts: u32,
-}
-
-enum Hasher {
-    Sha256(Sha256),
-    Sha512(Sha512),
-}
-
-impl Hasher {
-    fn for_digest(digest: &Digest) -> Self {
-        match digest.algorithm() {
-            "sha512" => Hasher::Sha512(Sha512::new()),
-            _ => Hasher::Sha256(Sha256::new()),
-        }
-    }
-
-    fn update(&mut self, bytes: &[u8]) {
-        match self {
-            Hasher::Sha256(h) => h.update(bytes),
-            Hasher::Sha512(h) => h.update(bytes),
-        }
-    }
-
-    /// The digest of everything hashed; `fallback` only if it would not parse, which a
-    /// lowercase hex string always does.
-    fn finish(self, fallback: &Digest) -> Digest {
-        let text = match self {
-            Hasher::Sha256(h) => format!("sha256:{}", hex::encode(h.finalize())),
-            Hasher::Sha512(h) => format!("sha512:{}", hex::encode(h.finalize())),
-        };
-        text.parse().unwrap_or_else(|_| fallback.clone())
-    }
 }
 
 /// How the download side of a transfer ended, read by the transfer after the upload returns.
@@ -93,7 +61,7 @@ struct Pull {
     slots: TransferSlots,
     current: BlobStream,
     received: u64,
-    hasher: Option<Hasher>,
+    hasher: Option<DigestHasher>,
     /// The chunk read last, held back until the next one (or the verified end) arrives.
     held: Option<Bytes>,
     resumes: u32,
@@ -157,7 +125,7 @@ impl Pull {
     /// All bytes are in: release the last chunk only if they hash to the digest.
     fn finish(&mut self) -> Option<Result<Bytes, std::io::Error>> {
         let actual = match self.hasher.take() {
-            Some(hasher) => hasher.finish(&self.digest),
+            Some(hasher) => hasher.finish(),
             None => return Some(self.fail(PullEnd::Overlong)),
         };
         if actual != self.digest {
@@ -275,7 +243,7 @@ pub async fn transfer(
             slots: slots.clone(),
             current: first,
             received: 0,
-            hasher: Some(Hasher::for_digest(blob.digest)),
+            hasher: Some(DigestHasher::for_digest(blob.digest)),
             held: None,
             resumes: 0,
             end: end.clone(),
@@ -362,14 +330,14 @@ mod tests {
     #[test]
     fn hasher_matches_digest_helpers() {
         let d256 = Digest::sha256_of(b"hello");
-        let mut h = Hasher::for_digest(&d256);
+        let mut h = DigestHasher::for_digest(&d256);
         h.update(b"hel");
         h.update(b"lo");
-        assert_eq!(h.finish(&d256), d256);
+        assert_eq!(h.finish(), d256);
         let d512: Digest = format!("sha512:{}", "0".repeat(128)).parse().unwrap();
-        let mut h = Hasher::for_digest(&d512);
+        let mut h = DigestHasher::for_digest(&d512);
         h.update(b"x");
-        assert_eq!(h.finish(&d512), d512.same_algorithm_of(b"x"));
+        assert_eq!(h.finish(), d512.same_algorithm_of(b"x"));
     }
 
     #[test]
