@@ -5,6 +5,7 @@
 //! network and Git shells around them (`registry`, `git`, `daemon`).
 
 pub mod admission;
+mod atomic_file;
 pub mod cli;
 pub mod daemon;
 pub mod git;

@@ -392,20 +392,10 @@ fn write_file(path: &Path, text: &str, secret: bool) -> Result<(), AdmissionErro
         path: path.to_path_buf(),
         source,
     };
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(error)?;
-    std::io::Write::write_all(&mut tmp, text.as_bytes()).map_err(error)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = if secret { 0o600 } else { 0o644 };
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))
-            .map_err(error)?;
-    }
-    #[cfg(not(unix))]
-    let _ = secret;
-    tmp.persist(path).map_err(|e| error(e.error))?;
-    Ok(())
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = if secret { 0o600 } else { 0o644 };
+    let permissions = std::fs::Permissions::from_mode(mode);
+    crate::atomic_file::write(path, text.as_bytes(), Some(permissions)).map_err(error)
 }
 
 #[cfg(test)]

@@ -188,15 +188,10 @@ pub fn write_if_changed(path: &Path, lock: &LockFile) -> Result<bool, LockError>
 
 /// Replaces `path` through a temporary file and a rename, so a reader never sees half a lock.
 pub fn write_atomic(path: &Path, text: &str) -> Result<(), LockError> {
-    let write_error = |source| LockError::Write {
+    crate::atomic_file::write(path, text.as_bytes(), None).map_err(|source| LockError::Write {
         path: path.to_owned(),
         source,
-    };
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(write_error)?;
-    std::io::Write::write_all(&mut tmp, text.as_bytes()).map_err(write_error)?;
-    tmp.persist(path).map_err(|e| write_error(e.error))?;
-    Ok(())
+    })
 }
 
 #[cfg(test)]

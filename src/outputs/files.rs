@@ -82,11 +82,7 @@ pub fn write(root: &Path, relative: &Path, text: &str) -> Result<(), OutputsErro
             fs::Permissions::from_mode(0o644)
         }
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(write_error)?;
-    io::Write::write_all(&mut tmp, text.as_bytes()).map_err(write_error)?;
-    fs::set_permissions(tmp.path(), permissions).map_err(write_error)?;
-    tmp.persist(&path).map_err(|e| write_error(e.error))?;
-    Ok(())
+    crate::atomic_file::write(&path, text.as_bytes(), Some(permissions)).map_err(write_error)
 }
 
 /// Removes a generated file, then its directories up to `stop` (exclusive) while they are empty.
