@@ -12,7 +12,7 @@ use arc_swap::ArcSwapOption;
 use serde::Serialize;
 
 use super::AdmissionError;
-use crate::lock::{self, LockFile};
+use crate::lock::{LockFile, LockFiles};
 use crate::manifest::{self, AdmissionMode, AdmissionSettings, LoadedRepo};
 use crate::reference::ImageRepo;
 
@@ -107,27 +107,25 @@ impl PinIndex {
     /// does not unpin a namespace. An invalid `imagelock.yaml` keeps the previous namespace
     /// modes (the defaults at first). Problems are returned as messages for the log.
     pub fn build(
-        root: &Path,
+        locks: &LockFiles,
         repo: &LoadedRepo,
         revision: Option<String>,
         previous: Option<&PinIndex>,
     ) -> (PinIndex, Vec<String>) {
-        let mut problems = Vec::new();
+        let mut problems: Vec<String> = locks
+            .unreadable
+            .iter()
+            .map(|e| format!("{e}; its pins are not served until it is fixed"))
+            .collect();
         let mut sets: BTreeMap<PathBuf, Arc<SetPins>> = BTreeMap::new();
         for set in &repo.sets {
-            let lock_path = lock::lock_path_for(&set.path);
-            let lock = match lock::read(&root.join(&lock_path)) {
-                Ok(Some(lock)) => lock,
-                Ok(None) => continue,
-                Err(e) => {
-                    problems.push(format!("{e}; its pins are not served until it is fixed"));
-                    continue;
-                }
+            let Some(lock) = locks.found.get(&set.path) else {
+                continue;
             };
             let aliases: Vec<&str> = set.images.iter().map(|spec| spec.name.as_str()).collect();
             sets.insert(
                 set.path.clone(),
-                Arc::new(set_pins(&set.namespace, &aliases, &lock)),
+                Arc::new(set_pins(&set.namespace, &aliases, lock)),
             );
         }
         if let Some(previous) = previous {
@@ -164,7 +162,8 @@ impl PinIndex {
     /// reuses the repo it has loaded anyway).
     pub fn load(root: &Path) -> Result<(PinIndex, Vec<String>), AdmissionError> {
         let repo = manifest::load_repo(root).map_err(|e| AdmissionError::Load(e.to_string()))?;
-        let mut built = PinIndex::build(root, &repo, None, None);
+        let locks = LockFiles::read(root, repo.sets.iter().map(|s| s.path.as_path()));
+        let mut built = PinIndex::build(&locks, &repo, None, None);
         built
             .1
             .extend(repo.diagnostics.iter().map(ToString::to_string));
@@ -578,7 +577,11 @@ pub(crate) mod tests {
             Some("registry.internal/team-a/web"),
             &[("latest", "v1")],
         )]);
-        write(root, "images/team-a/web.lock.yaml", &lock::render(&lock));
+        write(
+            root,
+            "images/team-a/web.lock.yaml",
+            &crate::lock::render(&lock),
+        );
         let (first, problems) = PinIndex::load(root).unwrap();
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(first.mode_for("team-a"), AdmissionMode::Enforce);
@@ -592,7 +595,8 @@ pub(crate) mod tests {
         write(root, "images/team-a/web.yaml", "kind: ImageSet\nspec: [\n");
         write(root, "imagelock.yaml", "kind: Config\nadmission: 3\n");
         let repo = manifest::load_repo(root).unwrap();
-        let (second, problems) = PinIndex::build(root, &repo, None, Some(&first));
+        let locks = LockFiles::read(root, repo.sets.iter().map(|s| s.path.as_path()));
+        let (second, problems) = PinIndex::build(&locks, &repo, None, Some(&first));
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(second.mode_for("team-a"), AdmissionMode::Enforce);
         assert_eq!(
@@ -600,7 +604,7 @@ pub(crate) mod tests {
             Some(Lookup::Pinned(expected.as_str()))
         );
         // Without a previous index there is nothing to keep.
-        let (fresh, _) = PinIndex::build(root, &repo, None, None);
+        let (fresh, _) = PinIndex::build(&locks, &repo, None, None);
         assert_eq!(fresh.alias("team-a", "web", None), None);
         assert_eq!(fresh.mode_for("team-a"), AdmissionMode::Rewrite);
     }

@@ -62,8 +62,8 @@ pub struct Reconciler {
     status: Status,
     /// The admission webhook's pins, swapped after every load of the repo.
     index: Option<IndexHandle>,
-    /// The head whose lock files gave `entries` their pins: they are read once per head
-    /// rather than on every pass.
+    /// The head whose lock files gave `entries` and the webhook's index their pins: they are
+    /// read once per head rather than on every pass.
     pins_revision: Option<String>,
     /// Whether this replica may resolve, mirror and push.
     leadership: Leadership,
@@ -214,7 +214,7 @@ impl Reconciler {
             tracing::warn!(%diagnostic, "manifest error; its last good lock stays");
         }
         // The webhook gets the pins as they are now, before any slow resolving.
-        self.update_index(&repo).await;
+        self.update_pins(&repo).await;
         let Some(config) = repo.config.clone() else {
             tracing::error!("imagelock.yaml is invalid; nothing is locked until it is fixed");
             self.publish(Some(&repo));
@@ -297,7 +297,7 @@ impl Reconciler {
                 None => return,
             },
         };
-        self.update_index(&repo).await;
+        self.update_pins(&repo).await;
         self.publish(Some(&repo));
     }
 
@@ -466,34 +466,38 @@ impl Reconciler {
         loaded
     }
 
-    /// Swaps the webhook's pins for those of the checkout, unless they were built from the
-    /// same commit already. Readers holding the old index finish with it. The build reads
-    /// every lock file: it runs on a blocking thread so the webhook keeps the runtime.
-    async fn update_index(&mut self, repo: &Arc<LoadedRepo>) {
-        let Some(handle) = &self.index else {
+    /// Reads the lock files of the checkout once per head, on a blocking thread (thousands of
+    /// entries would hold up the webhook), and gives their pins to `/status` and, when the
+    /// webhook runs, to a new index swapped in for the old one. Readers holding the old index
+    /// finish with it.
+    async fn update_pins(&mut self, repo: &Arc<LoadedRepo>) {
+        if self.pins_revision.is_some() && self.pins_revision == self.status.head {
             return;
-        };
+        }
         let Some(root) = self.checkout.as_ref().map(|c| c.worktree().to_path_buf()) else {
             return;
         };
-        let current = handle.load();
+        let current = self.index.as_ref().map(IndexHandle::load);
         let revision = self.status.head.clone();
-        if let (Some(current), Some(revision)) = (&current, &revision)
-            && current.revision() == Some(revision.as_str())
-        {
-            return;
-        }
         let repo = repo.clone();
         let built = tokio::task::spawn_blocking(move || {
-            PinIndex::build(&root, &repo, revision, current.as_deref())
+            let locks = lock::LockFiles::read(&root, repo.sets.iter().map(|s| s.path.as_path()));
+            let index =
+                current.map(|current| PinIndex::build(&locks, &repo, revision, current.as_deref()));
+            (entry_pins(&repo, locks), index)
         })
         .await;
-        let (index, problems) = match built {
+        let (pins, index) = match built {
             Ok(built) => built,
             Err(e) => {
-                tracing::error!(error = %e, "building the admission pins failed; the current ones stay");
+                tracing::error!(error = %e, "reading the pins failed; the current ones stay");
                 return;
             }
+        };
+        self.entries.replace_pins(pins);
+        self.pins_revision = self.status.head.clone();
+        let (Some(handle), Some((index, problems))) = (&self.index, index) else {
+            return;
         };
         for problem in &problems {
             tracing::warn!(%problem, "admission pins");
@@ -509,39 +513,13 @@ impl Reconciler {
         handle.store(index);
     }
 
-    /// The pinned digests of every entry, from the lock files of the checkout.
-    fn read_pins(&self, repo: &LoadedRepo) -> Vec<(EntryKey, Pins)> {
-        let Some(root) = self.checkout.as_ref().map(|c| c.worktree()) else {
-            return Vec::new();
-        };
-        let mut pins = Vec::new();
-        for set in &repo.sets {
-            let Ok(Some(locked)) = lock::read(&root.join(lock::lock_path_for(&set.path))) else {
-                continue;
-            };
-            for (alias, image) in locked.images {
-                let tags = image
-                    .tags
-                    .into_iter()
-                    .map(|(tag, pin)| (tag, Arc::from(pin.digest.as_str())))
-                    .collect();
-                pins.push(((set.path.clone(), alias), tags));
-            }
-        }
-        pins
-    }
-
-    /// Publishes a status snapshot for the admin endpoints.
+    /// Publishes a status snapshot for the admin endpoints (the pins as of the last
+    /// [`Self::update_pins`]).
     fn publish(&mut self, repo: Option<&LoadedRepo>) {
         if let Some(repo) = repo {
             self.status.ready = true;
             self.status.manifest_errors =
                 repo.diagnostics.iter().map(ToString::to_string).collect();
-            if self.pins_revision.is_none() || self.pins_revision != self.status.head {
-                let pins = self.read_pins(repo);
-                self.entries.replace_pins(pins);
-                self.pins_revision = self.status.head.clone();
-            }
             let scheduler = &self.scheduler;
             self.status.images = self
                 .entries
@@ -554,6 +532,25 @@ impl Reconciler {
 
 /// The `operation` label of a failed commit step: the Git operation that failed, `apply` when
 /// writing the locks failed, `push` when every push was rejected.
+/// The pinned digests of every entry, from the lock files of its manifest.
+fn entry_pins(repo: &LoadedRepo, mut locks: lock::LockFiles) -> Vec<(EntryKey, Pins)> {
+    let mut pins = Vec::new();
+    for set in &repo.sets {
+        let Some(locked) = locks.found.remove(&set.path) else {
+            continue;
+        };
+        for (alias, image) in locked.images {
+            let tags = image
+                .tags
+                .into_iter()
+                .map(|(tag, pin)| (tag, Arc::from(pin.digest.as_str())))
+                .collect();
+            pins.push(((set.path.clone(), alias), tags));
+        }
+    }
+    pins
+}
+
 fn retry_error_operation<E>(error: &git::RetryError<E>) -> &'static str {
     match error {
         git::RetryError::Git(e) => git_error_operation(e),
