@@ -12,8 +12,8 @@ use arc_swap::ArcSwapOption;
 use serde::Serialize;
 
 use super::AdmissionError;
-use crate::lock::{LockFile, LockFiles};
-use crate::manifest::{self, AdmissionMode, AdmissionSettings, LoadedRepo};
+use crate::lock::{self, LockError, LockFile};
+use crate::manifest::{self, AdmissionMode, AdmissionSettings, ImageSet, LoadedRepo};
 use crate::reference::ImageRepo;
 
 /// The tag a bare alias (`image: web`) or a bare name (`image: nginx`) stands for.
@@ -98,6 +98,17 @@ pub struct IndexSummary {
     pub default_mode: String,
 }
 
+/// The lock of each manifest of `repo` under `root`, read as the iterator is advanced: one
+/// lock in memory at a time, however many manifests there are.
+pub fn locks_of<'a>(
+    root: &'a Path,
+    repo: &'a LoadedRepo,
+) -> impl Iterator<Item = (&'a ImageSet, Result<Option<LockFile>, LockError>)> + 'a {
+    repo.sets
+        .iter()
+        .map(move |set| (set, lock::read(&root.join(lock::lock_path_for(&set.path)))))
+}
+
 impl PinIndex {
     /// Builds the index of the checkout at `root` from its loaded manifests: for every valid
     /// ImageSet, the lock beside it. Lock files are the only I/O.
@@ -106,26 +117,27 @@ impl PinIndex {
     /// kept (the daemon keeps that manifest's last good lock too), so that a typo in one file
     /// does not unpin a namespace. An invalid `imagelock.yaml` keeps the previous namespace
     /// modes (the defaults at first). Problems are returned as messages for the log.
-    pub fn build(
-        locks: &LockFiles,
+    pub fn build<'a>(
+        locks: impl IntoIterator<Item = (&'a ImageSet, Result<Option<LockFile>, LockError>)>,
         repo: &LoadedRepo,
         revision: Option<String>,
         previous: Option<&PinIndex>,
     ) -> (PinIndex, Vec<String>) {
-        let mut problems: Vec<String> = locks
-            .unreadable
-            .iter()
-            .map(|e| format!("{e}; its pins are not served until it is fixed"))
-            .collect();
+        let mut problems = Vec::new();
         let mut sets: BTreeMap<PathBuf, Arc<SetPins>> = BTreeMap::new();
-        for set in &repo.sets {
-            let Some(lock) = locks.found.get(&set.path) else {
-                continue;
+        for (set, lock) in locks {
+            let lock = match lock {
+                Ok(Some(lock)) => lock,
+                Ok(None) => continue,
+                Err(e) => {
+                    problems.push(format!("{e}; its pins are not served until it is fixed"));
+                    continue;
+                }
             };
             let aliases: Vec<&str> = set.images.iter().map(|spec| spec.name.as_str()).collect();
             sets.insert(
                 set.path.clone(),
-                Arc::new(set_pins(&set.namespace, &aliases, lock)),
+                Arc::new(set_pins(&set.namespace, &aliases, &lock)),
             );
         }
         if let Some(previous) = previous {
@@ -162,8 +174,7 @@ impl PinIndex {
     /// reuses the repo it has loaded anyway).
     pub fn load(root: &Path) -> Result<(PinIndex, Vec<String>), AdmissionError> {
         let repo = manifest::load_repo(root).map_err(|e| AdmissionError::Load(e.to_string()))?;
-        let locks = LockFiles::read(root, repo.sets.iter().map(|s| s.path.as_path()));
-        let mut built = PinIndex::build(&locks, &repo, None, None);
+        let mut built = PinIndex::build(locks_of(root, &repo), &repo, None, None);
         built
             .1
             .extend(repo.diagnostics.iter().map(ToString::to_string));
@@ -595,8 +606,7 @@ pub(crate) mod tests {
         write(root, "images/team-a/web.yaml", "kind: ImageSet\nspec: [\n");
         write(root, "imagelock.yaml", "kind: Config\nadmission: 3\n");
         let repo = manifest::load_repo(root).unwrap();
-        let locks = LockFiles::read(root, repo.sets.iter().map(|s| s.path.as_path()));
-        let (second, problems) = PinIndex::build(&locks, &repo, None, Some(&first));
+        let (second, problems) = PinIndex::build(locks_of(root, &repo), &repo, None, Some(&first));
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(second.mode_for("team-a"), AdmissionMode::Enforce);
         assert_eq!(
@@ -604,7 +614,7 @@ pub(crate) mod tests {
             Some(Lookup::Pinned(expected.as_str()))
         );
         // Without a previous index there is nothing to keep.
-        let (fresh, _) = PinIndex::build(&locks, &repo, None, None);
+        let (fresh, _) = PinIndex::build(locks_of(root, &repo), &repo, None, None);
         assert_eq!(fresh.alias("team-a", "web", None), None);
         assert_eq!(fresh.mode_for("team-a"), AdmissionMode::Rewrite);
     }

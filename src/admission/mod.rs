@@ -18,7 +18,7 @@ pub mod tls;
 
 use std::path::PathBuf;
 
-pub use index::{IndexHandle, IndexSummary, PinIndex};
+pub use index::{IndexHandle, IndexSummary, PinIndex, locks_of};
 pub use mutate::{Answer, REWRITTEN_ANNOTATION, ReviewError, review, review_body};
 pub use server::{RequestObserver, ServerOptions, serve};
 pub use tls::{CertReloader, SelfSigned, TlsFiles};

@@ -17,7 +17,7 @@ use super::leader::Leadership;
 use super::schedule::Scheduler;
 use super::status::{EntryLog, Pins, Status};
 use super::{DaemonConfig, DaemonError, Trigger};
-use crate::admission::{IndexHandle, PinIndex};
+use crate::admission::{self, IndexHandle, PinIndex};
 use crate::git::{self, Author, Checkout, GitAuth, GitTimeouts, PushResult, RemoteSpec};
 use crate::lock;
 use crate::manifest::{self, LoadedRepo, RegistrySettings, RepoConfig};
@@ -481,10 +481,20 @@ impl Reconciler {
         let revision = self.status.head.clone();
         let repo = repo.clone();
         let built = tokio::task::spawn_blocking(move || {
-            let locks = lock::LockFiles::read(&root, repo.sets.iter().map(|s| s.path.as_path()));
-            let index =
-                current.map(|current| PinIndex::build(&locks, &repo, revision, current.as_deref()));
-            (entry_pins(&repo, locks), index)
+            let mut pins = Vec::new();
+            let locks = admission::locks_of(&root, &repo).inspect(|(set, lock)| {
+                if let Ok(Some(lock)) = lock {
+                    add_entry_pins(set, lock, &mut pins);
+                }
+            });
+            let index = match current {
+                Some(current) => Some(PinIndex::build(locks, &repo, revision, current.as_deref())),
+                None => {
+                    locks.for_each(drop);
+                    None
+                }
+            };
+            (pins, index)
         })
         .await;
         let (pins, index) = match built {
@@ -532,23 +542,20 @@ impl Reconciler {
 
 /// The `operation` label of a failed commit step: the Git operation that failed, `apply` when
 /// writing the locks failed, `push` when every push was rejected.
-/// The pinned digests of every entry, from the lock files of its manifest.
-fn entry_pins(repo: &LoadedRepo, mut locks: lock::LockFiles) -> Vec<(EntryKey, Pins)> {
-    let mut pins = Vec::new();
-    for set in &repo.sets {
-        let Some(locked) = locks.found.remove(&set.path) else {
-            continue;
-        };
-        for (alias, image) in locked.images {
-            let tags = image
-                .tags
-                .into_iter()
-                .map(|(tag, pin)| (tag, Arc::from(pin.digest.as_str())))
-                .collect();
-            pins.push(((set.path.clone(), alias), tags));
-        }
+/// Adds the pinned digests of the entries of `set`, from its lock.
+fn add_entry_pins(
+    set: &manifest::ImageSet,
+    lock: &lock::LockFile,
+    pins: &mut Vec<(EntryKey, Pins)>,
+) {
+    for (alias, image) in &lock.images {
+        let tags = image
+            .tags
+            .iter()
+            .map(|(tag, pin)| (tag.clone(), Arc::from(pin.digest.as_str())))
+            .collect();
+        pins.push(((set.path.clone(), alias.clone()), tags));
     }
-    pins
 }
 
 fn retry_error_operation<E>(error: &git::RetryError<E>) -> &'static str {

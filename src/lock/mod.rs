@@ -151,34 +151,6 @@ pub fn read(path: &Path) -> Result<Option<LockFile>, LockError> {
     parse(path, &text).map(Some)
 }
 
-/// The lock files of a checkout's manifests, read once: the webhook's pins and `/status`
-/// are both built from one read per head.
-#[derive(Debug, Default)]
-pub struct LockFiles {
-    /// By manifest path (not lock path).
-    pub found: BTreeMap<PathBuf, LockFile>,
-    /// Locks that exist but cannot be read or parsed.
-    pub unreadable: Vec<LockError>,
-}
-
-impl LockFiles {
-    /// Reads the lock of each of `manifests` (repo-relative) under `root`; a manifest without
-    /// a lock is left out.
-    pub fn read<'a>(root: &Path, manifests: impl IntoIterator<Item = &'a Path>) -> Self {
-        let mut files = LockFiles::default();
-        for manifest in manifests {
-            match read(&root.join(lock_path_for(manifest))) {
-                Ok(Some(lock)) => {
-                    files.found.insert(manifest.to_owned(), lock);
-                }
-                Ok(None) => {}
-                Err(e) => files.unreadable.push(e),
-            }
-        }
-        files
-    }
-}
-
 /// Parses lock file text; `path` only labels errors.
 pub fn parse(path: &Path, text: &str) -> Result<LockFile, LockError> {
     #[derive(Deserialize)]
