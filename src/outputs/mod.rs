@@ -18,6 +18,8 @@ pub mod pins;
 pub mod setters;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -117,11 +119,12 @@ impl Frozen {
             .collect();
         let mut frozen = Frozen::default();
         for manifest in broken {
-            if !matches!(
-                files::read(root, &lock::lock_path_for(manifest))?,
-                files::Read::Text(_)
-            ) {
-                continue; // Nothing was generated from it.
+            // Only a lock that is not there means nothing was generated from the manifest: a
+            // lock that cannot be read freezes its outputs like one that can.
+            let lock_path = root.join(lock::lock_path_for(manifest));
+            if matches!(fs::symlink_metadata(&lock_path), Err(e) if e.kind() == io::ErrorKind::NotFound)
+            {
+                continue;
             }
             let metadata = match files::read(root, manifest)? {
                 files::Read::Text(text) => crate::manifest::peek_metadata(&text),
