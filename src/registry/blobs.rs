@@ -330,8 +330,8 @@ impl RegistryClient {
     /// Streams `body` (exactly `size` bytes) into `session` and commits it as `digest`. One
     /// attempt: a streamed body cannot be sent twice, so the caller retries with a new
     /// session. A 401 (a token that expired since the session opened) is answered for the
-    /// next attempt and returned as [`RegistryError::Unauthorized`]. A body that ends with an error aborts the request before its last bytes and
-    /// the registry commits nothing. A refusal of the mode itself (405, 411, 413, 415, 501,
+    /// next attempt and returned as [`RegistryError::Unauthorized`]. A body that ends with an
+    /// error aborts the request before its last bytes and the registry commits nothing. A refusal of the mode itself (405, 411, 413, 415, 501,
     /// or 400 `BLOB_UPLOAD_INVALID`/`SIZE_INVALID` on a monolithic PUT) comes back as the
     /// registry's error; try [`UploadMode::Chunked`] then.
     pub async fn upload_blob<S, E>(
@@ -348,9 +348,7 @@ impl RegistryClient {
         E: Into<BoxError> + 'static,
     {
         let target = Target::new(&session.repo, Some(digest.as_str()));
-        let (mut endpoint, _) =
-            self.push_endpoint(&target, &session.repo, "blobs/uploads/", None)?;
-        endpoint.scope = session.scope.clone();
+        let endpoint = self.session_endpoint(&target, &session)?;
         let body = body.map(|item| item.map_err(Into::into));
         let mut url = session.url.clone();
         if mode == UploadMode::Chunked && size > 0 {
@@ -440,12 +438,24 @@ impl RegistryClient {
         Ok(url)
     }
 
+    /// The endpoint for a session's requests, with the scope (and so the cached token) the
+    /// session was opened with.
+    fn session_endpoint(
+        &self,
+        target: &Target,
+        session: &UploadSession,
+    ) -> Result<Endpoint, RegistryError> {
+        let (mut endpoint, _) =
+            self.push_endpoint(target, &session.repo, "blobs/uploads/", None)?;
+        endpoint.scope.clone_from(&session.scope);
+        Ok(endpoint)
+    }
+
     /// Abandons an upload session (`DELETE`), so the registry can drop what it received.
     /// Best effort: registries expire sessions anyway.
     pub async fn cancel_upload(&self, session: &UploadSession) {
         let target = Target::new(&session.repo, None);
-        let Ok((endpoint, _)) = self.push_endpoint(&target, &session.repo, "blobs/uploads/", None)
-        else {
+        let Ok(endpoint) = self.session_endpoint(&target, session) else {
             return;
         };
         let request = Request::new(

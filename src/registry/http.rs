@@ -182,6 +182,38 @@ impl IdleWatch {
     }
 }
 
+/// Counts one request in the metrics exactly once: by its response head or send error, or,
+/// when it times out before either, as a request without a response.
+struct CountedSend<'a> {
+    registry: &'a str,
+    method: &'a Method,
+    counted: AtomicBool,
+}
+
+impl<'a> CountedSend<'a> {
+    fn new(registry: &'a str, method: &'a Method) -> Self {
+        CountedSend {
+            registry,
+            method,
+            counted: AtomicBool::new(false),
+        }
+    }
+
+    async fn send(&self, builder: reqwest::RequestBuilder) -> Result<reqwest::Response, Failure> {
+        let sent = builder.send().await;
+        record_response(self.registry, self.method, sent.as_ref().ok());
+        self.counted.store(true, Ordering::Relaxed);
+        sent.map_err(classify)
+    }
+
+    /// The request timed out: counted without a response unless its head already was.
+    fn timed_out(&self) {
+        if !self.counted.load(Ordering::Relaxed) {
+            record_response(self.registry, self.method, None);
+        }
+    }
+}
+
 /// Why one send failed before a complete response arrived.
 enum Failure {
     Timeout,
@@ -420,14 +452,9 @@ impl Engine {
                 .body(body.clone());
         }
         let max_body = request.max_body;
-        // Whether a response head (or a send error) was counted: a timeout before either is
-        // counted as a request without a response.
-        let counted = AtomicBool::new(false);
+        let counted = CountedSend::new(&host.name, &request.method);
         let exchange = async {
-            let sent = builder.send().await;
-            record_response(&host.name, &request.method, sent.as_ref().ok());
-            counted.store(true, Ordering::Relaxed);
-            let mut response = sent.map_err(classify)?;
+            let mut response = counted.send(builder).await?;
             let status = response.status();
             let headers = response.headers().clone();
             let declared = headers
@@ -477,9 +504,7 @@ impl Engine {
         match tokio::time::timeout(self.request_timeout, exchange).await {
             Ok(result) => result,
             Err(_) => {
-                if !counted.load(Ordering::Relaxed) {
-                    record_response(&host.name, &request.method, None);
-                }
+                counted.timed_out();
                 Err(Failure::Timeout)
             }
         }
@@ -530,6 +555,8 @@ impl Engine {
             None
         };
         host.pace().await;
+        // The body's idle clock starts now, not while the request waited for its slot.
+        watch.touch();
         let auth = request
             .scope
             .and_then(|scope| self.tokens.get(&host.name, scope));
@@ -541,14 +568,9 @@ impl Engine {
         if let Some(length) = content_length {
             builder = builder.header(CONTENT_LENGTH, length);
         }
-        // Whether a response head (or a send error) was counted: a timeout before either is
-        // counted as a request without a response.
-        let counted = AtomicBool::new(false);
+        let counted = CountedSend::new(&host.name, &request.method);
         let exchange = async {
-            let sent = builder.send().await;
-            record_response(&host.name, &request.method, sent.as_ref().ok());
-            counted.store(true, Ordering::Relaxed);
-            let mut response = sent.map_err(classify)?;
+            let mut response = counted.send(builder).await?;
             let status = response.status();
             let headers = response.headers().clone();
             let mut body = Vec::new();
@@ -567,9 +589,7 @@ impl Engine {
         let response = tokio::select! {
             result = exchange => result.map_err(|f: Failure| f.into_error(target, watch.idle, 0))?,
             after = stalled => {
-                if !counted.load(Ordering::Relaxed) {
-                    record_response(&host.name, &request.method, None);
-                }
+                counted.timed_out();
                 return Err(RegistryError::Timeout { target: target.clone(), after });
             }
         };
