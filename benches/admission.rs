@@ -28,18 +28,32 @@ struct Args {
     command: Command,
 }
 
+/// The generated repo: `images` pinned images spread evenly over `namespaces` namespaces, with
+/// their sources at `source_host`. `generate` writes it; `load` builds Pods that name its images.
+#[derive(clap::Args, Clone)]
+struct RepoShape {
+    #[arg(long, default_value_t = 10_000)]
+    images: usize,
+    #[arg(long, default_value_t = 100)]
+    namespaces: usize,
+    /// Registry host of the sources (the daemon resolves them at start).
+    #[arg(long)]
+    source_host: String,
+}
+
+impl RepoShape {
+    fn per_namespace(&self) -> usize {
+        self.images.div_ceil(self.namespaces)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Write a config repo with pinned images.
     Generate {
         dir: PathBuf,
-        #[arg(long, default_value_t = 10_000)]
-        images: usize,
-        #[arg(long, default_value_t = 100)]
-        namespaces: usize,
-        /// Registry host of the sources (the daemon resolves them at start).
-        #[arg(long)]
-        source_host: String,
+        #[command(flatten)]
+        shape: RepoShape,
     },
     /// Serve the webhook alone (no reconcile loop) with the pins of a generated repo, until
     /// SIGTERM or Ctrl-C: the webhook's own footprint, apart from the daemon's.
@@ -60,13 +74,8 @@ enum Command {
         ca: PathBuf,
         #[arg(long, default_value = "imagelock.imagelock.svc")]
         server_name: String,
-        /// The generated repo's shape, to build Pods that name its images.
-        #[arg(long, default_value_t = 10_000)]
-        images: usize,
-        #[arg(long, default_value_t = 100)]
-        namespaces: usize,
-        #[arg(long)]
-        source_host: String,
+        #[command(flatten)]
+        shape: RepoShape,
         /// Requests per second (open loop); 0 for saturation (closed loop).
         #[arg(long, default_value_t = 2000)]
         rate: u64,
@@ -93,14 +102,15 @@ fn namespace(n: usize) -> String {
     format!("ns-{n:03}")
 }
 
-fn generate(dir: &Path, images: usize, namespaces: usize, host: &str) -> std::io::Result<()> {
+fn generate(dir: &Path, shape: &RepoShape) -> std::io::Result<()> {
+    let host = &shape.source_host;
     std::fs::create_dir_all(dir.join("images"))?;
     std::fs::write(
         dir.join("imagelock.yaml"),
         "apiVersion: imagelock.dev/v1alpha1\nkind: Config\ndefaults: {schedule: \"0 0 1 1 *\"}\nadmission: {default: rewrite}\n",
     )?;
-    let per_namespace = images.div_ceil(namespaces);
-    for n in 0..namespaces {
+    let per_namespace = shape.per_namespace();
+    for n in 0..shape.namespaces {
         let ns = namespace(n);
         let mut manifest = format!(
             "apiVersion: imagelock.dev/v1alpha1\nkind: ImageSet\nmetadata: {{name: apps, namespace: {ns}}}\nspec:\n  images:\n"
@@ -109,7 +119,7 @@ fn generate(dir: &Path, images: usize, namespaces: usize, host: &str) -> std::io
             source: "apps.yaml".into(),
             images: Default::default(),
         };
-        for i in (n * per_namespace)..((n + 1) * per_namespace).min(images) {
+        for i in (n * per_namespace)..((n + 1) * per_namespace).min(shape.images) {
             let name = app(i);
             let source = format!("{host}/bench/{name}");
             manifest.push_str(&format!(
@@ -146,9 +156,10 @@ fn generate(dir: &Path, images: usize, namespaces: usize, host: &str) -> std::io
 
 /// A Pod as a Deployment's ReplicaSet creates it: an alias, a pinned source:tag and an
 /// unpinned sidecar, with the fields the API server fills in.
-fn review_body(k: usize, images: usize, namespaces: usize, host: &str) -> Bytes {
-    let per_namespace = images.div_ceil(namespaces);
-    let n = k % namespaces;
+fn review_body(k: usize, shape: &RepoShape) -> Bytes {
+    let host = &shape.source_host;
+    let per_namespace = shape.per_namespace();
+    let n = k % shape.namespaces;
     let first = n * per_namespace;
     let a = first + (k * 7) % per_namespace;
     let b = first + (k * 13 + 1) % per_namespace;
@@ -469,15 +480,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
     match command {
-        Command::Generate {
-            dir,
-            images,
-            namespaces,
-            source_host,
-        } => {
-            generate(&dir, images, namespaces, &source_host)?;
+        Command::Generate { dir, shape } => {
+            generate(&dir, &shape)?;
             println!(
-                "generated {images} images in {namespaces} namespaces in {}",
+                "generated {} images in {} namespaces in {}",
+                shape.images,
+                shape.namespaces,
                 dir.display()
             );
         }
@@ -486,17 +494,13 @@ async fn run(command: Command) -> Result<(), Box<dyn std::error::Error>> {
             addr,
             ca,
             server_name,
-            images,
-            namespaces,
-            source_host,
+            shape,
             rate,
             concurrency,
             connections,
             duration,
         } => {
-            let bodies: Vec<Bytes> = (0..2000)
-                .map(|k| review_body(k, images, namespaces, &source_host))
-                .collect();
+            let bodies: Vec<Bytes> = (0..2000).map(|k| review_body(k, &shape)).collect();
             println!(
                 "request body: {} bytes (a 3-container Pod: alias, pinned source:tag, unpinned)",
                 bodies[0].len()
