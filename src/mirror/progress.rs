@@ -20,9 +20,13 @@ pub struct Silent;
 
 impl Progress for Silent {}
 
-/// Bars for images, blobs and bytes on a terminal (stderr); nothing when stderr is not a
-/// terminal, where the caller prints summary lines instead.
+/// Bars for images, blobs and bytes on a terminal (stderr); nothing at all when stderr is not
+/// a terminal, where the caller prints summary lines instead.
 pub struct TerminalProgress {
+    bars: Option<Bars>,
+}
+
+struct Bars {
     _multi: indicatif::MultiProgress,
     images: indicatif::ProgressBar,
     blobs: indicatif::ProgressBar,
@@ -32,11 +36,25 @@ pub struct TerminalProgress {
 impl TerminalProgress {
     pub fn new(images: u64) -> Self {
         use std::io::IsTerminal as _;
-        let target = if std::io::stderr().is_terminal() {
-            indicatif::ProgressDrawTarget::stderr()
-        } else {
-            indicatif::ProgressDrawTarget::hidden()
-        };
+        TerminalProgress {
+            bars: std::io::stderr()
+                .is_terminal()
+                .then(|| Bars::new(images, indicatif::ProgressDrawTarget::stderr())),
+        }
+    }
+
+    /// Clears the bars.
+    pub fn finish(&self) {
+        if let Some(bars) = &self.bars {
+            for bar in [&bars.images, &bars.blobs, &bars.bytes] {
+                bar.finish_and_clear();
+            }
+        }
+    }
+}
+
+impl Bars {
+    fn new(images: u64, target: indicatif::ProgressDrawTarget) -> Self {
         let multi = indicatif::MultiProgress::with_draw_target(target);
         let style = |template: &str| {
             indicatif::ProgressStyle::with_template(template)
@@ -50,37 +68,64 @@ impl TerminalProgress {
         bytes_bar.set_style(style(
             "bytes  {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec}",
         ));
-        TerminalProgress {
+        Bars {
             _multi: multi,
             images: images_bar,
             blobs: blobs_bar,
             bytes: bytes_bar,
         }
     }
-
-    /// Clears the bars.
-    pub fn finish(&self) {
-        for bar in [&self.images, &self.blobs, &self.bytes] {
-            bar.finish_and_clear();
-        }
-    }
 }
 
 impl Progress for TerminalProgress {
     fn image_finished(&self, _image: &str, _ok: bool) {
-        self.images.inc(1);
+        if let Some(bars) = &self.bars {
+            bars.images.inc(1);
+        }
     }
 
     fn blob_started(&self, _digest: &Digest, size: u64) {
-        self.blobs.inc_length(1);
-        self.bytes.inc_length(size);
+        if let Some(bars) = &self.bars {
+            bars.blobs.inc_length(1);
+            bars.bytes.inc_length(size);
+        }
     }
 
     fn bytes(&self, count: u64) {
-        self.bytes.inc(count);
+        if let Some(bars) = &self.bars {
+            bars.bytes.inc(count);
+        }
     }
 
     fn blob_finished(&self, _digest: &Digest) {
-        self.blobs.inc(1);
+        if let Some(bars) = &self.bars {
+            bars.blobs.inc(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bars_count_images_blobs_and_bytes() {
+        let progress = TerminalProgress {
+            bars: Some(Bars::new(2, indicatif::ProgressDrawTarget::hidden())),
+        };
+        let digest = Digest::sha256_of(b"layer");
+        progress.blob_started(&digest, 10);
+        progress.bytes(4);
+        progress.bytes(6);
+        progress.blob_finished(&digest);
+        progress.image_finished("web", true);
+        let bars = progress.bars.as_ref().map(|b| {
+            (
+                (b.images.position(), b.images.length()),
+                (b.blobs.position(), b.blobs.length()),
+                (b.bytes.position(), b.bytes.length()),
+            )
+        });
+        assert_eq!(bars, Some(((1, Some(2)), (1, Some(1)), (10, Some(10)))));
     }
 }
