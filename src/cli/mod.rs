@@ -9,7 +9,6 @@ mod mirror;
 mod plan;
 mod serve;
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -17,7 +16,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::manifest::RepoConfig;
-use crate::registry::{ClientConfig, CredentialStore, RegistryClient};
+use crate::registry::RegistryClient;
 use crate::telemetry::{self, LogFormat};
 
 pub use serve::ServeArgs;
@@ -124,30 +123,13 @@ pub struct RegistryArgs {
 impl RegistryArgs {
     /// A registry client for the repo's per-registry settings.
     pub fn client(&self, config: &RepoConfig) -> anyhow::Result<RegistryClient> {
-        build_client(
+        RegistryClient::with_settings(
+            &config.registries,
             self.registry_config.as_deref(),
             &self.insecure_registries,
-            config,
         )
+        .context("cannot create the registry client")
     }
-}
-
-pub(crate) fn build_client(
-    registry_config: Option<&std::path::Path>,
-    insecure: &[String],
-    config: &RepoConfig,
-) -> anyhow::Result<RegistryClient> {
-    let credentials = match registry_config {
-        Some(path) => CredentialStore::from_docker_config_file(path)?,
-        None => CredentialStore::empty(),
-    };
-    let client_config = ClientConfig {
-        insecure_hosts: insecure.iter().cloned().collect::<BTreeSet<_>>(),
-        registries: config.registries.clone(),
-        credentials,
-        ..ClientConfig::default()
-    };
-    RegistryClient::new(client_config).context("cannot create the registry client")
 }
 
 /// Entry point of the binary.

@@ -25,7 +25,7 @@ use crate::mirror::progress::Silent;
 use crate::mirror::{EngineOptions, MirrorEngine};
 use crate::reconcile::{self, EntryKey, Mode, Observations};
 use crate::reference::ImageRepo;
-use crate::registry::RegistryClient;
+use crate::registry::{RegistryClient, RegistryError};
 
 /// Loads the checkout on a blocking thread: parsing thousands of entries takes long enough to
 /// hold up the webhook's requests on the runtime.
@@ -239,7 +239,8 @@ impl Reconciler {
             Ok(client) => client,
             Err(e) => {
                 tracing::error!(error = %e, "cannot build the registry client");
-                self.status.last_commit_error = Some(e.to_string());
+                self.status.last_commit_error =
+                    Some(format!("cannot build the registry client: {e}"));
                 self.publish(Some(&repo));
                 return;
             }
@@ -359,16 +360,16 @@ impl Reconciler {
         Ok(outcome.moved)
     }
 
-    fn client(&mut self, config: &RepoConfig) -> anyhow::Result<RegistryClient> {
+    fn client(&mut self, config: &RepoConfig) -> Result<RegistryClient, RegistryError> {
         if let Some((settings, client)) = &self.client
             && *settings == config.registries
         {
             return Ok(client.clone());
         }
-        let client = crate::cli::build_client(
+        let client = RegistryClient::with_settings(
+            &config.registries,
             self.config.registry_config.as_deref(),
             &self.config.insecure_registries,
-            config,
         )?;
         self.client = Some((config.registries.clone(), client.clone()));
         Ok(client)

@@ -164,6 +164,25 @@ impl RegistryClient {
         })
     }
 
+    /// A client with a config repo's per-registry `settings`, the credentials of a Docker
+    /// config file (none without one) and the hosts reached over plain HTTP.
+    pub fn with_settings(
+        settings: &BTreeMap<String, RegistrySettings>,
+        docker_config: Option<&std::path::Path>,
+        insecure_hosts: &[String],
+    ) -> Result<Self, RegistryError> {
+        let credentials = match docker_config {
+            Some(path) => CredentialStore::from_docker_config_file(path)?,
+            None => CredentialStore::empty(),
+        };
+        RegistryClient::new(ClientConfig {
+            insecure_hosts: insecure_hosts.iter().cloned().collect(),
+            registries: settings.clone(),
+            credentials,
+            ..ClientConfig::default()
+        })
+    }
+
     /// Where requests about `target` go, and `base/v2/<repository>/<tail>`.
     fn endpoint(
         &self,
