@@ -54,12 +54,9 @@ impl Default for EngineOptions {
     }
 }
 
-/// Where a blob landed in a destination registry, or why it did not (shared with every image
-/// of the run that needs it).
-type BlobOutcome = Result<ImageRepo, Arc<str>>;
-/// The blobs of a run: per (destination registry, digest), its one copy; per (destination
-/// repository, digest), its one mount from where that copy landed.
-type BlobCells = HashMap<(String, Digest), Arc<OnceCell<BlobOutcome>>>;
+/// The blobs of a run: per (destination registry, digest), the repository where its one copy
+/// landed; per (destination repository, digest), its one mount from there.
+type BlobCells = HashMap<(String, Digest), Arc<OnceCell<ImageRepo>>>;
 
 /// Copies images between registries; one per run so blobs are deduplicated across images.
 pub struct MirrorEngine {
@@ -87,36 +84,37 @@ impl std::fmt::Debug for MirrorEngine {
     }
 }
 
-/// Who landed a blob: this caller (with its own result and error), or another image of the
-/// run (its shared outcome).
+/// Who landed a blob: this caller (with its report), or another image of the run (where).
 enum Landing {
-    Mine(Result<CopyReport, MirrorError>),
-    Theirs(BlobOutcome),
+    Mine(CopyReport),
+    Theirs(ImageRepo),
 }
 
-/// Runs `land` unless another caller already did (or is doing) it for `cell`.
-async fn once<F, Fut>(cell: &OnceCell<BlobOutcome>, destination: &ImageRepo, land: F) -> Landing
+/// Runs `land` unless another caller already landed the blob for `cell`; callers that need it
+/// meanwhile wait. Only a landing is shared. A failure is the failing image's own (its source,
+/// its destination repository or its credentials may be what failed), so the next caller
+/// waiting tries for itself.
+async fn once<F, Fut>(
+    cell: &OnceCell<ImageRepo>,
+    destination: &ImageRepo,
+    land: F,
+) -> Result<Landing, MirrorError>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<CopyReport, MirrorError>>,
 {
     let mut mine = None;
-    let outcome = cell
-        .get_or_init(|| async {
-            let result = land().await;
-            let outcome = match &result {
-                Ok(_) => Ok(destination.clone()),
-                Err(e) => Err(Arc::from(e.to_string())),
-            };
-            mine = Some(result);
-            outcome
+    let landed = cell
+        .get_or_try_init(|| async {
+            mine = Some(land().await?);
+            Ok::<_, MirrorError>(destination.clone())
         })
-        .await
+        .await?
         .clone();
-    match mine {
-        Some(result) => Landing::Mine(result),
-        None => Landing::Theirs(outcome),
-    }
+    Ok(match mine {
+        Some(report) => Landing::Mine(report),
+        None => Landing::Theirs(landed),
+    })
 }
 
 /// True when the index child `platform` satisfies a required `want`: a requirement without a
@@ -524,13 +522,10 @@ impl MirrorEngine {
         let landed = match once(&first, destination, || {
             self.land_blob(source, destination, descriptor, None)
         })
-        .await
+        .await?
         {
-            Landing::Mine(result) => return result,
-            Landing::Theirs(landed) => landed.map_err(|reason| MirrorError::SharedBlob {
-                digest: digest.clone(),
-                reason,
-            })?,
+            Landing::Mine(report) => return Ok(report),
+            Landing::Theirs(landed) => landed,
         };
         if landed == *destination {
             return Ok(CopyReport {
@@ -543,22 +538,18 @@ impl MirrorEngine {
         match once(&here, destination, || {
             self.land_blob(source, destination, descriptor, Some(&landed))
         })
-        .await
+        .await?
         {
-            Landing::Mine(result) => result,
-            Landing::Theirs(Ok(_)) => Ok(CopyReport {
+            Landing::Mine(report) => Ok(report),
+            Landing::Theirs(_) => Ok(CopyReport {
                 blobs_present: 1,
                 ..CopyReport::default()
-            }),
-            Landing::Theirs(Err(reason)) => Err(MirrorError::SharedBlob {
-                digest: digest.clone(),
-                reason,
             }),
         }
     }
 
     /// The run's cell for `digest` under `scope` (a registry, or a repository).
-    fn cell(&self, scope: String, digest: &Digest) -> Arc<OnceCell<BlobOutcome>> {
+    fn cell(&self, scope: String, digest: &Digest) -> Arc<OnceCell<ImageRepo>> {
         let mut blobs = self.blobs.lock().unwrap_or_else(|e| e.into_inner());
         blobs.entry((scope, digest.clone())).or_default().clone()
     }
@@ -609,9 +600,8 @@ impl MirrorEngine {
             .transfers
             .acquire()
             .await
-            .map_err(|_| MirrorError::SharedBlob {
+            .map_err(|_| MirrorError::Stopped {
                 digest: digest.clone(),
-                reason: Arc::from("the engine is shutting down"),
             })?;
         let chunked = {
             let mut chunked = self.chunked.lock().unwrap_or_else(|e| e.into_inner());

@@ -14,8 +14,6 @@ pub mod plan;
 pub mod progress;
 mod referrers;
 
-use std::sync::Arc;
-
 use crate::reference::{Digest, ImageRepo, Platform};
 use crate::registry::{FetchedManifest, RegistryError};
 
@@ -95,9 +93,9 @@ pub enum MirrorError {
         digest: Digest,
         missing: String,
     },
-    /// A blob shared with another image in this run failed there.
-    #[error("blob {digest} failed: {reason}")]
-    SharedBlob { digest: Digest, reason: Arc<str> },
+    /// The engine stopped before the blob could be copied.
+    #[error("blob {digest}: the copy engine stopped")]
+    Stopped { digest: Digest },
 }
 
 impl MirrorError {
@@ -108,7 +106,7 @@ impl MirrorError {
             MirrorError::Corrupt { .. } => "corrupt",
             MirrorError::InvalidManifest { .. } => "invalid_manifest",
             MirrorError::MissingPlatforms { .. } => "missing_platforms",
-            MirrorError::SharedBlob { .. } => "shared_blob",
+            MirrorError::Stopped { .. } => "stopped",
         }
     }
 }

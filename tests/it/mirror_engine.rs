@@ -448,6 +448,52 @@ async fn shared_layers_are_uploaded_once_per_run() {
 }
 
 #[tokio::test]
+async fn a_shared_blob_that_failed_for_one_image_is_still_copied_for_another() {
+    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
+    let proxy = FaultProxy::start(&destination.host()).await;
+    let (src, dst) = (source.host(), proxy.host());
+    let pusher = Pusher::new(&src);
+    let base = random_bytes(40 * 1024);
+    let a = push_layers(&pusher, "team/a", "1", &[base.clone(), random_bytes(900)]).await;
+    let b = push_layers(&pusher, "team/b", "1", &[base.clone(), random_bytes(901)]).await;
+    proxy.add_rule(
+        "^POST /v2/m/denied/blobs/uploads/",
+        Fault::Respond {
+            status: 403,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: r#"{"errors":[{"code":"DENIED","message":"no push to m/denied"}]}"#.into(),
+        },
+        None,
+    );
+    // One engine, one run: the first image fails on the blob both images share.
+    let engine = mk_engine(&[&src, &dst]);
+    let denied = engine
+        .copy(&mk_request(
+            &mk_repo(&src, "team/a"),
+            &a,
+            &mk_repo(&dst, "m/denied"),
+            &["1"],
+        ))
+        .await
+        .expect_err("m/denied refuses uploads");
+    assert!(
+        denied.to_string().contains("no push to m/denied"),
+        "{denied}"
+    );
+    let report = engine
+        .copy(&mk_request(
+            &mk_repo(&src, "team/b"),
+            &b,
+            &mk_repo(&dst, "m/ok"),
+            &["1"],
+        ))
+        .await
+        .expect("the other image's failure is not this one's");
+    assert_eq!(report.blobs_uploaded, 3, "shared layer, own layer, config");
+    assert_pullable(&destination.host(), "m/ok", &b).await;
+}
+
+#[tokio::test]
 async fn same_registry_copy_mounts_instead_of_uploading() {
     let registry = TestRegistry::start();
     let proxy = FaultProxy::start(&registry.host()).await;
