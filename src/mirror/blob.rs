@@ -316,10 +316,15 @@ pub async fn transfer(
         if !error.is_retryable() || last_attempt {
             return Err(error.into());
         }
+        let Some(wait) = client.retry_delay(&error, done.attempts) else {
+            return Err(error.into());
+        };
         tracing::warn!(
             source = %blob.source, destination = %blob.destination, digest = %blob.digest,
-            attempt = done.attempts, "blob transfer failed ({error}); starting over"
+            attempt = done.attempts, wait_ms = wait.as_millis() as u64,
+            "blob transfer failed ({error}); starting over"
         );
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -451,6 +451,13 @@ impl RegistryClient {
         Ok(endpoint)
     }
 
+    /// How long to wait before a blob transfer that failed for the `attempt`-th time starts
+    /// over: what the registry asked for with `Retry-After`, otherwise backoff. `None` when
+    /// the registry asks for longer than the client allows.
+    pub fn retry_delay(&self, error: &RegistryError, attempt: u32) -> Option<std::time::Duration> {
+        self.engine.retry_delay(error, attempt)
+    }
+
     /// Abandons an upload session (`DELETE`), so the registry can drop what it received.
     /// Best effort: registries expire sessions anyway.
     pub async fn cancel_upload(&self, session: &UploadSession) {

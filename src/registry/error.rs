@@ -82,6 +82,16 @@ pub enum RegistryError {
     /// 429 and the registry's `Retry-After` was longer than allowed, or attempts ran out.
     #[error("{target}: too many requests (HTTP 429): {reason}")]
     TooManyRequests { target: Target, reason: String },
+    /// A streamed upload (a blob in a PUT or PATCH body) answered with 429, 500, 502, 503 or
+    /// 504. The body is spent, so the request cannot be sent again as it is: the caller
+    /// starts a new upload, after `retry_after` when the registry named one.
+    #[error("{target}: the registry is busy (HTTP {status}){}", detail(message))]
+    Busy {
+        target: Target,
+        status: u16,
+        message: String,
+        retry_after: Option<Duration>,
+    },
     #[error("{target}: digest mismatch: expected {expected}, content hashes to {actual}")]
     DigestMismatch {
         target: Target,
@@ -133,6 +143,8 @@ impl RegistryError {
             RegistryError::Connect { .. } => "connect",
             RegistryError::Network { .. } => "network",
             RegistryError::TooManyRequests { .. } => "too_many_requests",
+            RegistryError::Busy { status: 429, .. } => "too_many_requests",
+            RegistryError::Busy { .. } => "server_error",
             RegistryError::DigestMismatch { .. } => "digest_mismatch",
             RegistryError::InvalidResponse { .. } => "invalid_response",
             RegistryError::TooLarge { .. } => "too_large",
@@ -151,7 +163,8 @@ impl RegistryError {
             RegistryError::Timeout { .. }
             | RegistryError::Connect { .. }
             | RegistryError::Network { .. }
-            | RegistryError::TooManyRequests { .. } => true,
+            | RegistryError::TooManyRequests { .. }
+            | RegistryError::Busy { .. } => true,
             RegistryError::Http { status, .. } => *status >= 500,
             _ => false,
         }
@@ -162,7 +175,8 @@ impl RegistryError {
         match self {
             RegistryError::Unauthorized { status, .. }
             | RegistryError::Http { status, .. }
-            | RegistryError::Rejected { status, .. } => Some(*status),
+            | RegistryError::Rejected { status, .. }
+            | RegistryError::Busy { status, .. } => Some(*status),
             RegistryError::Denied { .. } => Some(403),
             RegistryError::NotFound { .. } => Some(404),
             RegistryError::TooManyRequests { .. } => Some(429),
@@ -190,6 +204,7 @@ impl RegistryError {
             | RegistryError::Connect { target, .. }
             | RegistryError::Network { target, .. }
             | RegistryError::TooManyRequests { target, .. }
+            | RegistryError::Busy { target, .. }
             | RegistryError::DigestMismatch { target, .. }
             | RegistryError::InvalidResponse { target, .. }
             | RegistryError::TooLarge { target, .. }

@@ -603,6 +603,19 @@ impl Engine {
         Ok(response)
     }
 
+    /// How long to wait before a failed streamed transfer starts over (its `attempt`-th
+    /// failure): the registry's `Retry-After` for [`RegistryError::Busy`], otherwise backoff.
+    /// `None` when the registry asks for longer than the client allows: give up instead.
+    pub fn retry_delay(&self, error: &RegistryError, attempt: u32) -> Option<Duration> {
+        match error {
+            RegistryError::Busy {
+                retry_after: Some(wait),
+                ..
+            } => (*wait <= self.max_retry_after).then_some(*wait),
+            _ => Some(backoff_delay(self.backoff_base, attempt)),
+        }
+    }
+
     /// Sends `request` until it gets a final answer: answers one 401 challenge, retries
     /// 5xx, 429 and network failures with backoff (honouring `Retry-After`) up to
     /// `max_attempts`. Any other status is returned for the caller to judge.
@@ -915,12 +928,26 @@ pub(crate) fn status_error(target: &Target, response: &Response) -> RegistryErro
 }
 
 /// The error for a refused write (upload, manifest push): 401 and 403 as for reads, with the
-/// registry's message; other 4xx as [`RegistryError::Rejected`] with the registry's code.
+/// registry's message; 429 and a passing 5xx as [`RegistryError::Busy`] with the registry's
+/// `Retry-After` (only a streamed upload gets here with those: other requests are retried
+/// inside [`Engine::send`]); other 4xx as [`RegistryError::Rejected`] with the registry's code.
 pub(crate) fn write_error(target: &Target, response: &Response) -> RegistryError {
     match response.status {
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => {
             status_error(target, response)
         }
+        StatusCode::TOO_MANY_REQUESTS
+        | StatusCode::INTERNAL_SERVER_ERROR
+        | StatusCode::BAD_GATEWAY
+        | StatusCode::SERVICE_UNAVAILABLE
+        | StatusCode::GATEWAY_TIMEOUT => RegistryError::Busy {
+            target: target.clone(),
+            status: response.status.as_u16(),
+            message: response.message(),
+            retry_after: response
+                .header(RETRY_AFTER)
+                .and_then(|v| parse_retry_after(v, SystemTime::now())),
+        },
         status if status.is_client_error() => RegistryError::Rejected {
             target: target.clone(),
             status: status.as_u16(),

@@ -658,6 +658,44 @@ async fn refused_monolithic_put_falls_back_to_chunked_patch() {
 }
 
 #[tokio::test]
+async fn a_busy_destination_gets_the_upload_again_after_it_asked() {
+    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
+    let proxy = FaultProxy::start(&destination.host()).await;
+    let (src, dst) = (source.host(), proxy.host());
+    let pusher = Pusher::new(&src);
+    let layer = random_bytes(100 * 1024);
+    let digest = push_layers(&pusher, "team/web", "1", std::slice::from_ref(&layer)).await;
+    let uploads = "^PUT /v2/m/web/blobs/uploads/";
+    // A streamed PUT cannot be sent again: each refusal costs a new upload session.
+    proxy.too_many_requests(uploads, "1", 1);
+    proxy.fail_with(uploads, 503, 1);
+    let report = mk_engine(&[&src, &dst])
+        .copy(&mk_request(
+            &mk_repo(&src, "team/web"),
+            &digest,
+            &mk_repo(&dst, "m/web"),
+            &[],
+        ))
+        .await
+        .expect("429 and 503 on an upload are waited out");
+    assert_eq!(report.blobs_uploaded, 2);
+    let statuses: Vec<u16> = proxy
+        .requests_matching(uploads)
+        .iter()
+        .map(|seen| seen.status)
+        .collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 1);
+    assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 1);
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 2);
+    assert_eq!(
+        proxy.count("^POST /v2/m/web/blobs/uploads/"),
+        4,
+        "a new session for each upload sent again"
+    );
+    assert_pullable(&destination.host(), "m/web", &digest).await;
+}
+
+#[tokio::test]
 async fn refused_write_carries_the_registry_message() {
     let (source, destination) = (TestRegistry::start(), TestRegistry::start());
     let proxy = FaultProxy::start(&destination.host()).await;
