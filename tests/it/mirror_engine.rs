@@ -55,6 +55,25 @@ fn mk_request(
     }
 }
 
+/// Copies `digest` from `src/from` to `dst/to` (tagged `tags`), in a run of its own.
+async fn copy_one(
+    src: &str,
+    from: &str,
+    digest: &Digest,
+    dst: &str,
+    to: &str,
+    tags: &[&str],
+) -> Result<CopyReport, MirrorError> {
+    mk_engine(&[src, dst])
+        .copy(&mk_request(
+            &mk_repo(src, from),
+            digest,
+            &mk_repo(dst, to),
+            tags,
+        ))
+        .await
+}
+
 fn random_bytes(len: usize) -> Vec<u8> {
     std::iter::repeat_with(|| fastrand::u8(..))
         .take(len)
@@ -604,13 +623,7 @@ async fn cosign_signature_tag_is_copied_along() {
         .put_manifest("team/web", &sig_tag, OCI_MANIFEST, &signature)
         .await;
 
-    let report = mk_engine(&[&src, &dst])
-        .copy(&mk_request(
-            &mk_repo(&src, "team/web"),
-            &image.digest,
-            &mk_repo(&dst, "m/web"),
-            &["1.0"],
-        ))
+    let report = copy_one(&src, "team/web", &image.digest, &dst, "m/web", &["1.0"])
         .await
         .expect("copy");
     assert_eq!(report.referrers, 1);
@@ -640,13 +653,7 @@ async fn refused_monolithic_put_falls_back_to_chunked_patch() {
         },
         Some(1),
     );
-    let report = mk_engine(&[&src, &dst])
-        .copy(&mk_request(
-            &mk_repo(&src, "team/web"),
-            &digest,
-            &mk_repo(&dst, "m/web"),
-            &[],
-        ))
+    let report = copy_one(&src, "team/web", &digest, &dst, "m/web", &[])
         .await
         .expect("copy");
     assert_eq!(report.blobs_uploaded, 2);
@@ -669,13 +676,7 @@ async fn a_busy_destination_gets_the_upload_again_after_it_asked() {
     // A streamed PUT cannot be sent again: each refusal costs a new upload session.
     proxy.too_many_requests(uploads, "1", 1);
     proxy.fail_with(uploads, 503, 1);
-    let report = mk_engine(&[&src, &dst])
-        .copy(&mk_request(
-            &mk_repo(&src, "team/web"),
-            &digest,
-            &mk_repo(&dst, "m/web"),
-            &[],
-        ))
+    let report = copy_one(&src, "team/web", &digest, &dst, "m/web", &[])
         .await
         .expect("429 and 503 on an upload are waited out");
     assert_eq!(report.blobs_uploaded, 2);
@@ -710,13 +711,7 @@ async fn refused_write_carries_the_registry_message() {
         },
         None,
     );
-    let error = mk_engine(&[&src, &dst])
-        .copy(&mk_request(
-            &mk_repo(&src, "team/web"),
-            &image.digest,
-            &mk_repo(&dst, "m/web"),
-            &[],
-        ))
+    let error = copy_one(&src, "team/web", &image.digest, &dst, "m/web", &[])
         .await
         .expect_err("the destination refuses uploads");
     assert_eq!(error.metric_label(), "denied");
@@ -741,13 +736,7 @@ async fn uploads_to_a_bearer_protected_registry() {
     );
     let (src, dst) = (source.host(), proxy.host());
     let image = push_image(&src, "team/web", "1.0", ImageSpec::small("linux/amd64")).await;
-    let report = mk_engine(&[&src, &dst])
-        .copy(&mk_request(
-            &mk_repo(&src, "team/web"),
-            &image.digest,
-            &mk_repo(&dst, "m/web"),
-            &["1.0"],
-        ))
+    let report = copy_one(&src, "team/web", &image.digest, &dst, "m/web", &["1.0"])
         .await
         .expect("copy");
     assert_eq!(report.blobs_uploaded, 2);
