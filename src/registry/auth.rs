@@ -220,6 +220,16 @@ impl TokenCache {
         }
     }
 
+    /// Whether a Bearer token was cached for this scope and has run out: requests would go
+    /// out without one.
+    pub fn expired(&self, registry: &str, scope: &str) -> bool {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        matches!(
+            entries.get(&(registry.to_owned(), scope.to_owned())),
+            Some(Cached::Bearer { valid_until, .. }) if Instant::now() >= *valid_until
+        )
+    }
+
     /// Remembers a Bearer token, to be dropped shortly before `lifetime` ends so that a request
     /// never carries a token that expires in flight.
     pub fn put_bearer(&self, registry: &str, scope: &str, token: &Secret, lifetime: Duration) {
@@ -358,6 +368,7 @@ mod tests {
             Duration::from_secs(60),
         );
         let header = cache.get("r.example", &scope).unwrap();
+        assert!(!cache.expired("r.example", &scope));
         assert_eq!(header.expose(), "Bearer tok");
         assert_eq!(format!("{header:?}"), "<redacted>");
         assert!(cache.get("r.example", &pull_scope("other")).is_none());
@@ -369,7 +380,10 @@ mod tests {
             Duration::from_secs(1),
         );
         assert!(cache.get("r.example", &scope).is_none());
+        assert!(cache.expired("r.example", &scope));
+        assert!(!cache.expired("r.example", &pull_scope("never-asked")));
         cache.put_basic("b.example", &scope, basic_header("u", &Secret::new("p")));
+        assert!(!cache.expired("b.example", &scope));
         assert_eq!(
             cache.get("b.example", &scope).unwrap().expose(),
             "Basic dTpw"

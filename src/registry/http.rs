@@ -555,6 +555,26 @@ impl Engine {
             None
         };
         host.pace().await;
+        if let Some(scope) = request.scope
+            && self.tokens.expired(&host.name, scope)
+        {
+            // The session's token ran out while the upload waited or ran. A 401 now would
+            // spend the body, so a request that can be sent twice answers the challenge first.
+            let url = host
+                .base
+                .join("v2/")
+                .map_err(|e| RegistryError::InvalidResponse {
+                    target: target.clone(),
+                    reason: format!("cannot build the request URL: {e}"),
+                })?;
+            let probe = Request {
+                take_permit: false,
+                // `/v2/` answers with a small JSON object, `{}` in distribution.
+                max_body: 64 * 1024,
+                ..Request::new(target, Method::GET, url, scope)
+            };
+            self.send(host, &probe).await?;
+        }
         // The body's idle clock starts now, not while the request waited for its slot.
         watch.touch();
         let auth = request

@@ -744,3 +744,40 @@ async fn uploads_to_a_bearer_protected_registry() {
     assert_eq!(uploads.len(), 2, "one streamed PUT per blob, never resent");
     assert!(uploads.iter().all(|s| s.authorized && s.status == 201));
 }
+
+#[tokio::test]
+async fn an_upload_whose_token_ran_out_while_it_waited_gets_a_new_one_first() {
+    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
+    let source_proxy = FaultProxy::start(&source.host()).await;
+    let proxy = FaultProxy::start(&destination.host()).await;
+    // Tokens live 2 s, so the client drops them after 1 s; the source takes 1.5 s to start
+    // each blob, between the upload's POST and its PUT.
+    proxy.add_rule(
+        ".*",
+        Fault::RequireBearer {
+            token: "push-token".into(),
+            expires_in: 2,
+        },
+        None,
+    );
+    source_proxy.add_rule(
+        "^GET /v2/team/web/blobs/",
+        Fault::Delay(Duration::from_millis(1500)),
+        None,
+    );
+    let (src, dst) = (source_proxy.host(), proxy.host());
+    let image = push_image(
+        &source.host(),
+        "team/web",
+        "1.0",
+        ImageSpec::small("linux/amd64"),
+    )
+    .await;
+    let report = copy_one(&src, "team/web", &image.digest, &dst, "m/web", &["1.0"])
+        .await
+        .expect("copy");
+    assert_eq!(report.blobs_uploaded, 2);
+    let uploads = proxy.requests_matching("^PUT /v2/m/web/blobs/uploads/");
+    assert_eq!(uploads.len(), 2, "one streamed PUT per blob, never refused");
+    assert!(uploads.iter().all(|s| s.authorized && s.status == 201));
+}
