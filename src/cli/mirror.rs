@@ -13,7 +13,9 @@ use crate::lock;
 use crate::manifest;
 use crate::mirror::plan::{self, MirrorPlan, Standing};
 use crate::mirror::progress::TerminalProgress;
-use crate::mirror::{self as mirroring, CopyReport, EngineOptions, MirrorEngine};
+use crate::mirror::{
+    self as mirroring, CopyReport, CopyRequest, EngineOptions, MirrorEngine, MirrorError,
+};
 
 /// Presence checks in flight at once.
 const CHECKS_IN_FLIGHT: usize = 32;
@@ -69,7 +71,7 @@ pub async fn run(dir: &Path, dry_run: bool, registry: &RegistryArgs) -> anyhow::
     let plan = MirrorPlan::from_standings(checked);
     print!("{}", plan.render());
     failed |= !plan.missing_at_source.is_empty();
-    if dry_run || plan.to_copy.is_empty() {
+    if dry_run {
         return Ok(super::exit_code(failed));
     }
 
@@ -78,18 +80,50 @@ pub async fn run(dir: &Path, dry_run: bool, registry: &RegistryArgs) -> anyhow::
     for (source, manifest) in fetched {
         engine.prefetched(source, manifest);
     }
-    let results = engine.copy_all_missing(plan.to_copy.clone()).await;
+    let results = if plan.to_copy.is_empty() {
+        Vec::new()
+    } else {
+        engine.copy_all_missing(plan.to_copy.clone()).await
+    };
     progress.finish();
+    if !results.is_empty() {
+        let (done, total) = tally(&results, &mut failed);
+        println!(
+            "copied {done}/{} image(s): {}",
+            results.len(),
+            summary(&total)
+        );
+    }
+    // An image copied earlier may have been signed or attested at the source since.
+    if !plan.present.is_empty() {
+        let results = engine.copy_referrers_of(plan.present.clone()).await;
+        let (done, total) = tally(&results, &mut failed);
+        println!(
+            "checked the referrers of {done}/{} present image(s): {} referrer(s), {} manifest(s) pushed",
+            results.len(),
+            total.referrers,
+            total.manifests_pushed
+        );
+    }
+    Ok(super::exit_code(failed))
+}
+
+/// Prints each failure of `results` (and sets `failed`); returns how many succeeded and the
+/// sum of their reports.
+fn tally(
+    results: &[(CopyRequest, Result<CopyReport, MirrorError>)],
+    failed: &mut bool,
+) -> (usize, CopyReport) {
     let mut total = CopyReport::default();
-    let mut copied = 0;
-    for (request, result) in &results {
+    let mut done = 0;
+    for (request, result) in results {
         match result {
             Ok(report) => {
-                copied += 1;
+                done += 1;
                 total.add(report);
             }
             Err(e) => {
-                failed = true;
+                *failed = true;
                 eprintln!(
                     "failed: {}@{} -> {}: {e}",
                     request.source,
@@ -99,12 +133,7 @@ pub async fn run(dir: &Path, dry_run: bool, registry: &RegistryArgs) -> anyhow::
             }
         }
     }
-    println!(
-        "copied {copied}/{} image(s): {}",
-        results.len(),
-        summary(&total)
-    );
-    Ok(super::exit_code(failed))
+    (done, total)
 }
 
 /// `12 blob(s) uploaded (40.0 MiB), 2 mounted, 5 already there, 6 manifest(s) pushed, 0 referrer(s)`

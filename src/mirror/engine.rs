@@ -272,8 +272,36 @@ impl MirrorEngine {
             .await
     }
 
+    /// Copies the referrers of images the destination already holds (the `mirror` command's
+    /// present set), so that a signature or attestation added at the source since an image
+    /// was copied arrives with the next run.
+    pub async fn copy_referrers_of(
+        &self,
+        requests: Vec<CopyRequest>,
+    ) -> Vec<(CopyRequest, Result<CopyReport, MirrorError>)> {
+        self.referrer_lookups.plan(&requests);
+        futures_util::stream::iter(requests)
+            .map(|request| async move {
+                let mut report = CopyReport::default();
+                let result = self
+                    .copy_referrers(
+                        &request.source,
+                        &request.destination,
+                        &request.digest,
+                        &mut report,
+                    )
+                    .await
+                    .map(|()| report);
+                (request, result)
+            })
+            .buffered(self.options.images_in_flight.max(1))
+            .collect()
+            .await
+    }
+
     /// Copies one image (manifest, children, blobs, tags, referrers) unless the destination
-    /// already has it, in which case only its tags are checked.
+    /// already has it, in which case only its tags and referrers are checked: a signature
+    /// added at the source after the image was copied arrives with the next run.
     pub async fn copy(&self, request: &CopyRequest) -> Result<CopyReport, MirrorError> {
         self.copy_one(request, false).await
     }
@@ -305,6 +333,8 @@ impl MirrorEngine {
         if present {
             report.manifests_present += 1;
             self.ensure_tags(destination, &request.digest, &request.tags, &mut report)
+                .await?;
+            self.copy_referrers(source, destination, &request.digest, &mut report)
                 .await?;
             return Ok(report);
         }

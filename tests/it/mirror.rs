@@ -4,10 +4,11 @@ use std::path::Path;
 use std::process::Output;
 
 use imagelock::lock::{self, LockFile};
+use imagelock::reference::Digest;
 
 use crate::common::{
-    ConfigRepo, Fault, FaultProxy, ImageSpec, TestRegistry, image_set, push_image, push_index,
-    skopeo_digest,
+    ConfigRepo, Fault, FaultProxy, ImageSpec, Pusher, TestRegistry, image_set, push_image,
+    push_index, skopeo_digest,
 };
 
 async fn imagelock(args: &[&str], insecure: &[&str]) -> Output {
@@ -194,6 +195,47 @@ async fn a_second_mirror_run_uploads_nothing() {
         "no manifest pushed"
     );
     assert_eq!(skopeo_digest(&dst, "team-b/api", "v1").await, index.digest);
+}
+
+#[tokio::test]
+async fn mirror_brings_the_signatures_of_images_already_there() {
+    let source = TestRegistry::start();
+    let mirror = TestRegistry::start();
+    let (src, dst) = (source.host(), mirror.host());
+    let image = push_image(&src, "company/api", "v1", ImageSpec::small("linux/amd64")).await;
+    let images = format!("    - name: api\n      source: {src}/company/api\n      tags: [v1]\n");
+    let repo = ConfigRepo::new(&[
+        ("imagelock.yaml", mirrored_config(&dst)),
+        ("images/api.yaml", image_set("team-b", "api", &images)),
+    ]);
+    let dir = repo.work.to_str().expect("utf-8");
+    let output = imagelock(&["lock", dir], &[&src, &dst]).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+
+    let (sig_tag, signature) = Pusher::new(&src)
+        .push_cosign_signature("company/api", &image.digest)
+        .await;
+    let dry = imagelock(&["mirror", "--dry-run", dir], &[&src, &dst]).await;
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    assert!(
+        !text(&dry.stdout).contains("referrers of"),
+        "a dry run copies nothing: {}",
+        text(&dry.stdout)
+    );
+    let output = imagelock(&["mirror", dir], &[&src, &dst]).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    assert!(
+        stdout.contains("already present (1)")
+            && stdout.contains(
+                "checked the referrers of 1/1 present image(s): 1 referrer(s), 1 manifest(s) pushed"
+            ),
+        "{stdout}"
+    );
+    assert_eq!(
+        skopeo_digest(&dst, "team-b/api", &sig_tag).await,
+        Digest::sha256_of(&signature)
+    );
 }
 
 #[tokio::test]

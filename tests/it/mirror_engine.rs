@@ -599,28 +599,8 @@ async fn cosign_signature_tag_is_copied_along() {
     let (src, dst) = (source.host(), destination.host());
     let pusher = Pusher::new(&src);
     let image = push_image(&src, "team/web", "1.0", ImageSpec::small("linux/amd64")).await;
-    // A cosign-style signature: an image manifest under `sha256-<hex>.sig`.
-    let payload = serde_json::to_vec(
-        &json!({"critical": {"image": {"docker-manifest-digest": image.digest.as_str()}}}),
-    )
-    .unwrap();
-    let payload_digest = pusher.push_blob("team/web", &payload).await;
-    let config = b"{}".to_vec();
-    let config_digest = pusher.push_blob("team/web", &config).await;
-    let signature = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.as_str(), "size": config.len()},
-        "layers": [{
-            "mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
-            "digest": payload_digest.as_str(), "size": payload.len(),
-            "annotations": {"dev.cosignproject.cosign/signature": "MEUCIQ..."},
-        }],
-    }))
-    .unwrap();
-    let sig_tag = format!("sha256-{}.sig", image.digest.hex());
-    pusher
-        .put_manifest("team/web", &sig_tag, OCI_MANIFEST, &signature)
+    let (sig_tag, signature) = pusher
+        .push_cosign_signature("team/web", &image.digest)
         .await;
 
     let report = copy_one(&src, "team/web", &image.digest, &dst, "m/web", &["1.0"])
@@ -632,6 +612,31 @@ async fn cosign_signature_tag_is_copied_along() {
         Digest::sha256_of(&signature)
     );
     assert_pullable(&dst, "m/web", &Digest::sha256_of(&signature)).await;
+}
+
+#[tokio::test]
+async fn a_signature_made_after_the_copy_arrives_with_the_next_run() {
+    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
+    let (src, dst) = (source.host(), destination.host());
+    let image = push_image(&src, "team/web", "1.0", ImageSpec::small("linux/amd64")).await;
+    let first = copy_one(&src, "team/web", &image.digest, &dst, "m/web", &["1.0"])
+        .await
+        .expect("copy");
+    assert_eq!((first.manifests_pushed, first.referrers), (1, 0));
+
+    // Signed at the source once the mirror already holds the image.
+    let (sig_tag, signature) = Pusher::new(&src)
+        .push_cosign_signature("team/web", &image.digest)
+        .await;
+    let second = copy_one(&src, "team/web", &image.digest, &dst, "m/web", &["1.0"])
+        .await
+        .expect("copy");
+    assert_eq!(second.manifests_present, 1);
+    assert_eq!((second.manifests_pushed, second.referrers), (1, 1));
+    assert_eq!(
+        skopeo_digest(&dst, "m/web", &sig_tag).await,
+        Digest::sha256_of(&signature)
+    );
 }
 
 #[tokio::test]

@@ -238,6 +238,33 @@ impl Pusher {
             .await;
         image
     }
+
+    /// A cosign-style signature of `signed`: an image manifest (a simplesigning payload and
+    /// an empty config) under `sha256-<hex>.sig`. Returns the tag and the manifest's bytes.
+    pub async fn push_cosign_signature(&self, repo: &str, signed: &Digest) -> (String, Vec<u8>) {
+        let payload = serde_json::to_vec(
+            &json!({"critical": {"image": {"docker-manifest-digest": signed.as_str()}}}),
+        )
+        .expect("payload");
+        let payload_digest = self.push_blob(repo, &payload).await;
+        let config = b"{}".to_vec();
+        let config_digest = self.push_blob(repo, &config).await;
+        let signature = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.as_str(), "size": config.len()},
+            "layers": [{
+                "mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
+                "digest": payload_digest.as_str(), "size": payload.len(),
+                "annotations": {"dev.cosignproject.cosign/signature": "MEUCIQ..."},
+            }],
+        }))
+        .expect("signature");
+        let tag = format!("sha256-{}.sig", signed.hex());
+        self.put_manifest(repo, &tag, OCI_MANIFEST, &signature)
+            .await;
+        (tag, signature)
+    }
 }
 
 /// [`Pusher::push_blob`] on an anonymous registry.
