@@ -361,7 +361,7 @@ impl RegistryClient {
                 take_permit: slots.is_none(),
                 ..Request::new(&target, Method::PUT, url.clone(), &endpoint.scope)
             };
-            let watch = Arc::new(IdleWatch::new(self.engine.idle_timeout));
+            let watch = Arc::new(IdleWatch::new(self.engine.upload_idle()));
             let response = self
                 .engine
                 .send_streaming_body(
@@ -416,7 +416,7 @@ impl RegistryClient {
                 headers: vec![(CONTENT_RANGE, range)],
                 ..Request::new(target, Method::PATCH, url.clone(), &endpoint.scope)
             };
-            let watch = Arc::new(IdleWatch::new(self.engine.idle_timeout));
+            let watch = Arc::new(IdleWatch::new(self.engine.upload_idle()));
             let part = watched(take_bytes(source.clone(), length), watch.clone());
             let response = self
                 .engine

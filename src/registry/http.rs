@@ -623,6 +623,14 @@ impl Engine {
         Ok(response)
     }
 
+    /// How long an upload body may pause. Its bytes come from a download that is given up on
+    /// after `idle_timeout` of silence and then resumed with a request that has
+    /// `request_timeout` to answer; the upload outlasts both, or a source that goes silent
+    /// would fail the upload (blaming the destination) instead of being resumed.
+    pub fn upload_idle(&self) -> Duration {
+        self.idle_timeout + self.request_timeout
+    }
+
     /// How long to wait before a failed streamed transfer starts over (its `attempt`-th
     /// failure): the registry's `Retry-After` for [`RegistryError::Busy`], otherwise backoff.
     /// `None` when the registry asks for longer than the client allows: give up instead.

@@ -64,6 +64,8 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Streamed blob bodies (downloads and uploads) have no whole-request limit (a 1 GiB blob
     /// takes what it takes); instead no pause between two chunks may last longer. Default 30 s.
+    /// An upload's body may pause this plus `request_timeout`: its bytes come from a download
+    /// that may have to be resumed first.
     pub idle_timeout: Duration,
     /// Default 5 s.
     pub connect_timeout: Duration,

@@ -354,6 +354,54 @@ async fn dropped_source_connection_is_resumed_with_range() {
 }
 
 #[tokio::test]
+async fn a_source_that_goes_silent_mid_blob_is_resumed_with_range() {
+    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
+    let proxy = FaultProxy::start(&source.host()).await;
+    let (src, dst) = (proxy.host(), destination.host());
+    let pusher = Pusher::new(&source.host());
+    let layer = random_bytes(512 * 1024);
+    let digest = push_layers(&pusher, "team/web", "1", std::slice::from_ref(&layer)).await;
+    let layer_digest = Digest::sha256_of(&layer);
+    let blob_get = format!("^GET /v2/team/web/blobs/{layer_digest}");
+    proxy.add_rule(&blob_get, Fault::StallMidBody, Some(1));
+    // The resume takes its time to answer, while the upload waits.
+    proxy.add_rule(&blob_get, Fault::Delay(Duration::from_millis(700)), Some(1));
+    // A second of silence is a stalled download.
+    let client = RegistryClient::new(ClientConfig {
+        insecure_hosts: [src.clone(), dst.clone()].into(),
+        backoff_base: Duration::from_millis(10),
+        request_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(1),
+        ..ClientConfig::default()
+    })
+    .expect("client");
+    let engine = MirrorEngine::new(client, EngineOptions::default(), Arc::new(Silent));
+    let report = engine
+        .copy(&mk_request(
+            &mk_repo(&src, "team/web"),
+            &digest,
+            &mk_repo(&dst, "m/web"),
+            &[],
+        ))
+        .await
+        .expect("copy");
+    assert_eq!(report.blobs_uploaded, 2);
+    // The silent GET is still held open by the proxy, so not listed yet; after it, only the
+    // Range resume: the upload waited for it instead of failing and starting over.
+    let statuses: Vec<u16> = proxy
+        .requests_matching(&blob_get)
+        .iter()
+        .map(|s| s.status)
+        .collect();
+    assert_eq!(statuses, [206]);
+    let stored = mk_client(&[&dst])
+        .get_blob(&mk_repo(&dst, "m/web"), &layer_digest, 1 << 20)
+        .await
+        .expect("the blob is at the destination and verifies");
+    assert_eq!(stored, layer);
+}
+
+#[tokio::test]
 async fn second_run_only_heads() {
     let (source, destination) = (TestRegistry::start(), TestRegistry::start());
     let proxy = FaultProxy::start(&destination.host()).await;

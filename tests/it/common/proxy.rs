@@ -32,6 +32,8 @@ pub enum Fault {
     CorruptBody,
     /// Forward, then send the headers and half the body and close the connection.
     DropMidBody,
+    /// Forward, then send the headers and half the body and go silent, the connection open.
+    StallMidBody,
     /// Serve `GET /v2/<repo>/tags/list` in pages as newer registries do (sorted, `n` and
     /// `last` honoured), from the registry's full list. With `link`, pages that have more after
     /// them carry `Link: <...>; rel="next"`; without, clients must use `last` themselves.
@@ -246,7 +248,7 @@ async fn handle(
         None => {
             let response = forward(&request, upstream).await?;
             (
-                write_response(&mut client, &request, &response, false).await?,
+                write_response(&mut client, &request, &response, BodyEnd::Whole).await?,
                 false,
             )
         }
@@ -262,7 +264,7 @@ async fn handle(
                 body: body.into_bytes(),
             };
             (
-                write_response(&mut client, &request, &response, false).await?,
+                write_response(&mut client, &request, &response, BodyEnd::Whole).await?,
                 false,
             )
         }
@@ -270,7 +272,7 @@ async fn handle(
             let mut response = forward(&request, upstream).await?;
             response.set_header(&name, &value);
             (
-                write_response(&mut client, &request, &response, false).await?,
+                write_response(&mut client, &request, &response, BodyEnd::Whole).await?,
                 false,
             )
         }
@@ -280,21 +282,28 @@ async fn handle(
                 *last ^= 0xff;
             }
             (
-                write_response(&mut client, &request, &response, false).await?,
+                write_response(&mut client, &request, &response, BodyEnd::Whole).await?,
                 false,
             )
         }
         Some(Fault::DropMidBody) => {
             let response = forward(&request, upstream).await?;
             (
-                write_response(&mut client, &request, &response, true).await?,
+                write_response(&mut client, &request, &response, BodyEnd::Dropped).await?,
+                true,
+            )
+        }
+        Some(Fault::StallMidBody) => {
+            let response = forward(&request, upstream).await?;
+            (
+                write_response(&mut client, &request, &response, BodyEnd::Stalled).await?,
                 true,
             )
         }
         Some(Fault::PaginateTags { link }) => {
             let response = paginate_tags(&request, upstream, link).await?;
             (
-                write_response(&mut client, &request, &response, false).await?,
+                write_response(&mut client, &request, &response, BodyEnd::Whole).await?,
                 false,
             )
         }
@@ -310,14 +319,14 @@ async fn handle(
             state.lock().unwrap_or_else(|e| e.into_inner()).in_flight -= 1;
             let response = forward(&request, upstream).await?;
             (
-                write_response(&mut client, &request, &response, false).await?,
+                write_response(&mut client, &request, &response, BodyEnd::Whole).await?,
                 false,
             )
         }
         Some(Fault::RequireBearer { token, expires_in }) => {
             let response = require_bearer(&request, upstream, port, &token, expires_in).await?;
             (
-                write_response(&mut client, &request, &response, false).await?,
+                write_response(&mut client, &request, &response, BodyEnd::Whole).await?,
                 false,
             )
         }
@@ -468,11 +477,21 @@ fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
 /// Writes `response` with `Connection: close`; for non-HEAD requests `Content-Length` is set
 /// from the (possibly altered) body. With `truncate`, only half the body goes out. Returns the
 /// status written.
+/// How much of a response body the client gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyEnd {
+    Whole,
+    /// Half of it, then the connection closes.
+    Dropped,
+    /// Half of it, then nothing for a minute while the connection stays open.
+    Stalled,
+}
+
 async fn write_response(
     client: &mut TcpStream,
     request: &ParsedRequest,
     response: &ParsedResponse,
-    truncate: bool,
+    end: BodyEnd,
 ) -> std::io::Result<u16> {
     let head_only = request.method == "HEAD";
     let mut head = format!("HTTP/1.1 {} {}\r\n", response.status, response.reason);
@@ -491,14 +510,16 @@ async fn write_response(
     head.push_str("Connection: close\r\n\r\n");
     client.write_all(head.as_bytes()).await?;
     if !head_only {
-        let body = if truncate {
-            &response.body[..response.body.len() / 2]
-        } else {
-            &response.body[..]
+        let body = match end {
+            BodyEnd::Whole => &response.body[..],
+            BodyEnd::Dropped | BodyEnd::Stalled => &response.body[..response.body.len() / 2],
         };
         client.write_all(body).await?;
     }
     client.flush().await?;
+    if end == BodyEnd::Stalled {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    }
     client.shutdown().await?;
     Ok(response.status)
 }
