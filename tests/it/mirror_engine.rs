@@ -317,8 +317,10 @@ async fn corrupt_blob_fails_its_image_and_is_never_stored() {
     assert_eq!(skopeo_digest(&dst, "m/good", "1").await, good);
 }
 
-#[tokio::test]
-async fn dropped_source_connection_is_resumed_with_range() {
+/// Copies a one-layer image through a proxy in front of the source that applies `faults` to
+/// the layer's GETs, with a client whose streams may pause `idle`. Returns the statuses the
+/// proxy gave those GETs (so far); checks that the layer arrived whole.
+async fn copy_through_faulty_source(faults: Vec<Fault>, idle: Duration) -> Vec<u16> {
     let (source, destination) = (TestRegistry::start(), TestRegistry::start());
     let proxy = FaultProxy::start(&source.host()).await;
     let (src, dst) = (proxy.host(), destination.host());
@@ -327,56 +329,18 @@ async fn dropped_source_connection_is_resumed_with_range() {
     let digest = push_layers(&pusher, "team/web", "1", std::slice::from_ref(&layer)).await;
     let layer_digest = Digest::sha256_of(&layer);
     let blob_get = format!("^GET /v2/team/web/blobs/{layer_digest}");
-    proxy.add_rule(&blob_get, Fault::DropMidBody, Some(1));
-
-    let engine = mk_engine(&[&src, &dst]);
-    let report = engine
-        .copy(&mk_request(
-            &mk_repo(&src, "team/web"),
-            &digest,
-            &mk_repo(&dst, "m/web"),
-            &[],
-        ))
-        .await
-        .expect("copy");
-    assert_eq!(report.blobs_uploaded, 2);
-    let statuses: Vec<u16> = proxy
-        .requests_matching(&blob_get)
-        .iter()
-        .map(|s| s.status)
-        .collect();
-    assert_eq!(statuses, [0, 206], "a dropped GET, then a Range resume");
-    let stored = mk_client(&[&dst])
-        .get_blob(&mk_repo(&dst, "m/web"), &layer_digest, 1 << 20)
-        .await
-        .expect("the blob is at the destination and verifies");
-    assert_eq!(stored, layer);
-}
-
-#[tokio::test]
-async fn a_source_that_goes_silent_mid_blob_is_resumed_with_range() {
-    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
-    let proxy = FaultProxy::start(&source.host()).await;
-    let (src, dst) = (proxy.host(), destination.host());
-    let pusher = Pusher::new(&source.host());
-    let layer = random_bytes(512 * 1024);
-    let digest = push_layers(&pusher, "team/web", "1", std::slice::from_ref(&layer)).await;
-    let layer_digest = Digest::sha256_of(&layer);
-    let blob_get = format!("^GET /v2/team/web/blobs/{layer_digest}");
-    proxy.add_rule(&blob_get, Fault::StallMidBody, Some(1));
-    // The resume takes its time to answer, while the upload waits.
-    proxy.add_rule(&blob_get, Fault::Delay(Duration::from_millis(700)), Some(1));
-    // A second of silence is a stalled download.
+    for fault in faults {
+        proxy.add_rule(&blob_get, fault, Some(1));
+    }
     let client = RegistryClient::new(ClientConfig {
         insecure_hosts: [src.clone(), dst.clone()].into(),
         backoff_base: Duration::from_millis(10),
         request_timeout: Duration::from_secs(10),
-        idle_timeout: Duration::from_secs(1),
+        idle_timeout: idle,
         ..ClientConfig::default()
     })
     .expect("client");
-    let engine = MirrorEngine::new(client, EngineOptions::default(), Arc::new(Silent));
-    let report = engine
+    let report = MirrorEngine::new(client, EngineOptions::default(), Arc::new(Silent))
         .copy(&mk_request(
             &mk_repo(&src, "team/web"),
             &digest,
@@ -386,19 +350,40 @@ async fn a_source_that_goes_silent_mid_blob_is_resumed_with_range() {
         .await
         .expect("copy");
     assert_eq!(report.blobs_uploaded, 2);
-    // The silent GET is still held open by the proxy, so not listed yet; after it, only the
-    // Range resume: the upload waited for it instead of failing and starting over.
-    let statuses: Vec<u16> = proxy
-        .requests_matching(&blob_get)
-        .iter()
-        .map(|s| s.status)
-        .collect();
-    assert_eq!(statuses, [206]);
     let stored = mk_client(&[&dst])
         .get_blob(&mk_repo(&dst, "m/web"), &layer_digest, 1 << 20)
         .await
         .expect("the blob is at the destination and verifies");
     assert_eq!(stored, layer);
+    proxy
+        .requests_matching(&blob_get)
+        .iter()
+        .map(|s| s.status)
+        .collect()
+}
+
+#[tokio::test]
+async fn dropped_source_connection_is_resumed_with_range() {
+    let statuses =
+        copy_through_faulty_source(vec![Fault::DropMidBody], Duration::from_secs(10)).await;
+    assert_eq!(statuses, [0, 206], "a dropped GET, then a Range resume");
+}
+
+#[tokio::test]
+async fn a_source_that_goes_silent_mid_blob_is_resumed_with_range() {
+    // A second of silence is a stalled download; the resume then takes its time to answer,
+    // while the upload waits.
+    let statuses = copy_through_faulty_source(
+        vec![
+            Fault::StallMidBody,
+            Fault::Delay(Duration::from_millis(700)),
+        ],
+        Duration::from_secs(1),
+    )
+    .await;
+    // The silent GET is still held open by the proxy, so not listed yet; after it, only the
+    // Range resume: the upload waited for it instead of failing and starting over.
+    assert_eq!(statuses, [206]);
 }
 
 #[tokio::test]
