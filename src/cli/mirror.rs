@@ -13,9 +13,7 @@ use crate::lock;
 use crate::manifest;
 use crate::mirror::plan::{self, MirrorPlan, Standing};
 use crate::mirror::progress::TerminalProgress;
-use crate::mirror::{
-    self as mirroring, CopyReport, CopyRequest, EngineOptions, MirrorEngine, MirrorError,
-};
+use crate::mirror::{self as mirroring, CopyOutcome, CopyReport, EngineOptions, MirrorEngine};
 
 /// Presence checks in flight at once.
 const CHECKS_IN_FLIGHT: usize = 32;
@@ -110,10 +108,7 @@ pub async fn run(dir: &Path, dry_run: bool, registry: &RegistryArgs) -> anyhow::
 
 /// Prints each failure of `results` (and sets `failed`); returns how many succeeded and the
 /// sum of their reports.
-fn tally(
-    results: &[(CopyRequest, Result<CopyReport, MirrorError>)],
-    failed: &mut bool,
-) -> (usize, CopyReport) {
+fn tally(results: &[CopyOutcome], failed: &mut bool) -> (usize, CopyReport) {
     let mut total = CopyReport::default();
     let mut done = 0;
     for (request, result) in results {

@@ -54,6 +54,9 @@ impl Default for EngineOptions {
     }
 }
 
+/// An image of a run and how its copy went.
+pub type CopyOutcome = (CopyRequest, Result<CopyReport, MirrorError>);
+
 /// The blobs of a run: per (destination registry, digest), the repository where its one copy
 /// landed; per (destination repository, digest), its one mount from there.
 type BlobCells = HashMap<(String, Digest), Arc<OnceCell<ImageRepo>>>;
@@ -240,63 +243,65 @@ impl MirrorEngine {
 
     /// Copies every request, `images_in_flight` at a time, sharing blobs across them. Results
     /// come back in the order of `requests`.
-    pub async fn copy_all(
-        &self,
-        requests: Vec<CopyRequest>,
-    ) -> Vec<(CopyRequest, Result<CopyReport, MirrorError>)> {
+    pub async fn copy_all(&self, requests: Vec<CopyRequest>) -> Vec<CopyOutcome> {
         self.copy_many(requests, false).await
     }
 
     /// [`Self::copy_all`] for requests just found missing at the destination (the `mirror`
     /// command's plan): skips asking the destination for each manifest again.
-    pub async fn copy_all_missing(
-        &self,
-        requests: Vec<CopyRequest>,
-    ) -> Vec<(CopyRequest, Result<CopyReport, MirrorError>)> {
+    pub async fn copy_all_missing(&self, requests: Vec<CopyRequest>) -> Vec<CopyOutcome> {
         self.copy_many(requests, true).await
     }
 
-    async fn copy_many(
-        &self,
-        requests: Vec<CopyRequest>,
-        known_missing: bool,
-    ) -> Vec<(CopyRequest, Result<CopyReport, MirrorError>)> {
+    async fn copy_many(&self, requests: Vec<CopyRequest>, known_missing: bool) -> Vec<CopyOutcome> {
         self.referrer_lookups.plan(&requests);
-        futures_util::stream::iter(requests)
-            .map(|request| async move {
-                let result = self.copy_one(&request, known_missing).await;
-                (request, result)
-            })
-            .buffered(self.options.images_in_flight.max(1))
-            .collect()
-            .await
+        self.each_image(requests, |request| async move {
+            let result = self.copy_one(&request, known_missing).await;
+            (request, result)
+        })
+        .await
     }
 
     /// Copies the referrers of images the destination already holds (the `mirror` command's
     /// present set), so that a signature or attestation added at the source since an image
     /// was copied arrives with the next run.
-    pub async fn copy_referrers_of(
-        &self,
-        requests: Vec<CopyRequest>,
-    ) -> Vec<(CopyRequest, Result<CopyReport, MirrorError>)> {
+    pub async fn copy_referrers_of(&self, requests: Vec<CopyRequest>) -> Vec<CopyOutcome> {
         self.referrer_lookups.plan(&requests);
-        futures_util::stream::iter(requests)
-            .map(|request| async move {
-                let mut report = CopyReport::default();
-                let result = self
-                    .copy_referrers(
-                        &request.source,
-                        &request.destination,
-                        &request.digest,
-                        &mut report,
-                    )
-                    .await
-                    .map(|()| report);
-                (request, result)
-            })
-            .buffered(self.options.images_in_flight.max(1))
-            .collect()
-            .await
+        self.each_image(requests, |request| async move {
+            let mut report = CopyReport::default();
+            let result = self
+                .copy_referrers(
+                    &request.source,
+                    &request.destination,
+                    &request.digest,
+                    &mut report,
+                )
+                .await
+                .map(|()| report);
+            (request, result)
+        })
+        .await
+    }
+
+    /// Runs `work` for each request, `images_in_flight` at a time, and pairs each request with
+    /// its result, in request order. A slow image does not hold back the start of the next
+    /// ones (as `buffered` would, counting finished results queued behind it).
+    async fn each_image<'a, F, Fut>(&self, requests: Vec<CopyRequest>, work: F) -> Vec<CopyOutcome>
+    where
+        F: Fn(CopyRequest) -> Fut,
+        Fut: std::future::Future<Output = CopyOutcome> + 'a,
+    {
+        let mut results: Vec<(usize, CopyOutcome)> =
+            futures_util::stream::iter(requests.into_iter().enumerate())
+                .map(|(i, request)| {
+                    let done = work(request);
+                    async move { (i, done.await) }
+                })
+                .buffer_unordered(self.options.images_in_flight.max(1))
+                .collect()
+                .await;
+        results.sort_by_key(|(i, _)| *i);
+        results.into_iter().map(|(_, result)| result).collect()
     }
 
     /// Copies one image (manifest, children, blobs, tags, referrers) unless the destination

@@ -17,7 +17,7 @@ mod referrers;
 use crate::reference::{Digest, ImageRepo, Platform};
 use crate::registry::{FetchedManifest, RegistryError};
 
-pub use engine::{EngineOptions, MirrorEngine};
+pub use engine::{CopyOutcome, EngineOptions, MirrorEngine};
 
 /// One image to copy: a manifest (image or index) by digest, with the tags it gets at the
 /// destination.

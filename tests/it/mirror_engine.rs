@@ -387,6 +387,55 @@ async fn a_source_that_goes_silent_mid_blob_is_resumed_with_range() {
 }
 
 #[tokio::test]
+async fn a_slow_image_does_not_hold_back_the_next_ones() {
+    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
+    let proxy = FaultProxy::start(&source.host()).await;
+    let (src, dst) = (proxy.host(), destination.host());
+    let mut requests = Vec::new();
+    for repo in ["team/slow", "team/b", "team/c"] {
+        let image = push_image(&source.host(), repo, "1", ImageSpec::small("linux/amd64")).await;
+        requests.push(mk_request(
+            &mk_repo(&src, repo),
+            &image.digest,
+            &mk_repo(&dst, &format!("m/{repo}")),
+            &["1"],
+        ));
+    }
+    proxy.add_rule(
+        "^GET /v2/team/slow/manifests/",
+        Fault::Delay(Duration::from_secs(1)),
+        Some(1),
+    );
+    let engine = MirrorEngine::new(
+        mk_client(&[&src, &dst]),
+        EngineOptions {
+            images_in_flight: 2,
+            ..EngineOptions::default()
+        },
+        Arc::new(Silent),
+    );
+    let results = engine.copy_all(requests).await;
+    let order: Vec<&str> = results
+        .iter()
+        .map(|(r, _)| r.source.repository.as_str())
+        .collect();
+    assert_eq!(
+        order,
+        ["team/slow", "team/b", "team/c"],
+        "results in request order"
+    );
+    assert!(results.iter().all(|(_, result)| result.is_ok()));
+    // The proxy lists a request once answered: the third image was fetched while the first
+    // was still held, as soon as the second one was done.
+    let fetched: Vec<String> = proxy
+        .requests_matching("^GET /v2/team/[^/]+/manifests/")
+        .iter()
+        .map(|seen| seen.target.split('/').nth(3).unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(fetched, ["b", "c", "slow"], "{fetched:?}");
+}
+
+#[tokio::test]
 async fn second_run_only_heads() {
     let (source, destination) = (TestRegistry::start(), TestRegistry::start());
     let proxy = FaultProxy::start(&destination.host()).await;
