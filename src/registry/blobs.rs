@@ -383,6 +383,13 @@ impl RegistryClient {
             ..Request::new(&target, Method::PUT, url, &endpoint.scope)
         };
         let response = self.engine.send(&endpoint.host, &request).await?;
+        if response.status == StatusCode::NOT_FOUND
+            && self.blob_exists(&session.repo, digest).await?.is_some()
+        {
+            // An earlier send of this PUT was committed and its answer lost: the session is
+            // gone and the blob, which the registry stores only under its digest, is there.
+            return Ok(());
+        }
         committed(&target, digest, &response)
     }
 

@@ -784,6 +784,50 @@ async fn a_busy_destination_gets_the_upload_again_after_it_asked() {
 }
 
 #[tokio::test]
+async fn a_closing_put_whose_answer_was_lost_is_not_a_failure() {
+    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
+    let proxy = FaultProxy::start(&destination.host()).await;
+    let (src, dst) = (source.host(), proxy.host());
+    let pusher = Pusher::new(&src);
+    let layer = random_bytes(100 * 1024);
+    let digest = push_layers(&pusher, "team/web", "1", std::slice::from_ref(&layer)).await;
+    let puts = "^PUT /v2/m/web/blobs/uploads/";
+    // The layer (largest first, one blob at a time): its monolithic PUT is refused, so it
+    // goes chunked; the registry commits the closing PUT, whose answer is then lost.
+    proxy.fail_with(puts, 405, 1);
+    proxy.add_rule(puts, Fault::LoseAnswer, Some(1));
+    let engine = MirrorEngine::new(
+        mk_client(&[&src, &dst]),
+        EngineOptions {
+            blobs_in_flight: 1,
+            ..EngineOptions::default()
+        },
+        Arc::new(Silent),
+    );
+    let report = engine
+        .copy(&mk_request(
+            &mk_repo(&src, "team/web"),
+            &digest,
+            &mk_repo(&dst, "m/web"),
+            &[],
+        ))
+        .await
+        .expect("the blob was stored: the lost answer does not fail the image");
+    assert_eq!(report.blobs_uploaded, 2);
+    let statuses: Vec<u16> = proxy
+        .requests_matching(puts)
+        .iter()
+        .map(|seen| seen.status)
+        .collect();
+    assert_eq!(
+        statuses,
+        [405, 0, 404, 201],
+        "refused, lost, sent again (the session is gone), then the config"
+    );
+    assert_pullable(&destination.host(), "m/web", &digest).await;
+}
+
+#[tokio::test]
 async fn refused_write_carries_the_registry_message() {
     let (source, destination) = (TestRegistry::start(), TestRegistry::start());
     let proxy = FaultProxy::start(&destination.host()).await;

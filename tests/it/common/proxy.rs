@@ -34,6 +34,8 @@ pub enum Fault {
     DropMidBody,
     /// Forward, then send the headers and half the body and go silent, the connection open.
     StallMidBody,
+    /// Forward (the registry acts on the request), then close the connection unanswered.
+    LoseAnswer,
     /// Serve `GET /v2/<repo>/tags/list` in pages as newer registries do (sorted, `n` and
     /// `last` honoured), from the registry's full list. With `link`, pages that have more after
     /// them carry `Link: <...>; rel="next"`; without, clients must use `last` themselves.
@@ -292,6 +294,11 @@ async fn handle(
                 write_response(&mut client, &request, &response, BodyEnd::Dropped).await?,
                 true,
             )
+        }
+        Some(Fault::LoseAnswer) => {
+            forward(&request, upstream).await?;
+            client.shutdown().await?;
+            (0, true)
         }
         Some(Fault::StallMidBody) => {
             let response = forward(&request, upstream).await?;
