@@ -3,7 +3,9 @@
 //! API. A repository that several images of a run come from has its tags listed once, and
 //! the referrer tags are looked for in that list; otherwise each is a HEAD. A registry that
 //! answers 404 to the referrers API is not asked again in the run. What exists is copied with
-//! its blobs and counted in [`CopyReport::referrers`].
+//! its blobs and counted in [`CopyReport::referrers`]. Referrers found through the API are
+//! also listed in the destination's referrers tag when the destination has no API of its
+//! own, so clients there can still find them.
 //!
 //! A failed lookup is logged and skipped (a registry without the API, a tag it cannot
 //! answer for); a referrer that exists but cannot be copied fails the image's copy, since a
@@ -18,6 +20,7 @@ use super::engine::MirrorEngine;
 use super::{CopyReport, CopyRequest, MirrorError};
 use crate::reference::{Digest, ImageRepo};
 use crate::registry::RegistryClient;
+use crate::registry::types::{Descriptor, OCI_INDEX};
 
 /// A repository's tags, listed once per run; `None` when listing failed.
 type TagList = Arc<OnceCell<Option<Arc<HashSet<String>>>>>;
@@ -29,6 +32,8 @@ pub struct Lookups {
     listed: Mutex<HashMap<ImageRepo, TagList>>,
     /// Source registries that answered 404 to the referrers API.
     no_api: Mutex<HashSet<String>>,
+    /// Per destination registry: whether it has the referrers API (asked once per run).
+    destination_api: Mutex<HashMap<String, Arc<OnceCell<bool>>>>,
 }
 
 impl Lookups {
@@ -84,6 +89,56 @@ impl Lookups {
             .unwrap_or_else(|e| e.into_inner())
             .insert(registry.to_owned());
     }
+
+    /// Whether `destination`'s registry has the referrers API, asked once per run (about
+    /// `digest`, any manifest will do). An answer other than 200 or 404 counts as having it:
+    /// then nothing is written to the fallback tag.
+    async fn destination_has_api(
+        &self,
+        client: &RegistryClient,
+        destination: &ImageRepo,
+        digest: &Digest,
+    ) -> bool {
+        let cell = self
+            .destination_api
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(destination.registry.clone())
+            .or_default()
+            .clone();
+        *cell
+            .get_or_init(|| async {
+                match client.referrers(destination, digest).await {
+                    Ok(listed) => listed.is_some(),
+                    Err(e) => {
+                        tracing::warn!(%destination, "cannot tell whether the registry has the referrers API: {e}");
+                        true
+                    }
+                }
+            })
+            .await
+    }
+}
+
+/// The referrers tag of `digest` (OCI distribution spec, "Referrers Tag Schema").
+fn referrers_tag(digest: &Digest) -> String {
+    format!("{}-{}", digest.algorithm(), digest.hex())
+}
+
+/// A referrer's descriptor as a referrers list names it.
+fn referrer_entry(descriptor: &Descriptor) -> serde_json::Value {
+    let mut entry = serde_json::json!({
+        "mediaType": descriptor.media_type,
+        "digest": descriptor.digest.as_str(),
+        "size": descriptor.size,
+    });
+    if let Some(artifact_type) = &descriptor.artifact_type {
+        entry["artifactType"] = artifact_type.as_str().into();
+    }
+    if !descriptor.annotations.is_empty() {
+        entry["annotations"] = serde_json::json!(descriptor.annotations);
+    }
+    entry
 }
 
 /// Suffixes of the cosign tags, and "" for the referrers tag schema's index.
@@ -144,7 +199,8 @@ impl MirrorEngine {
                 }
             }
         };
-        for descriptor in referring.map(|index| index.manifests).unwrap_or_default() {
+        let from_api = referring.map(|index| index.manifests).unwrap_or_default();
+        for descriptor in &from_api {
             if !copied.insert(descriptor.digest.clone()) {
                 continue;
             }
@@ -152,6 +208,71 @@ impl MirrorEngine {
                 .await?;
             report.referrers += 1;
         }
+        if !from_api.is_empty()
+            && !self
+                .referrer_lookups
+                .destination_has_api(&self.client, destination, digest)
+                .await
+        {
+            self.list_in_referrers_tag(destination, digest, &from_api, report)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Adds `referrers` to the destination's referrers tag of `digest`, the index through
+    /// which clients find referrers on a registry without the API (a registry with it lists
+    /// them by their `subject` itself). Entries already there are kept.
+    async fn list_in_referrers_tag(
+        &self,
+        destination: &ImageRepo,
+        digest: &Digest,
+        referrers: &[Descriptor],
+        report: &mut CopyReport,
+    ) -> Result<(), MirrorError> {
+        let tag = referrers_tag(digest);
+        let invalid = |reason: String| MirrorError::InvalidManifest {
+            repo: destination.clone(),
+            digest: digest.clone(),
+            reason,
+        };
+        let mut index = match self.client.get_manifest(destination, &tag).await? {
+            Some(existing) => serde_json::from_slice::<serde_json::Value>(&existing.bytes)
+                .map_err(|e| invalid(format!("referrers tag {tag} is not JSON: {e}")))?,
+            None => serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_INDEX,
+                "manifests": [],
+            }),
+        };
+        let Some(entries) = index
+            .get_mut("manifests")
+            .and_then(serde_json::Value::as_array_mut)
+        else {
+            return Err(invalid(format!(
+                "referrers tag {tag} has no manifests list"
+            )));
+        };
+        let listed: HashSet<String> = entries
+            .iter()
+            .filter_map(|entry| entry.get("digest")?.as_str().map(str::to_owned))
+            .collect();
+        let before = entries.len();
+        entries.extend(
+            referrers
+                .iter()
+                .filter(|r| !listed.contains(r.digest.as_str()))
+                .map(referrer_entry),
+        );
+        if entries.len() == before {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(&index)
+            .map_err(|e| invalid(format!("cannot write referrers tag {tag}: {e}")))?;
+        self.client
+            .put_manifest(destination, &tag, OCI_INDEX, &bytes)
+            .await?;
+        report.manifests_pushed += 1;
         Ok(())
     }
 }

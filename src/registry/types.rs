@@ -54,6 +54,9 @@ pub struct Descriptor {
     pub platform: Option<Platform>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    /// The artifact's type, in the descriptors of a referrers list.
+    #[serde(default)]
+    pub artifact_type: Option<String>,
 }
 
 /// An OCI image index or Docker manifest list.

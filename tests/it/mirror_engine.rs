@@ -722,6 +722,86 @@ async fn a_signature_made_after_the_copy_arrives_with_the_next_run() {
 }
 
 #[tokio::test]
+async fn api_referrers_are_listed_in_the_referrers_tag_of_a_destination_without_the_api() {
+    const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
+    let source_proxy = FaultProxy::start(&source.host()).await;
+    let (src, dst) = (source_proxy.host(), destination.host());
+    let pusher = Pusher::new(&source.host());
+    let image = pusher
+        .push_image("team/web", "1.0", &ImageSpec::small("linux/amd64"))
+        .await;
+    // An SBOM naming the image as its subject, pushed by digest as `oras attach` does.
+    let sbom = br#"{"spdxVersion":"SPDX-2.3"}"#.to_vec();
+    let sbom_digest = pusher.push_blob("team/web", &sbom).await;
+    let config_digest = pusher.push_blob("team/web", b"{}").await;
+    let referrer = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": "application/spdx+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.as_str(), "size": 2},
+        "layers": [{"mediaType": "application/spdx+json", "digest": sbom_digest.as_str(), "size": sbom.len()}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": image.digest.as_str(), "size": image.bytes.len()},
+    }))
+    .unwrap();
+    let referrer_digest = Digest::sha256_of(&referrer);
+    pusher
+        .put_manifest(
+            "team/web",
+            referrer_digest.as_str(),
+            OCI_MANIFEST,
+            &referrer,
+        )
+        .await;
+    // distribution 2.8 has no referrers API: the proxy answers for the source.
+    let entry = json!({
+        "mediaType": OCI_MANIFEST,
+        "digest": referrer_digest.as_str(),
+        "size": referrer.len(),
+        "artifactType": "application/spdx+json",
+    });
+    source_proxy.add_rule(
+        &format!("^GET /v2/team/web/referrers/{}", image.digest),
+        Fault::Respond {
+            status: 200,
+            headers: vec![("Content-Type".into(), OCI_INDEX.into())],
+            body: json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [entry]})
+                .to_string(),
+        },
+        None,
+    );
+
+    let report = copy_one(&src, "team/web", &image.digest, &dst, "m/web", &["1.0"])
+        .await
+        .expect("copy");
+    assert_eq!(report.referrers, 1);
+    let client = mk_client(&[&dst]);
+    let mirror = mk_repo(&dst, "m/web");
+    let copied = client
+        .get_manifest(&mirror, referrer_digest.as_str())
+        .await
+        .expect("get");
+    assert!(copied.is_some(), "the referrer itself is in the mirror");
+    let tag = format!("sha256-{}", image.digest.hex());
+    let listed = client
+        .get_manifest(&mirror, &tag)
+        .await
+        .expect("get")
+        .expect("the destination has no referrers API: the referrers tag lists it");
+    let index: serde_json::Value = serde_json::from_slice(&listed.bytes).unwrap();
+    assert_eq!(index["manifests"], json!([entry]));
+
+    let again = copy_one(&src, "team/web", &image.digest, &dst, "m/web", &["1.0"])
+        .await
+        .expect("copy");
+    assert_eq!(
+        (again.referrers, again.manifests_pushed),
+        (1, 0),
+        "listed already"
+    );
+}
+
+#[tokio::test]
 async fn refused_monolithic_put_falls_back_to_chunked_patch() {
     let (source, destination) = (TestRegistry::start(), TestRegistry::start());
     let proxy = FaultProxy::start(&destination.host()).await;
