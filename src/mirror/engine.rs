@@ -599,6 +599,15 @@ impl MirrorEngine {
         mount_from: Option<&ImageRepo>,
     ) -> Result<CopyReport, MirrorError> {
         let digest = &descriptor.digest;
+        // The transfer's place in line is taken first, before any round trip: blobs queue in
+        // the order they are started, largest first.
+        let _permit = self
+            .transfers
+            .acquire()
+            .await
+            .map_err(|_| MirrorError::Stopped {
+                digest: digest.clone(),
+            })?;
         // For a small blob the upload costs about what the HEAD costs, and a destination
         // that lacks the image mostly lacks its blobs: skip the HEAD. Large blobs are worth
         // asking about.
@@ -631,13 +640,6 @@ impl MirrorEngine {
             },
             None => None,
         };
-        let _permit = self
-            .transfers
-            .acquire()
-            .await
-            .map_err(|_| MirrorError::Stopped {
-                digest: digest.clone(),
-            })?;
         let chunked = {
             let mut chunked = self.chunked.lock().unwrap_or_else(|e| e.into_inner());
             chunked

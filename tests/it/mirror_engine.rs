@@ -436,6 +436,42 @@ async fn a_slow_image_does_not_hold_back_the_next_ones() {
 }
 
 #[tokio::test]
+async fn the_largest_blob_goes_first() {
+    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
+    let proxy = FaultProxy::start(&destination.host()).await;
+    let (src, dst) = (source.host(), proxy.host());
+    let pusher = Pusher::new(&src);
+    let small = random_bytes(10 * 1024);
+    let large = random_bytes(600 * 1024);
+    let digest = push_layers(&pusher, "team/web", "1", &[small.clone(), large.clone()]).await;
+    // One transfer at a time: the order they queue in is the order they go.
+    let engine = MirrorEngine::new(
+        mk_client(&[&src, &dst]),
+        EngineOptions {
+            blobs_in_flight: 1,
+            ..EngineOptions::default()
+        },
+        Arc::new(Silent),
+    );
+    engine
+        .copy(&mk_request(
+            &mk_repo(&src, "team/web"),
+            &digest,
+            &mk_repo(&dst, "m/web"),
+            &[],
+        ))
+        .await
+        .expect("copy");
+    let uploads = proxy.requests_matching("^PUT /v2/m/web/blobs/uploads/");
+    assert_eq!(uploads.len(), 3, "config, small and large layer");
+    let first = Digest::sha256_of(&large).as_str().replace(':', "%3A");
+    assert!(
+        uploads[0].target.ends_with(&format!("digest={first}")),
+        "the large layer first, though it alone is HEADed before: {uploads:#?}"
+    );
+}
+
+#[tokio::test]
 async fn second_run_only_heads() {
     let (source, destination) = (TestRegistry::start(), TestRegistry::start());
     let proxy = FaultProxy::start(&destination.host()).await;
