@@ -36,6 +36,10 @@ fn mk_engine_with(hosts: &[&str], progress: Arc<dyn Progress>) -> MirrorEngine {
     MirrorEngine::new(mk_client(hosts), EngineOptions::default(), progress)
 }
 
+fn mk_engine_with_options(hosts: &[&str], options: EngineOptions) -> MirrorEngine {
+    MirrorEngine::new(mk_client(hosts), options, Arc::new(Silent))
+}
+
 fn mk_repo(host: &str, path: &str) -> ImageRepo {
     ImageRepo::parse(&format!("{host}/{path}")).expect("repo")
 }
@@ -406,13 +410,12 @@ async fn a_slow_image_does_not_hold_back_the_next_ones() {
         Fault::Delay(Duration::from_secs(1)),
         Some(1),
     );
-    let engine = MirrorEngine::new(
-        mk_client(&[&src, &dst]),
+    let engine = mk_engine_with_options(
+        &[&src, &dst],
         EngineOptions {
             images_in_flight: 2,
             ..EngineOptions::default()
         },
-        Arc::new(Silent),
     );
     let results = engine.copy_all(requests).await;
     let order: Vec<&str> = results
@@ -445,13 +448,12 @@ async fn the_largest_blob_goes_first() {
     let large = random_bytes(600 * 1024);
     let digest = push_layers(&pusher, "team/web", "1", &[small.clone(), large.clone()]).await;
     // One transfer at a time: the order they queue in is the order they go.
-    let engine = MirrorEngine::new(
-        mk_client(&[&src, &dst]),
+    let engine = mk_engine_with_options(
+        &[&src, &dst],
         EngineOptions {
             blobs_in_flight: 1,
             ..EngineOptions::default()
         },
-        Arc::new(Silent),
     );
     engine
         .copy(&mk_request(
@@ -912,13 +914,12 @@ async fn a_closing_put_whose_answer_was_lost_is_not_a_failure() {
     // goes chunked; the registry commits the closing PUT, whose answer is then lost.
     proxy.fail_with(puts, 405, 1);
     proxy.add_rule(puts, Fault::LoseAnswer, Some(1));
-    let engine = MirrorEngine::new(
-        mk_client(&[&src, &dst]),
+    let engine = mk_engine_with_options(
+        &[&src, &dst],
         EngineOptions {
             blobs_in_flight: 1,
             ..EngineOptions::default()
         },
-        Arc::new(Silent),
     );
     let report = engine
         .copy(&mk_request(
