@@ -1,16 +1,17 @@
 //! The copy engine: images by digest from a source repository into a destination, bytes
 //! unchanged.
 //!
-//! Per image: HEAD the destination manifest (same digest: done, only the tags are checked);
+//! Per image: HEAD the destination manifest (same digest: done, only the tags and the
+//! referrers are checked);
 //! otherwise fetch the source manifest by digest (verified), copy an index's children first
 //! and the index last, an image's blobs (largest first) before its manifest, every manifest
 //! PUT verbatim so its digest is preserved; then the tags and the referrers (cosign tags and
 //! the OCI referrers API).
 //!
 //! Per run (one engine): each distinct blob is copied once per destination registry, however
-//! many images share it: the first image to need it does the work and the others wait for its
-//! outcome (a blob that landed in another repository of the same registry is mounted from
-//! there). Blob transfers in flight are bounded by `blobs_in_flight`; per-host connection
+//! many images share it: the first image to need it does the work and the others wait. Once
+//! it landed they are done (or mount it, from another repository of the same registry); if it
+//! failed, the next one waiting tries for itself, since the failure may be that image's own. Blob transfers in flight are bounded by `blobs_in_flight`; per-host connection
 //! limits come from the client.
 
 use std::collections::{HashMap, HashSet};

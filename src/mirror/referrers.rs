@@ -1,6 +1,7 @@
 //! Artifacts that refer to an image: cosign's tags (`sha256-<hex>.sig`, `.att`, `.sbom`),
 //! the OCI referrers tag schema (`sha256-<hex>`, an index of referrers) and the OCI referrers
-//! API. A repository that several images of a run come from has its tags listed once, and
+//! API. Cosign tags are copied as they are; what a referrers tag or the API lists is copied
+//! manifest by manifest. A repository that several images of a run come from has its tags listed once, and
 //! the referrer tags are looked for in that list; otherwise each is a HEAD. A registry that
 //! answers 404 to the referrers API is not asked again in the run. What exists is copied with
 //! its blobs and counted in [`CopyReport::referrers`]. Referrers found through the API are
@@ -19,8 +20,8 @@ use tokio::sync::OnceCell;
 use super::engine::MirrorEngine;
 use super::{CopyReport, CopyRequest, MirrorError};
 use crate::reference::{Digest, ImageRepo};
-use crate::registry::RegistryClient;
 use crate::registry::types::{Descriptor, OCI_INDEX};
+use crate::registry::{ParsedManifest, RegistryClient};
 
 /// A repository's tags, listed once per run; `None` when listing failed.
 type TagList = Arc<OnceCell<Option<Arc<HashSet<String>>>>>;
@@ -141,11 +142,13 @@ fn referrer_entry(descriptor: &Descriptor) -> serde_json::Value {
     entry
 }
 
-/// Suffixes of the cosign tags, and "" for the referrers tag schema's index.
-const TAG_SUFFIXES: [&str; 4] = [".sig", ".att", ".sbom", ""];
+/// Suffixes of the cosign tags.
+const COSIGN_SUFFIXES: [&str; 3] = [".sig", ".att", ".sbom"];
 
 impl MirrorEngine {
-    /// Copies the referrers of `digest` from `source` to `destination`.
+    /// Copies the referrers of `digest` from `source` to `destination`: the cosign tags as
+    /// they are; the manifests the source's referrers tag or referrers API lists one by one,
+    /// then listed in the destination's own referrers tag when it has no API.
     pub(super) async fn copy_referrers(
         &self,
         source: &ImageRepo,
@@ -153,11 +156,11 @@ impl MirrorEngine {
         digest: &Digest,
         report: &mut CopyReport,
     ) -> Result<(), MirrorError> {
-        let mut copied: HashSet<Digest> = HashSet::new();
         let listed = self.referrer_lookups.tags(&self.client, source).await;
-        for suffix in TAG_SUFFIXES {
-            let tag = format!("{}-{}{suffix}", digest.algorithm(), digest.hex());
-            if listed.as_ref().is_some_and(|tags| !tags.contains(&tag)) {
+        let is_listed = |tag: &str| listed.as_ref().is_none_or(|tags| tags.contains(tag));
+        for suffix in COSIGN_SUFFIXES {
+            let tag = format!("{}{suffix}", referrers_tag(digest));
+            if !is_listed(&tag) {
                 continue;
             }
             let found = match self.client.head_manifest(source, &tag).await {
@@ -181,40 +184,45 @@ impl MirrorEngine {
                 ))
                 .await?;
             }
-            copied.insert(found.digest);
             report.referrers += 1;
         }
-        let referring = if self.referrer_lookups.api_unsupported(&source.registry) {
-            None
-        } else {
+        // The referrers tag is not copied as it is: the destination's may list more (its
+        // own referrers, or what the source's API named), and would be overwritten.
+        let mut referrers = Vec::new();
+        let tag = referrers_tag(digest);
+        if is_listed(&tag) {
+            match self.client.get_manifest(source, &tag).await {
+                Ok(Some(index)) => match index.parse() {
+                    Ok(ParsedManifest::Index(index)) => referrers.extend(index.manifests),
+                    Ok(ParsedManifest::Image(_)) | Err(_) => {
+                        tracing::warn!(%source, %tag, "the referrers tag is not an index; skipped");
+                    }
+                },
+                Ok(None) => {}
+                Err(e) => tracing::warn!(%source, %tag, "cannot read the referrers tag: {e}"),
+            }
+        }
+        if !self.referrer_lookups.api_unsupported(&source.registry) {
             match self.client.referrers(source, digest).await {
-                Ok(None) => {
-                    self.referrer_lookups.mark_api_unsupported(&source.registry);
-                    None
-                }
-                Ok(listed) => listed,
-                Err(e) => {
-                    tracing::warn!(%source, %digest, "cannot list referrers: {e}");
-                    None
-                }
+                Ok(Some(index)) => referrers.extend(index.manifests),
+                Ok(None) => self.referrer_lookups.mark_api_unsupported(&source.registry),
+                Err(e) => tracing::warn!(%source, %digest, "cannot list referrers: {e}"),
             }
-        };
-        let from_api = referring.map(|index| index.manifests).unwrap_or_default();
-        for descriptor in &from_api {
-            if !copied.insert(descriptor.digest.clone()) {
-                continue;
-            }
+        }
+        let mut seen = HashSet::new();
+        referrers.retain(|descriptor| seen.insert(descriptor.digest.clone()));
+        for descriptor in &referrers {
             self.copy_by_digest(source, destination, &descriptor.digest, report)
                 .await?;
             report.referrers += 1;
         }
-        if !from_api.is_empty()
+        if !referrers.is_empty()
             && !self
                 .referrer_lookups
                 .destination_has_api(&self.client, destination, digest)
                 .await
         {
-            self.list_in_referrers_tag(destination, digest, &from_api, report)
+            self.list_in_referrers_tag(destination, digest, &referrers, report)
                 .await?;
         }
         Ok(())

@@ -188,9 +188,24 @@ impl RegistryClient {
         repo: &ImageRepo,
         digest: &Digest,
     ) -> Result<Option<u64>, RegistryError> {
+        self.blob_head(repo, digest, None).await
+    }
+
+    /// [`Self::blob_exists`] for a caller that may hold connection `slots` of the host: the
+    /// HEAD then goes out on them, instead of waiting for a permit the caller holds itself.
+    async fn blob_head(
+        &self,
+        repo: &ImageRepo,
+        digest: &Digest,
+        slots: Option<&TransferSlots>,
+    ) -> Result<Option<u64>, RegistryError> {
         let target = Target::new(repo, Some(digest.as_str()));
         let (endpoint, url) = self.endpoint(&target, repo, &format!("blobs/{digest}"))?;
-        let response = self.request(&endpoint, Method::HEAD, url, None, 0).await?;
+        let request = Request {
+            take_permit: slots.is_none(),
+            ..Request::new(&endpoint.target, Method::HEAD, url, &endpoint.scope)
+        };
+        let response = self.engine.send(&endpoint.host, &request).await?;
         match response.status {
             StatusCode::NOT_FOUND => Ok(None),
             status if status.is_success() => Ok(Some(
@@ -384,7 +399,10 @@ impl RegistryClient {
         };
         let response = self.engine.send(&endpoint.host, &request).await?;
         if response.status == StatusCode::NOT_FOUND
-            && self.blob_exists(&session.repo, digest).await?.is_some()
+            && self
+                .blob_head(&session.repo, digest, slots)
+                .await?
+                .is_some()
         {
             // An earlier send of this PUT was committed and its answer lost: the session is
             // gone and the blob, which the registry stores only under its digest, is there.

@@ -535,10 +535,10 @@ impl Engine {
     }
 
     /// Sends `request` once with a streaming `body` (a blob upload), which cannot be sent
-    /// again: no retry, no challenge round trip (the caller warms the token with an earlier
-    /// request of the same scope). Instead of a whole-request timeout, `idle` bounds every
-    /// pause of the body ([`IdleWatch`]); once the body is sent, the registry has the request
-    /// timeout to answer.
+    /// again: no retry. The caller warms the token with an earlier request of the same scope;
+    /// if that token has run out since, a `GET /v2/` answers the challenge before the body
+    /// goes. Instead of a whole-request timeout, `idle` bounds every pause of the body
+    /// ([`IdleWatch`]); once the body is sent, the registry has the request timeout to answer.
     pub async fn send_streaming_body(
         &self,
         host: &Host,

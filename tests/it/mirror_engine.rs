@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use imagelock::manifest::RegistrySettings;
 use imagelock::mirror::progress::{Progress, Silent};
 use imagelock::mirror::{CopyReport, CopyRequest, EngineOptions, MirrorEngine, MirrorError};
 use imagelock::reference::{Digest, ImageRepo};
@@ -12,10 +13,12 @@ use imagelock::registry::{ClientConfig, RegistryClient};
 use serde_json::json;
 
 use crate::common::{
-    Fault, FaultProxy, ImageSpec, Pusher, TestRegistry, push_image, push_index, skopeo_digest,
+    Fault, FaultProxy, ImageSpec, PushedImage, Pusher, TestRegistry, push_image, push_index,
+    skopeo_digest,
 };
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 fn mk_client(hosts: &[&str]) -> RegistryClient {
     RegistryClient::new(ClientConfig {
@@ -407,7 +410,7 @@ async fn a_slow_image_does_not_hold_back_the_next_ones() {
     }
     proxy.add_rule(
         "^GET /v2/team/slow/manifests/",
-        Fault::Delay(Duration::from_secs(1)),
+        Fault::Delay(Duration::from_secs(3)),
         Some(1),
     );
     let engine = mk_engine_with_options(
@@ -431,7 +434,7 @@ async fn a_slow_image_does_not_hold_back_the_next_ones() {
     // The proxy lists a request once answered: the third image was fetched while the first
     // was still held, as soon as the second one was done.
     let fetched: Vec<String> = proxy
-        .requests_matching("^GET /v2/team/[^/]+/manifests/")
+        .requests_matching("^GET /v2/team/[^/]+/manifests/sha256:")
         .iter()
         .map(|seen| seen.target.split('/').nth(3).unwrap_or_default().to_owned())
         .collect();
@@ -759,9 +762,85 @@ async fn a_signature_made_after_the_copy_arrives_with_the_next_run() {
     );
 }
 
+/// An artifact naming `subject` as its subject, pushed by digest as `oras attach` does.
+/// Returns its digest and its entry in a referrers list.
+async fn push_referrer(
+    pusher: &Pusher,
+    repo: &str,
+    subject: &PushedImage,
+    artifact_type: &str,
+) -> (Digest, serde_json::Value) {
+    let content = format!(r#"{{"artifact":"{artifact_type}"}}"#).into_bytes();
+    let content_digest = pusher.push_blob(repo, &content).await;
+    let config_digest = pusher.push_blob(repo, b"{}").await;
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.as_str(), "size": 2},
+        "layers": [{"mediaType": artifact_type, "digest": content_digest.as_str(), "size": content.len()}],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": subject.digest.as_str(), "size": subject.bytes.len()},
+    }))
+    .unwrap();
+    let digest = Digest::sha256_of(&manifest);
+    pusher
+        .put_manifest(repo, digest.as_str(), OCI_MANIFEST, &manifest)
+        .await;
+    let entry = json!({
+        "mediaType": OCI_MANIFEST,
+        "digest": digest.as_str(),
+        "size": manifest.len(),
+        "artifactType": artifact_type,
+    });
+    (digest, entry)
+}
+
+#[tokio::test]
+async fn a_source_referrers_tag_is_merged_into_the_destination_one_not_copied_over_it() {
+    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
+    let (src, dst) = (source.host(), destination.host());
+    let at_source = Pusher::new(&src);
+    let image = at_source
+        .push_image("team/web", "1.0", &ImageSpec::small("linux/amd64"))
+        .await;
+    let tag = format!("sha256-{}", image.digest.hex());
+    let (_, sbom) = push_referrer(&at_source, "team/web", &image, "application/spdx+json").await;
+    let index = |entries: &[&serde_json::Value]| {
+        serde_json::to_vec(
+            &json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}),
+        )
+        .unwrap()
+    };
+    at_source
+        .put_manifest("team/web", &tag, OCI_INDEX, &index(&[&sbom]))
+        .await;
+    let first = copy_one(&src, "team/web", &image.digest, &dst, "m/web", &["1.0"])
+        .await
+        .expect("copy");
+    assert_eq!(first.referrers, 1);
+
+    // Someone attests the image at the mirror, and lists it in the mirror's referrers tag.
+    let at_mirror = Pusher::new(&dst);
+    let (_, attestation) =
+        push_referrer(&at_mirror, "m/web", &image, "application/vnd.in-toto+json").await;
+    at_mirror
+        .put_manifest("m/web", &tag, OCI_INDEX, &index(&[&sbom, &attestation]))
+        .await;
+    let again = copy_one(&src, "team/web", &image.digest, &dst, "m/web", &["1.0"])
+        .await
+        .expect("copy");
+    assert_eq!(again.manifests_pushed, 0, "nothing new at the source");
+    let listed = mk_client(&[&dst])
+        .get_manifest(&mk_repo(&dst, "m/web"), &tag)
+        .await
+        .expect("get")
+        .expect("the referrers tag");
+    let listed: serde_json::Value = serde_json::from_slice(&listed.bytes).unwrap();
+    assert_eq!(listed["manifests"], json!([sbom, attestation]), "both kept");
+}
+
 #[tokio::test]
 async fn api_referrers_are_listed_in_the_referrers_tag_of_a_destination_without_the_api() {
-    const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
     let (source, destination) = (TestRegistry::start(), TestRegistry::start());
     let source_proxy = FaultProxy::start(&source.host()).await;
     let (src, dst) = (source_proxy.host(), destination.host());
@@ -769,35 +848,9 @@ async fn api_referrers_are_listed_in_the_referrers_tag_of_a_destination_without_
     let image = pusher
         .push_image("team/web", "1.0", &ImageSpec::small("linux/amd64"))
         .await;
-    // An SBOM naming the image as its subject, pushed by digest as `oras attach` does.
-    let sbom = br#"{"spdxVersion":"SPDX-2.3"}"#.to_vec();
-    let sbom_digest = pusher.push_blob("team/web", &sbom).await;
-    let config_digest = pusher.push_blob("team/web", b"{}").await;
-    let referrer = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "artifactType": "application/spdx+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.as_str(), "size": 2},
-        "layers": [{"mediaType": "application/spdx+json", "digest": sbom_digest.as_str(), "size": sbom.len()}],
-        "subject": {"mediaType": OCI_MANIFEST, "digest": image.digest.as_str(), "size": image.bytes.len()},
-    }))
-    .unwrap();
-    let referrer_digest = Digest::sha256_of(&referrer);
-    pusher
-        .put_manifest(
-            "team/web",
-            referrer_digest.as_str(),
-            OCI_MANIFEST,
-            &referrer,
-        )
-        .await;
+    let (referrer_digest, entry) =
+        push_referrer(&pusher, "team/web", &image, "application/spdx+json").await;
     // distribution 2.8 has no referrers API: the proxy answers for the source.
-    let entry = json!({
-        "mediaType": OCI_MANIFEST,
-        "digest": referrer_digest.as_str(),
-        "size": referrer.len(),
-        "artifactType": "application/spdx+json",
-    });
     source_proxy.add_rule(
         &format!("^GET /v2/team/web/referrers/{}", image.digest),
         Fault::Respond {
@@ -914,21 +967,39 @@ async fn a_closing_put_whose_answer_was_lost_is_not_a_failure() {
     // goes chunked; the registry commits the closing PUT, whose answer is then lost.
     proxy.fail_with(puts, 405, 1);
     proxy.add_rule(puts, Fault::LoseAnswer, Some(1));
-    let engine = mk_engine_with_options(
-        &[&src, &dst],
+    // One connection to the destination, held by the transfer that checks for the blob.
+    let settings = RegistrySettings {
+        concurrency: Some(1),
+        ..RegistrySettings::default()
+    };
+    let client = RegistryClient::new(ClientConfig {
+        insecure_hosts: [src.clone(), dst.clone()].into(),
+        registries: [(dst.clone(), settings)].into(),
+        backoff_base: Duration::from_millis(10),
+        request_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(10),
+        ..ClientConfig::default()
+    })
+    .expect("client");
+    let engine = MirrorEngine::new(
+        client,
         EngineOptions {
             blobs_in_flight: 1,
             ..EngineOptions::default()
         },
+        Arc::new(Silent),
     );
-    let report = engine
-        .copy(&mk_request(
-            &mk_repo(&src, "team/web"),
-            &digest,
-            &mk_repo(&dst, "m/web"),
-            &[],
-        ))
+    let request = mk_request(
+        &mk_repo(&src, "team/web"),
+        &digest,
+        &mk_repo(&dst, "m/web"),
+        &[],
+    );
+    let copy = engine.copy(&request);
+    // Checking for the blob must not wait for the connection the transfer holds.
+    let report = tokio::time::timeout(Duration::from_secs(60), copy)
         .await
+        .expect("no deadlock on the one connection")
         .expect("the blob was stored: the lost answer does not fail the image");
     assert_eq!(report.blobs_uploaded, 2);
     let statuses: Vec<u16> = proxy
@@ -942,6 +1013,28 @@ async fn a_closing_put_whose_answer_was_lost_is_not_a_failure() {
         "refused, lost, sent again (the session is gone), then the config"
     );
     assert_pullable(&destination.host(), "m/web", &digest).await;
+}
+
+#[tokio::test]
+async fn an_upload_refused_for_longer_than_allowed_is_not_sent_again() {
+    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
+    let proxy = FaultProxy::start(&destination.host()).await;
+    let (src, dst) = (source.host(), proxy.host());
+    let pusher = Pusher::new(&src);
+    let digest = push_layers(&pusher, "team/web", "1", &[random_bytes(1000)]).await;
+    let uploads = "^PUT /v2/m/web/blobs/uploads/";
+    // An hour is more than the client's 60 s limit: the registry's word is taken, not
+    // ignored, and the upload given up on instead of sent again at once.
+    proxy.too_many_requests(uploads, "3600", 10);
+    let error = copy_one(&src, "team/web", &digest, &dst, "m/web", &[])
+        .await
+        .expect_err("the registry asks for an hour");
+    assert_eq!(error.metric_label(), "too_many_requests", "{error}");
+    assert_eq!(
+        proxy.count(uploads),
+        2,
+        "one refused upload per blob (layer and config), none sent again"
+    );
 }
 
 #[tokio::test]

@@ -481,9 +481,6 @@ fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-/// Writes `response` with `Connection: close`; for non-HEAD requests `Content-Length` is set
-/// from the (possibly altered) body. With `truncate`, only half the body goes out. Returns the
-/// status written.
 /// How much of a response body the client gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BodyEnd {
@@ -494,6 +491,9 @@ enum BodyEnd {
     Stalled,
 }
 
+/// Writes `response` with `Connection: close`; for non-HEAD requests `Content-Length` is set
+/// from the (possibly altered) body, of which `end` says how much goes out. Returns the status
+/// written.
 async fn write_response(
     client: &mut TcpStream,
     request: &ParsedRequest,
