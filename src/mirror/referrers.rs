@@ -191,13 +191,18 @@ impl MirrorEngine {
         let mut referrers = Vec::new();
         let tag = referrers_tag(digest);
         if is_listed(&tag) {
-            match self.client.get_manifest(source, &tag).await {
-                Ok(Some(index)) => match index.parse() {
-                    Ok(ParsedManifest::Index(index)) => referrers.extend(index.manifests),
-                    Ok(ParsedManifest::Image(_)) | Err(_) => {
-                        tracing::warn!(%source, %tag, "the referrers tag is not an index; skipped");
-                    }
-                },
+            // A HEAD first: registries that count pulls (Docker Hub) count GETs, and most
+            // images have no referrers tag.
+            let index = match self.client.head_manifest(source, &tag).await {
+                Ok(Some(found)) => self.fetch(source, &found.digest).await.map(Some),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e.into()),
+            };
+            match index.map(|index| index.map(|index| index.parse())) {
+                Ok(Some(Ok(ParsedManifest::Index(index)))) => referrers.extend(index.manifests),
+                Ok(Some(_)) => {
+                    tracing::warn!(%source, %tag, "the referrers tag is not an index; skipped");
+                }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(%source, %tag, "cannot read the referrers tag: {e}"),
             }
