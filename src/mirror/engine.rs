@@ -11,7 +11,8 @@
 //! Per run (one engine): each distinct blob is copied once per destination registry, however
 //! many images share it: the first image to need it does the work and the others wait. Once
 //! it landed they are done (or mount it, from another repository of the same registry); if it
-//! failed, the next one waiting tries for itself, since the failure may be that image's own. Blob transfers in flight are bounded by `blobs_in_flight`; per-host connection
+//! failed, the next one waiting tries for itself, since the failure may be that image's own.
+//! Blob transfers in flight are bounded by `blobs_in_flight`; per-host connection
 //! limits come from the client.
 
 use std::collections::{HashMap, HashSet};

@@ -31,10 +31,8 @@ type TagList = Arc<OnceCell<Option<Arc<HashSet<String>>>>>;
 pub struct Lookups {
     /// Source repositories worth listing: more than one image of the run comes from them.
     listed: Mutex<HashMap<ImageRepo, TagList>>,
-    /// Source registries that answered 404 to the referrers API.
-    no_api: Mutex<HashSet<String>>,
-    /// Per destination registry: whether it has the referrers API (asked once per run).
-    destination_api: Mutex<HashMap<String, Arc<OnceCell<bool>>>>,
+    /// Per registry, source or destination: whether it has the referrers API, once known.
+    api: Mutex<HashMap<String, Arc<OnceCell<bool>>>>,
 }
 
 impl Lookups {
@@ -77,42 +75,37 @@ impl Lookups {
         .clone()
     }
 
-    fn api_unsupported(&self, registry: &str) -> bool {
-        self.no_api
+    fn api_cell(&self, registry: &str) -> Arc<OnceCell<bool>> {
+        self.api
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(registry)
-    }
-
-    fn mark_api_unsupported(&self, registry: &str) {
-        self.no_api
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(registry.to_owned());
-    }
-
-    /// Whether `destination`'s registry has the referrers API, asked once per run (about
-    /// `digest`, any manifest will do). An answer other than 200 or 404 counts as having it:
-    /// then nothing is written to the fallback tag.
-    async fn destination_has_api(
-        &self,
-        client: &RegistryClient,
-        destination: &ImageRepo,
-        digest: &Digest,
-    ) -> bool {
-        let cell = self
-            .destination_api
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(destination.registry.clone())
+            .entry(registry.to_owned())
             .or_default()
-            .clone();
-        *cell
+            .clone()
+    }
+
+    /// The registry answered 404 to the referrers API: it is not asked again in the run.
+    fn lacks_api(&self, registry: &str) -> bool {
+        self.api_cell(registry).get() == Some(&false)
+    }
+
+    /// What a referrers request told about the registry (`false` on a 404).
+    fn learned_api(&self, registry: &str, has_api: bool) {
+        // Set already means the same answer was learned by another image.
+        let _ = self.api_cell(registry).set(has_api);
+    }
+
+    /// Whether `repo`'s registry has the referrers API, asked at most once per run (about
+    /// `digest`, any manifest will do) unless already known. An answer other than 200 or 404
+    /// counts as having it: then nothing is written to the fallback tag.
+    async fn has_api(&self, client: &RegistryClient, repo: &ImageRepo, digest: &Digest) -> bool {
+        *self
+            .api_cell(&repo.registry)
             .get_or_init(|| async {
-                match client.referrers(destination, digest).await {
+                match client.referrers(repo, digest).await {
                     Ok(listed) => listed.is_some(),
                     Err(e) => {
-                        tracing::warn!(%destination, "cannot tell whether the registry has the referrers API: {e}");
+                        tracing::warn!(%repo, "cannot tell whether the registry has the referrers API: {e}");
                         true
                     }
                 }
@@ -207,10 +200,14 @@ impl MirrorEngine {
                 Err(e) => tracing::warn!(%source, %tag, "cannot read the referrers tag: {e}"),
             }
         }
-        if !self.referrer_lookups.api_unsupported(&source.registry) {
+        let lookups = &self.referrer_lookups;
+        if !lookups.lacks_api(&source.registry) {
             match self.client.referrers(source, digest).await {
-                Ok(Some(index)) => referrers.extend(index.manifests),
-                Ok(None) => self.referrer_lookups.mark_api_unsupported(&source.registry),
+                Ok(Some(index)) => {
+                    lookups.learned_api(&source.registry, true);
+                    referrers.extend(index.manifests);
+                }
+                Ok(None) => lookups.learned_api(&source.registry, false),
                 Err(e) => tracing::warn!(%source, %digest, "cannot list referrers: {e}"),
             }
         }
@@ -224,7 +221,7 @@ impl MirrorEngine {
         if !referrers.is_empty()
             && !self
                 .referrer_lookups
-                .destination_has_api(&self.client, destination, digest)
+                .has_api(&self.client, destination, digest)
                 .await
         {
             self.list_in_referrers_tag(destination, digest, &referrers, report)

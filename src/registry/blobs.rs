@@ -126,7 +126,6 @@ impl BlobStream {
     }
 }
 
-/// The push scope of a repository.
 /// Parses `Content-Range: bytes <start>-<end>/<total|*>` into (start, total).
 fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
     let rest = value.trim().strip_prefix("bytes")?.trim_start();
@@ -346,9 +345,10 @@ impl RegistryClient {
     /// attempt: a streamed body cannot be sent twice, so the caller retries with a new
     /// session. A 401 (a token that expired since the session opened) is answered for the
     /// next attempt and returned as [`RegistryError::Unauthorized`]. A body that ends with an
-    /// error aborts the request before its last bytes and the registry commits nothing. A refusal of the mode itself (405, 411, 413, 415, 501,
-    /// or 400 `BLOB_UPLOAD_INVALID`/`SIZE_INVALID` on a monolithic PUT) comes back as the
-    /// registry's error; try [`UploadMode::Chunked`] then.
+    /// error aborts the request before its last bytes and the registry commits nothing. A
+    /// refusal of the mode itself (405, 411, 413, 415, 501, or 400
+    /// `BLOB_UPLOAD_INVALID`/`SIZE_INVALID` on a monolithic PUT) comes back as the registry's
+    /// error; try [`UploadMode::Chunked`] then.
     pub async fn upload_blob<S, E>(
         &self,
         session: UploadSession,

@@ -60,6 +60,16 @@ impl Host {
         tokio::time::sleep_until(start.into()).await;
     }
 
+    /// `base/path`, for requests about `target`.
+    pub fn url(&self, target: &Target, path: &str) -> Result<Url, RegistryError> {
+        self.base
+            .join(path)
+            .map_err(|e| RegistryError::InvalidResponse {
+                target: target.clone(),
+                reason: format!("cannot build the request URL: {e}"),
+            })
+    }
+
     /// Up to `count` connection slots of this host (never more than it has), held until the
     /// permit is dropped.
     pub async fn slots(&self, count: usize) -> Result<OwnedSemaphorePermit, RegistryError> {
@@ -137,6 +147,12 @@ impl Response {
     /// The registry's explanation from the body, for errors.
     pub fn message(&self) -> String {
         registry_message(&self.body)
+    }
+
+    /// How long the registry asks to wait (`Retry-After`), when it says so readably.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.header(RETRY_AFTER)
+            .and_then(|v| parse_retry_after(v, SystemTime::now()))
     }
 }
 
@@ -560,13 +576,7 @@ impl Engine {
         {
             // The session's token ran out while the upload waited or ran. A 401 now would
             // spend the body, so a request that can be sent twice answers the challenge first.
-            let url = host
-                .base
-                .join("v2/")
-                .map_err(|e| RegistryError::InvalidResponse {
-                    target: target.clone(),
-                    reason: format!("cannot build the request URL: {e}"),
-                })?;
+            let url = host.url(target, "v2/")?;
             let probe = Request {
                 take_permit: false,
                 // `/v2/` answers with a small JSON object, `{}` in distribution.
@@ -635,12 +645,20 @@ impl Engine {
     /// failure): the registry's `Retry-After` for [`RegistryError::Busy`], otherwise backoff.
     /// `None` when the registry asks for longer than the client allows: give up instead.
     pub fn retry_delay(&self, error: &RegistryError, attempt: u32) -> Option<Duration> {
-        match error {
-            RegistryError::Busy {
-                retry_after: Some(wait),
-                ..
-            } => (*wait <= self.max_retry_after).then_some(*wait),
-            _ => Some(backoff_delay(self.backoff_base, attempt)),
+        let retry_after = match error {
+            RegistryError::Busy { retry_after, .. } => *retry_after,
+            _ => None,
+        };
+        self.wait_before_retry(retry_after, attempt)
+    }
+
+    /// The one rule for waiting before a retry: what the registry asked for with
+    /// `Retry-After`, otherwise backoff for `attempt`; `None` when the registry asks for longer
+    /// than `max_retry_after` (give up instead).
+    fn wait_before_retry(&self, retry_after: Option<Duration>, attempt: u32) -> Option<Duration> {
+        match retry_after {
+            Some(wait) => (wait <= self.max_retry_after).then_some(wait),
+            None => Some(backoff_delay(self.backoff_base, attempt)),
         }
     }
 
@@ -680,25 +698,19 @@ impl Engine {
                         || response.status.is_server_error() =>
                 {
                     let status = response.status;
-                    let retry_after = response
-                        .header(RETRY_AFTER)
-                        .and_then(|v| parse_retry_after(v, SystemTime::now()));
-                    if let Some(wait) = retry_after
-                        && wait > self.max_retry_after
-                    {
+                    let retry_after = response.retry_after();
+                    let Some(delay) = self.wait_before_retry(retry_after, attempt) else {
                         let reason = format!(
                             "the registry asks to retry after {}s, more than the {}s allowed",
-                            wait.as_secs(),
+                            retry_after.unwrap_or_default().as_secs(),
                             self.max_retry_after.as_secs()
                         );
                         return Err(final_status_error(target, &response, reason));
-                    }
+                    };
                     if attempt >= self.max_attempts {
                         let reason = format!("gave up after {attempt} attempts");
                         return Err(final_status_error(target, &response, reason));
                     }
-                    let delay =
-                        retry_after.unwrap_or_else(|| backoff_delay(self.backoff_base, attempt));
                     (delay, format!("HTTP {}", status.as_u16()))
                 }
                 Ok(response) => return Ok(response),
@@ -972,9 +984,7 @@ pub(crate) fn write_error(target: &Target, response: &Response) -> RegistryError
             target: target.clone(),
             status: response.status.as_u16(),
             message: response.message(),
-            retry_after: response
-                .header(RETRY_AFTER)
-                .and_then(|v| parse_retry_after(v, SystemTime::now())),
+            retry_after: response.retry_after(),
         },
         status if status.is_client_error() => RegistryError::Rejected {
             target: target.clone(),

@@ -193,13 +193,7 @@ impl RegistryClient {
         tail: &str,
     ) -> Result<(Endpoint, Url), RegistryError> {
         let host = self.engine.host(&repo.registry, target)?;
-        let url = host
-            .base
-            .join(&format!("v2/{}/{tail}", repo.repository))
-            .map_err(|e| RegistryError::InvalidResponse {
-                target: target.clone(),
-                reason: format!("cannot build the request URL: {e}"),
-            })?;
+        let url = host.url(target, &format!("v2/{}/{tail}", repo.repository))?;
         let endpoint = Endpoint {
             host,
             target: target.clone(),
