@@ -359,7 +359,7 @@ pub fn apply_to(
 /// not a lock imagelock wrote); one that cannot be read is an error, so that a passing I/O
 /// fault never rewrites a lock without its history.
 fn read_previous(root: &Path, manifest: &Path) -> Result<Option<LockFile>, lock::LockError> {
-    match lock::read(&root.join(lock::lock_path_for(manifest))) {
+    match lock::read_beside(root, manifest) {
         Err(e @ lock::LockError::Parse { .. }) => {
             tracing::warn!(error = %e, "previous lock is not valid; it is regenerated");
             Ok(None)

@@ -106,7 +106,7 @@ pub fn locks_of<'a>(
 ) -> impl Iterator<Item = (&'a ImageSet, Result<Option<LockFile>, LockError>)> + 'a {
     repo.sets
         .iter()
-        .map(move |set| (set, lock::read(&root.join(lock::lock_path_for(&set.path)))))
+        .map(move |set| (set, lock::read_beside(root, &set.path)))
 }
 
 impl PinIndex {

@@ -29,7 +29,7 @@ pub async fn run(dir: &Path, dry_run: bool, registry: &RegistryArgs) -> anyhow::
         .context("imagelock.yaml is invalid; fix it first (see `imagelock check`)")?;
     let mut locks = BTreeMap::new();
     for set in &repo.sets {
-        if let Some(locked) = lock::read(&dir.join(lock::lock_path_for(&set.path)))? {
+        if let Some(locked) = lock::read_beside(dir, &set.path)? {
             locks.insert(set.path.clone(), locked);
         }
     }

@@ -224,6 +224,9 @@ impl Reconciler {
         // never led keeps its scheduler empty, so when it takes over everything is due.
         let leadership = self.leadership.clone();
         if !leadership.is_leader() {
+            // Hooks reach every replica; a follower's pushes would only pile up (when it takes
+            // over, everything is due anyway).
+            self.pushes.clear();
             self.publish(Some(&repo));
             return;
         }
@@ -491,6 +494,7 @@ impl Reconciler {
             let index = match current {
                 Some(current) => Some(PinIndex::build(locks, &repo, revision, current.as_deref())),
                 None => {
+                    // Without a webhook only the status wants the pins.
                     locks.for_each(drop);
                     None
                 }
@@ -541,8 +545,6 @@ impl Reconciler {
     }
 }
 
-/// The `operation` label of a failed commit step: the Git operation that failed, `apply` when
-/// writing the locks failed, `push` when every push was rejected.
 /// Adds the pinned digests of the entries of `set`, from its lock.
 fn add_entry_pins(
     set: &manifest::ImageSet,
@@ -559,6 +561,8 @@ fn add_entry_pins(
     }
 }
 
+/// The `operation` label of a failed commit step: the Git operation that failed, `apply` when
+/// writing the locks failed, `push` when every push was rejected.
 fn retry_error_operation<E>(error: &git::RetryError<E>) -> &'static str {
     match error {
         git::RetryError::Git(e) => git_error_operation(e),

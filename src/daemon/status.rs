@@ -42,7 +42,6 @@ pub struct Status {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admission: Option<crate::admission::IndexSummary>,
     /// Shared by the snapshots that show the same entries: cloning a `Status` copies none.
-    #[serde(serialize_with = "shared")]
     pub images: Arc<[ImageStatus]>,
 }
 
@@ -62,9 +61,7 @@ pub struct LeaseStatus {
 #[serde(rename_all = "camelCase")]
 pub struct ImageStatus {
     /// Shared by the entries of one manifest.
-    #[serde(serialize_with = "shared")]
     pub manifest: Arc<Path>,
-    #[serde(serialize_with = "shared")]
     pub namespace: Arc<str>,
     pub name: String,
     pub source: String,
@@ -73,7 +70,6 @@ pub struct ImageStatus {
     /// `None` before the first attempt.
     pub success: Option<bool>,
     /// Why the last attempt failed as a whole (for example, listing tags failed).
-    #[serde(serialize_with = "shared_option")]
     pub reason: Option<Arc<str>>,
     pub tags: TagStatuses,
 }
@@ -107,27 +103,10 @@ impl Serialize for TagStatuses {
 pub struct TagStatus {
     pub last_attempt: Option<DateTime<Utc>>,
     pub success: Option<bool>,
-    #[serde(serialize_with = "shared_option")]
     pub reason: Option<Arc<str>>,
     /// The digest the lock pins now.
-    #[serde(serialize_with = "shared_option")]
     pub digest: Option<Arc<str>>,
     pub next_run: Option<DateTime<Utc>>,
-}
-
-/// Serializes what an `Arc` holds (serde's `rc` feature is off in this tree).
-fn shared<T: Serialize + ?Sized, S: serde::Serializer>(
-    value: &Arc<T>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    (**value).serialize(serializer)
-}
-
-fn shared_option<T: Serialize + ?Sized, S: serde::Serializer>(
-    value: &Option<Arc<T>>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    value.as_deref().serialize(serializer)
 }
 
 /// An entry's pins: tag -> pinned digest.

@@ -129,6 +129,12 @@ pub fn is_lock_path(path: &Path) -> bool {
         .is_some_and(|n| n.to_string_lossy().ends_with(LOCK_SUFFIX))
 }
 
+/// Reads the lock beside `manifest` (a path relative to the checkout at `root`). `Ok(None)`
+/// when there is none yet.
+pub fn read_beside(root: &Path, manifest: &Path) -> Result<Option<LockFile>, LockError> {
+    read(&root.join(lock_path_for(manifest)))
+}
+
 /// Reads a lock file. `Ok(None)` when there is none yet.
 pub fn read(path: &Path) -> Result<Option<LockFile>, LockError> {
     let text = match std::fs::read_to_string(path) {

@@ -324,25 +324,7 @@ impl ImageSpec {
         } = self;
         source.hash(hasher);
         tags.hash(hasher);
-        match matcher {
-            None => 0u8.hash(hasher),
-            Some(TagMatcher {
-                pattern,
-                allow_prerelease,
-                select,
-                exclude,
-            }) => {
-                1u8.hash(hasher);
-                std::mem::discriminant(pattern).hash(hasher);
-                pattern.text().hash(hasher);
-                allow_prerelease.hash(hasher);
-                select.hash(hasher);
-                exclude.len().hash(hasher);
-                for regex in exclude {
-                    regex.as_str().hash(hasher);
-                }
-            }
-        }
+        matcher.hash(hasher);
         digests.hash(hasher);
         keep.hash(hasher);
         pin.hash(hasher);
@@ -370,6 +352,20 @@ impl PartialEq for TagMatcher {
                 .iter()
                 .map(regex::Regex::as_str)
                 .eq(other.exclude.iter().map(regex::Regex::as_str))
+    }
+}
+
+/// Hashes what [`PartialEq`] compares, so that equal matchers hash alike.
+impl std::hash::Hash for TagMatcher {
+    fn hash<H: std::hash::Hasher>(&self, hasher: &mut H) {
+        std::mem::discriminant(&self.pattern).hash(hasher);
+        self.pattern.text().hash(hasher);
+        self.allow_prerelease.hash(hasher);
+        self.select.hash(hasher);
+        self.exclude.len().hash(hasher);
+        for regex in &self.exclude {
+            regex.as_str().hash(hasher);
+        }
     }
 }
 
