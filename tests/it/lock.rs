@@ -215,16 +215,10 @@ async fn registry_faults_fail_only_their_entry() {
     );
 
     // The 500s and the 429 were retried: two failures then success, one 429 then success.
-    let web_heads = proxy.requests_matching("HEAD /v2/company/web/manifests/latest");
-    assert_eq!(
-        web_heads.iter().map(|s| s.status).collect::<Vec<_>>(),
-        vec![500, 500, 200]
-    );
-    let api_heads = proxy.requests_matching("HEAD /v2/company/api/manifests/latest");
-    assert_eq!(
-        api_heads.iter().map(|s| s.status).collect::<Vec<_>>(),
-        vec![429, 200]
-    );
+    let web_heads = proxy.statuses("HEAD /v2/company/web/manifests/latest");
+    assert_eq!(web_heads, vec![500, 500, 200]);
+    let api_heads = proxy.statuses("HEAD /v2/company/api/manifests/latest");
+    assert_eq!(api_heads, vec![429, 200]);
 }
 
 #[tokio::test]

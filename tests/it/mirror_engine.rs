@@ -20,15 +20,19 @@ use crate::common::{
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
-fn mk_client(hosts: &[&str]) -> RegistryClient {
-    RegistryClient::new(ClientConfig {
+/// The tests' client settings: plain HTTP to `hosts`, short backoff and timeouts.
+fn mk_client_config(hosts: &[&str]) -> ClientConfig {
+    ClientConfig {
         insecure_hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
         backoff_base: Duration::from_millis(10),
         request_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(10),
         ..ClientConfig::default()
-    })
-    .expect("client")
+    }
+}
+
+fn mk_client(hosts: &[&str]) -> RegistryClient {
+    RegistryClient::new(mk_client_config(hosts)).expect("client")
 }
 
 fn mk_engine(hosts: &[&str]) -> MirrorEngine {
@@ -79,6 +83,15 @@ async fn copy_one(
             tags,
         ))
         .await
+}
+
+/// A source and a destination registry, a `FaultProxy` in front of the destination, and the
+/// hosts to copy between (the second is the proxy's).
+async fn proxied_destination() -> (TestRegistry, TestRegistry, FaultProxy, String, String) {
+    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
+    let proxy = FaultProxy::start(&destination.host()).await;
+    let (src, dst) = (source.host(), proxy.host());
+    (source, destination, proxy, src, dst)
 }
 
 fn random_bytes(len: usize) -> Vec<u8> {
@@ -340,11 +353,8 @@ async fn copy_through_faulty_source(faults: Vec<Fault>, idle: Duration) -> Vec<u
         proxy.add_rule(&blob_get, fault, Some(1));
     }
     let client = RegistryClient::new(ClientConfig {
-        insecure_hosts: [src.clone(), dst.clone()].into(),
-        backoff_base: Duration::from_millis(10),
-        request_timeout: Duration::from_secs(10),
         idle_timeout: idle,
-        ..ClientConfig::default()
+        ..mk_client_config(&[&src, &dst])
     })
     .expect("client");
     let report = MirrorEngine::new(client, EngineOptions::default(), Arc::new(Silent))
@@ -362,11 +372,7 @@ async fn copy_through_faulty_source(faults: Vec<Fault>, idle: Duration) -> Vec<u
         .await
         .expect("the blob is at the destination and verifies");
     assert_eq!(stored, layer);
-    proxy
-        .requests_matching(&blob_get)
-        .iter()
-        .map(|s| s.status)
-        .collect()
+    proxy.statuses(&blob_get)
 }
 
 #[tokio::test]
@@ -443,9 +449,7 @@ async fn a_slow_image_does_not_hold_back_the_next_ones() {
 
 #[tokio::test]
 async fn the_largest_blob_goes_first() {
-    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
-    let proxy = FaultProxy::start(&destination.host()).await;
-    let (src, dst) = (source.host(), proxy.host());
+    let (_source, _destination, proxy, src, dst) = proxied_destination().await;
     let pusher = Pusher::new(&src);
     let small = random_bytes(10 * 1024);
     let large = random_bytes(600 * 1024);
@@ -478,9 +482,7 @@ async fn the_largest_blob_goes_first() {
 
 #[tokio::test]
 async fn second_run_only_heads() {
-    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
-    let proxy = FaultProxy::start(&destination.host()).await;
-    let (src, dst) = (source.host(), proxy.host());
+    let (_source, _destination, proxy, src, dst) = proxied_destination().await;
     let image = push_image(&src, "team/web", "1.0", ImageSpec::small("linux/amd64")).await;
     let index = push_index(&src, "team/multi", "2.0", &["linux/amd64", "linux/arm64"]).await;
     let requests = vec![
@@ -527,9 +529,7 @@ async fn second_run_only_heads() {
 
 #[tokio::test]
 async fn shared_layers_are_uploaded_once_per_run() {
-    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
-    let proxy = FaultProxy::start(&destination.host()).await;
-    let (src, dst) = (source.host(), proxy.host());
+    let (_source, destination, proxy, src, dst) = proxied_destination().await;
     let pusher = Pusher::new(&src);
     let shared = [random_bytes(300 * 1024), random_bytes(20 * 1024)];
     let mut digests = Vec::new();
@@ -591,9 +591,7 @@ async fn shared_layers_are_uploaded_once_per_run() {
 
 #[tokio::test]
 async fn a_shared_blob_that_failed_for_one_image_is_still_copied_for_another() {
-    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
-    let proxy = FaultProxy::start(&destination.host()).await;
-    let (src, dst) = (source.host(), proxy.host());
+    let (_source, destination, proxy, src, dst) = proxied_destination().await;
     let pusher = Pusher::new(&src);
     let base = random_bytes(40 * 1024);
     let a = push_layers(&pusher, "team/a", "1", &[base.clone(), random_bytes(900)]).await;
@@ -894,9 +892,7 @@ async fn api_referrers_are_listed_in_the_referrers_tag_of_a_destination_without_
 
 #[tokio::test]
 async fn refused_monolithic_put_falls_back_to_chunked_patch() {
-    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
-    let proxy = FaultProxy::start(&destination.host()).await;
-    let (src, dst) = (source.host(), proxy.host());
+    let (_source, destination, proxy, src, dst) = proxied_destination().await;
     let pusher = Pusher::new(&src);
     let layer = random_bytes(100 * 1024);
     let digest = push_layers(&pusher, "team/web", "1", std::slice::from_ref(&layer)).await;
@@ -924,9 +920,7 @@ async fn refused_monolithic_put_falls_back_to_chunked_patch() {
 
 #[tokio::test]
 async fn a_busy_destination_gets_the_upload_again_after_it_asked() {
-    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
-    let proxy = FaultProxy::start(&destination.host()).await;
-    let (src, dst) = (source.host(), proxy.host());
+    let (_source, destination, proxy, src, dst) = proxied_destination().await;
     let pusher = Pusher::new(&src);
     let layer = random_bytes(100 * 1024);
     let digest = push_layers(&pusher, "team/web", "1", std::slice::from_ref(&layer)).await;
@@ -938,11 +932,7 @@ async fn a_busy_destination_gets_the_upload_again_after_it_asked() {
         .await
         .expect("429 and 503 on an upload are waited out");
     assert_eq!(report.blobs_uploaded, 2);
-    let statuses: Vec<u16> = proxy
-        .requests_matching(uploads)
-        .iter()
-        .map(|seen| seen.status)
-        .collect();
+    let statuses: Vec<u16> = proxy.statuses(uploads);
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 1);
     assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 1);
     assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 2);
@@ -956,9 +946,7 @@ async fn a_busy_destination_gets_the_upload_again_after_it_asked() {
 
 #[tokio::test]
 async fn a_closing_put_whose_answer_was_lost_is_not_a_failure() {
-    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
-    let proxy = FaultProxy::start(&destination.host()).await;
-    let (src, dst) = (source.host(), proxy.host());
+    let (_source, destination, proxy, src, dst) = proxied_destination().await;
     let pusher = Pusher::new(&src);
     let layer = random_bytes(100 * 1024);
     let digest = push_layers(&pusher, "team/web", "1", std::slice::from_ref(&layer)).await;
@@ -973,12 +961,8 @@ async fn a_closing_put_whose_answer_was_lost_is_not_a_failure() {
         ..RegistrySettings::default()
     };
     let client = RegistryClient::new(ClientConfig {
-        insecure_hosts: [src.clone(), dst.clone()].into(),
         registries: [(dst.clone(), settings)].into(),
-        backoff_base: Duration::from_millis(10),
-        request_timeout: Duration::from_secs(10),
-        idle_timeout: Duration::from_secs(10),
-        ..ClientConfig::default()
+        ..mk_client_config(&[&src, &dst])
     })
     .expect("client");
     let engine = MirrorEngine::new(
@@ -1002,11 +986,7 @@ async fn a_closing_put_whose_answer_was_lost_is_not_a_failure() {
         .expect("no deadlock on the one connection")
         .expect("the blob was stored: the lost answer does not fail the image");
     assert_eq!(report.blobs_uploaded, 2);
-    let statuses: Vec<u16> = proxy
-        .requests_matching(puts)
-        .iter()
-        .map(|seen| seen.status)
-        .collect();
+    let statuses: Vec<u16> = proxy.statuses(puts);
     assert_eq!(
         statuses,
         [405, 0, 404, 201],
@@ -1017,9 +997,7 @@ async fn a_closing_put_whose_answer_was_lost_is_not_a_failure() {
 
 #[tokio::test]
 async fn an_upload_refused_for_longer_than_allowed_is_not_sent_again() {
-    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
-    let proxy = FaultProxy::start(&destination.host()).await;
-    let (src, dst) = (source.host(), proxy.host());
+    let (_source, _destination, proxy, src, dst) = proxied_destination().await;
     let pusher = Pusher::new(&src);
     let digest = push_layers(&pusher, "team/web", "1", &[random_bytes(1000)]).await;
     let uploads = "^PUT /v2/m/web/blobs/uploads/";
@@ -1039,9 +1017,7 @@ async fn an_upload_refused_for_longer_than_allowed_is_not_sent_again() {
 
 #[tokio::test]
 async fn refused_write_carries_the_registry_message() {
-    let (source, destination) = (TestRegistry::start(), TestRegistry::start());
-    let proxy = FaultProxy::start(&destination.host()).await;
-    let (src, dst) = (source.host(), proxy.host());
+    let (_source, _destination, proxy, src, dst) = proxied_destination().await;
     let image = push_image(&src, "team/web", "1.0", ImageSpec::small("linux/amd64")).await;
     proxy.add_rule(
         "^POST /v2/m/web/blobs/uploads/",

@@ -170,6 +170,14 @@ impl FaultProxy {
             .collect()
     }
 
+    /// The statuses the proxy gave the requests matching `pattern`, in order (0: none).
+    pub fn statuses(&self, pattern: &str) -> Vec<u16> {
+        self.requests_matching(pattern)
+            .iter()
+            .map(|seen| seen.status)
+            .collect()
+    }
+
     /// The most requests held by a `Delay` rule at the same time.
     pub fn max_in_flight(&self) -> usize {
         self.lock().max_in_flight
