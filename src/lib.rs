@@ -18,4 +18,5 @@ pub mod reference;
 pub mod registry;
 pub mod resolve;
 pub mod telemetry;
+pub mod tenancy;
 pub mod yaml_scalar;

@@ -32,6 +32,7 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::{self, AdmissionError, CertReloader, IndexHandle, SelfSigned, TlsFiles};
+use crate::tenancy::Tenancy;
 use leader::{Leadership, LeaseElector, LeaseSettings};
 
 pub use memory::tune_allocator;
@@ -95,6 +96,9 @@ pub struct DaemonConfig {
     pub lease_renew_deadline: String,
     /// The pause between attempts to renew or acquire the Lease (less than leaseRenewDeadline).
     pub lease_retry_period: String,
+    /// Which manifests may declare which namespace, what each namespace may pull with which
+    /// logins, and which sets are shared across namespaces.
+    pub tenancy: Tenancy,
 }
 
 impl Default for DaemonConfig {
@@ -126,6 +130,7 @@ impl Default for DaemonConfig {
             lease_duration: "15s".into(),
             lease_renew_deadline: "10s".into(),
             lease_retry_period: "2s".into(),
+            tenancy: Tenancy::default(),
         }
     }
 }
