@@ -15,6 +15,7 @@
 
 use saphyr_parser::{Event, Parser, ScalarStyle, ScanError};
 
+use crate::manifest::{escape_text, quote};
 use crate::yaml_scalar::{quoted, single_quoted, stays_plain};
 
 /// The key of the marker object.
@@ -89,7 +90,7 @@ pub fn rewrite(text: &str, resolve: &dyn Fn(&Marker) -> Resolution) -> Rewrite {
                 col: error.marker().col() + 1,
                 message: format!(
                     "not valid YAML ({}); its imagelock markers are not applied",
-                    error.info()
+                    escape_text(error.info(), 200)
                 ),
             });
             return result;
@@ -264,7 +265,8 @@ fn find_marker(line: &Line<'_>) -> Option<Candidate> {
             // JSON of some other tool.
             Ok(_) => continue,
             Err(e) => Err(format!(
-                "marker {comment} is not valid JSON ({e}); expected {{\"imagelock\": \"<namespace>:<alias>[:<tag>]\"}}"
+                "marker {} is not valid JSON ({e}); expected {{\"imagelock\": \"<namespace>:<alias>[:<tag>]\"}}",
+                quote(comment)
             )),
         };
         return Some(Candidate {
@@ -284,7 +286,10 @@ fn parse_marker(object: &serde_json::Map<String, serde_json::Value>) -> Result<M
         match (key.as_str(), value.as_str()) {
             (MARKER_KEY, Some(text)) => reference = Some(text),
             (MARKER_KEY, None) => {
-                return Err(format!("marker value {value} is not a string; {FORM}"));
+                return Err(format!(
+                    "marker value {} is not a string; {FORM}",
+                    quote(&value.to_string())
+                ));
             }
             ("part", Some("image")) => part = Part::Image,
             ("part", Some("repository")) => part = Part::Repository,
@@ -292,19 +297,21 @@ fn parse_marker(object: &serde_json::Map<String, serde_json::Value>) -> Result<M
             ("part", Some("tag")) => part = Part::Tag,
             ("part", _) => {
                 return Err(format!(
-                    "marker part {value} is not one of \"image\", \"repository\", \"digest\", \"tag\""
+                    "marker part {} is not one of \"image\", \"repository\", \"digest\", \"tag\"",
+                    quote(&value.to_string())
                 ));
             }
             (other, _) => {
                 return Err(format!(
-                    "unknown key {other:?} in the marker; it takes \"imagelock\" and optionally \"part\""
+                    "unknown key {} in the marker; it takes \"imagelock\" and optionally \"part\"",
+                    quote(other)
                 ));
             }
         }
     }
     let reference = reference.unwrap_or_default();
     let fields: Vec<&str> = reference.split(':').collect();
-    let bad = || format!("marker {reference:?}: {FORM}");
+    let bad = || format!("marker {}: {FORM}", quote(reference));
     if fields.iter().any(|f| f.trim().is_empty() || *f != f.trim()) {
         return Err(bad());
     }
@@ -640,7 +647,7 @@ l: web {M}
             problems(&text),
             [
                 "1:8: unknown alias \"nope\" in \"team-a\"",
-                "3:8: marker {\"imagelock\": team-a} is not valid JSON (expected ident at line 1 column 16); expected {\"imagelock\": \"<namespace>:<alias>[:<tag>]\"}",
+                "3:8: marker \"{\\\"imagelock\\\": team-a}\" is not valid JSON (expected ident at line 1 column 16); expected {\"imagelock\": \"<namespace>:<alias>[:<tag>]\"}",
                 "4:8: marker \"team-a\": expected \"<namespace>:<alias>\" or \"<namespace>:<alias>:<tag>\", like \"team-a:web:latest\"",
                 "5:8: unknown key \"x\" in the marker; it takes \"imagelock\" and optionally \"part\"",
                 "6:17: the marker must directly follow the value it pins (flow collections like {image: web} are not rewritten)",
