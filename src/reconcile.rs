@@ -545,6 +545,30 @@ mod tests {
     }
 
     #[test]
+    fn no_orphan_is_removed_when_images_was_not_listed_completely() {
+        let deep = format!("images/{}web.yaml", "d/".repeat(40));
+        let dir = mk_repo(&[&deep]);
+        let root = dir.path();
+        std::fs::write(root.join("images/gone.lock.yaml"), "apiVersion: x\n").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("images/link.lock.yaml")).unwrap();
+        let outcome = apply_now(root).unwrap();
+        assert!(outcome.touched.is_empty(), "{:?}", outcome.touched);
+        assert!(root.join("images/gone.lock.yaml").exists());
+        std::fs::remove_dir_all(root.join("images/d")).unwrap();
+        // Complete again: the orphan and the orphaned link (not what it points at) go.
+        let outcome = apply_now(root).unwrap();
+        assert_eq!(
+            outcome.touched,
+            [
+                PathBuf::from("images/gone.lock.yaml"),
+                PathBuf::from("images/link.lock.yaml")
+            ]
+        );
+        assert!(std::fs::symlink_metadata(root.join("images/link.lock.yaml")).is_err());
+        assert!(Path::new("/etc/passwd").exists());
+    }
+
+    #[test]
     fn orphans_go_but_locks_of_refused_manifests_stay() {
         let dir = mk_repo(&["images/web.yaml", "images/app.yaml", "images/app.yml"]);
         let root = dir.path();

@@ -191,9 +191,14 @@ impl Listing {
 /// never following a link, leaving out hidden entries and anything under `skip`. Never fails:
 /// what cannot be read is a problem and makes the listing incomplete.
 pub fn list(root: &Path, relative: &Path, skip: &[&Path]) -> Listing {
+    list_bounded(root, relative, skip, MAX_ENTRIES)
+}
+
+fn list_bounded(root: &Path, relative: &Path, skip: &[&Path], max_entries: usize) -> Listing {
     let mut walk = Walk {
         root,
         skip,
+        max_entries,
         listing: Listing {
             complete: true,
             ..Listing::default()
@@ -250,6 +255,7 @@ fn kind_of(file_type: &fs::FileType) -> Kind {
 struct Walk<'a> {
     root: &'a Path,
     skip: &'a [&'a Path],
+    max_entries: usize,
     listing: Listing,
 }
 
@@ -292,13 +298,12 @@ impl Walk<'_> {
                     return;
                 }
             };
-            if self.listing.entries.len() + children.len() >= MAX_ENTRIES {
-                self.problem(
-                    relative,
-                    format!(
-                        "more than {MAX_ENTRIES} entries in the walk; the rest is not read (split the repository)"
-                    ),
+            if self.listing.entries.len() + children.len() >= self.max_entries {
+                let message = format!(
+                    "more than {} entries in the walk; the rest is not read (split the repository)",
+                    self.max_entries
                 );
+                self.problem(relative, message);
                 return;
             }
             let name = entry.file_name();
@@ -348,7 +353,8 @@ pub struct ImageFiles {
     /// Manifests to read: regular files, names the commit step takes, a lock path free for
     /// them alone. Sorted.
     pub manifests: Vec<PathBuf>,
-    /// Regular lock files. Sorted.
+    /// Lock files: regular files, and symlinks with a lock's name (never read; removed when
+    /// orphaned, replaced by a regular lock when written). Sorted.
     pub locks: Vec<PathBuf>,
     /// Lock paths that belong to a manifest-named entry (even a refused one: its lock is
     /// kept, not removed as an orphan).
@@ -402,6 +408,16 @@ pub fn image_files(root: &Path) -> ImageFiles {
             continue;
         }
         match kind {
+            Kind::Symlink if is_lock_name(name) => {
+                report(
+                    path,
+                    format!(
+                        "{}; it is never read, and is replaced by a regular lock (or removed)",
+                        Refusal::Symlink
+                    ),
+                );
+                found.locks.push(path.clone());
+            }
             Kind::Symlink => report(path, format!("{}; it is skipped", Refusal::Symlink)),
             Kind::Special => report(path, "is not a regular file; it is skipped".to_owned()),
             Kind::File if is_lock_name(name) => found.locks.push(path.clone()),
@@ -607,6 +623,7 @@ mod tests {
         let root = dir.path();
         symlink("../team-a", root.join("images/team-c/link")).unwrap();
         symlink("web.yaml", root.join("images/team-a/alias.yaml")).unwrap();
+        symlink("/etc/passwd", root.join("images/team-a/linked.lock.yaml")).unwrap();
         let long = format!("images/team-d/{}.yaml", "a".repeat(250));
         fs::create_dir_all(root.join("images/team-d")).unwrap();
         fs::write(root.join(&long), "x: 1\n").unwrap();
@@ -622,6 +639,7 @@ mod tests {
         assert_eq!(
             strings(&found.locks),
             [
+                "images/team-a/linked.lock.yaml",
                 "images/team-a/old.lock.yaml",
                 "images/team-a/web.lock.yaml",
                 "images/team-b/app.lock.yaml"
@@ -649,6 +667,7 @@ mod tests {
             messages(&found),
             [
                 "images/team-a/alias.yaml:1:1: is a symlink or goes through one; links in the config repo are never followed; it is skipped".to_owned(),
+                "images/team-a/linked.lock.yaml:1:1: is a symlink or goes through one; links in the config repo are never followed; it is never read, and is replaced by a regular lock (or removed)".to_owned(),
                 "images/team-b/app.yaml:1:1: images/team-b/app.yaml and images/team-b/app.yml would share the lock images/team-b/app.lock.yaml; neither is read until one is renamed".to_owned(),
                 "images/team-b/app.yml:1:1: images/team-b/app.yaml and images/team-b/app.yml would share the lock images/team-b/app.lock.yaml; neither is read until one is renamed".to_owned(),
                 "images/team-c/dirlock.yaml:1:1: its lock images/team-c/dirlock.lock.yaml is not a regular file; remove it to let imagelock write the lock".to_owned(),
@@ -701,6 +720,25 @@ mod tests {
             ]
         );
         assert!(image_files(mk_tree(&[]).path()).complete);
+    }
+
+    #[test]
+    fn the_entry_limit_makes_a_listing_incomplete() {
+        let dir = mk_tree(&[
+            "out/a/1.yaml",
+            "out/a/2.yaml",
+            "out/b/3.yaml",
+            "out/b/4.yaml",
+        ]);
+        let all = list_bounded(dir.path(), Path::new("out"), &[], 7);
+        assert!(all.complete && all.files().count() == 4);
+        let cut = list_bounded(dir.path(), Path::new("out"), &[], 5);
+        assert!(!cut.complete);
+        assert!(cut.files().count() < 4);
+        assert_eq!(
+            cut.problems[0].1,
+            "more than 5 entries in the walk; the rest is not read (split the repository)"
+        );
     }
 
     #[test]
