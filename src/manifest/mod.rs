@@ -25,8 +25,8 @@ pub use model::*;
 pub use pattern::highest_version_first;
 pub use walk::{MAX_DEPTH, MAX_FILE_SIZE};
 pub use yaml::{
-    EXCERPT_CHARS, MAX_LOCK_NODES, MAX_YAML_DEPTH, ShapeError, check_shape, escape_text,
-    is_unprintable, quote,
+    EXCERPT_CHARS, MAX_LOCK_NODES, MAX_YAML_DEPTH, MAX_YAML_NODES, ShapeError, check_shape,
+    check_size, escape_text, is_unprintable, quote,
 };
 
 /// API version of every file imagelock reads or writes.

@@ -173,11 +173,22 @@ impl fmt::Display for ShapeError {
 /// at most `max_nodes` nodes, no anchors and no aliases (an alias bomb expands a few
 /// kilobytes into gigabytes). Stops at the first problem.
 pub fn check_shape(source: &str, max_nodes: usize) -> Result<(), ShapeError> {
+    check_events(source, max_nodes, false)
+}
+
+/// [`check_shape`] for YAML that is not imagelock's own (files with setter markers), where
+/// anchors and aliases are the author's business: only nesting and the node count.
+pub fn check_size(source: &str, max_nodes: usize) -> Result<(), ShapeError> {
+    check_events(source, max_nodes, true)
+}
+
+fn check_events(source: &str, max_nodes: usize, anchors: bool) -> Result<(), ShapeError> {
     let mut depth = 0usize;
     let mut nodes = 0usize;
     for next in Parser::new_from_str(source) {
         let (event, span) = next.map_err(ShapeError::Syntax)?;
         let anchor = match event {
+            Event::Alias(_) if anchors => continue,
             Event::Alias(_) => return Err(ShapeError::Alias(span.start)),
             Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
                 depth += 1;
@@ -193,7 +204,7 @@ pub fn check_shape(source: &str, max_nodes: usize) -> Result<(), ShapeError> {
             }
             _ => continue,
         };
-        if anchor != 0 {
+        if anchor != 0 && !anchors {
             return Err(ShapeError::Anchor(span.start));
         }
         nodes += 1;

@@ -15,7 +15,7 @@
 
 use saphyr_parser::{Event, Parser, ScalarStyle, ScanError};
 
-use crate::manifest::{escape_text, quote};
+use crate::manifest::{MAX_YAML_NODES, ShapeError, check_size, escape_text, quote};
 use crate::yaml_scalar::{quoted, single_quoted, stays_plain};
 
 /// The key of the marker object.
@@ -80,6 +80,22 @@ pub fn rewrite(text: &str, resolve: &dyn Fn(&Marker) -> Resolution) -> Rewrite {
     let lines = split_lines(text);
     let candidates: Vec<Candidate> = lines.iter().filter_map(find_marker).collect();
     if candidates.is_empty() {
+        return result;
+    }
+    // The scan keeps every event: bound them first (a marker in a file of millions of values).
+    // Syntax errors are the scan's to report.
+    if let Err(error) = check_size(text, MAX_YAML_NODES)
+        && !matches!(error, ShapeError::Syntax(_))
+    {
+        let at = error.marker();
+        result.problems.push(Problem {
+            line: at.line(),
+            col: at.col() + 1,
+            message: format!(
+                "{}; its imagelock markers are not applied",
+                error.message(None)
+            ),
+        });
         return result;
     }
     let scan = match scan(text) {
@@ -674,5 +690,20 @@ l: web {M}
         );
         // Without a marker the file is not even parsed.
         assert_eq!(run("x: [\n"), Rewrite::default());
+    }
+
+    #[test]
+    fn huge_files_are_refused_before_their_events_are_kept() {
+        let text = format!("image: web {M}\nx: [{}]\n", "a,".repeat(MAX_YAML_NODES));
+        let found = problems(&text);
+        assert_eq!(found.len(), 1);
+        assert!(found[0].starts_with("2:"), "{found:?}");
+        assert!(found[0].contains("more than 200000 values"), "{found:?}");
+        // Anchors are the author's business in these files.
+        let anchored = format!("base: &b {{a: 1}}\nother: *b\nimage: web {M}\n");
+        assert_eq!(
+            rewritten(&anchored),
+            format!("base: &b {{a: 1}}\nother: *b\nimage: {PINNED} {M}\n")
+        );
     }
 }
