@@ -15,7 +15,8 @@
 
 use saphyr_parser::{Event, Parser, ScalarStyle, ScanError};
 
-use crate::manifest::{MAX_YAML_NODES, ShapeError, check_size, escape_text, quote};
+// JSON values and marker comments print as written (JSON quotes its own strings), cut short.
+use crate::manifest::{EXCERPT_CHARS, MAX_YAML_NODES, ShapeError, check_size, escape_text, quote};
 use crate::yaml_scalar::{quoted, single_quoted, stays_plain};
 
 /// The key of the marker object.
@@ -282,7 +283,7 @@ fn find_marker(line: &Line<'_>) -> Option<Candidate> {
             Ok(_) => continue,
             Err(e) => Err(format!(
                 "marker {} is not valid JSON ({e}); expected {{\"imagelock\": \"<namespace>:<alias>[:<tag>]\"}}",
-                quote(comment)
+                escape_text(comment, EXCERPT_CHARS)
             )),
         };
         return Some(Candidate {
@@ -304,7 +305,7 @@ fn parse_marker(object: &serde_json::Map<String, serde_json::Value>) -> Result<M
             (MARKER_KEY, None) => {
                 return Err(format!(
                     "marker value {} is not a string; {FORM}",
-                    quote(&value.to_string())
+                    escape_text(&value.to_string(), EXCERPT_CHARS)
                 ));
             }
             ("part", Some("image")) => part = Part::Image,
@@ -314,7 +315,7 @@ fn parse_marker(object: &serde_json::Map<String, serde_json::Value>) -> Result<M
             ("part", _) => {
                 return Err(format!(
                     "marker part {} is not one of \"image\", \"repository\", \"digest\", \"tag\"",
-                    quote(&value.to_string())
+                    escape_text(&value.to_string(), EXCERPT_CHARS)
                 ));
             }
             (other, _) => {
@@ -663,7 +664,7 @@ l: web {M}
             problems(&text),
             [
                 "1:8: unknown alias \"nope\" in \"team-a\"",
-                "3:8: marker \"{\\\"imagelock\\\": team-a}\" is not valid JSON (expected ident at line 1 column 16); expected {\"imagelock\": \"<namespace>:<alias>[:<tag>]\"}",
+                "3:8: marker {\"imagelock\": team-a} is not valid JSON (expected ident at line 1 column 16); expected {\"imagelock\": \"<namespace>:<alias>[:<tag>]\"}",
                 "4:8: marker \"team-a\": expected \"<namespace>:<alias>\" or \"<namespace>:<alias>:<tag>\", like \"team-a:web:latest\"",
                 "5:8: unknown key \"x\" in the marker; it takes \"imagelock\" and optionally \"part\"",
                 "6:17: the marker must directly follow the value it pins (flow collections like {image: web} are not rewritten)",
@@ -699,6 +700,13 @@ l: web {M}
         assert_eq!(found.len(), 1);
         assert!(found[0].starts_with("2:"), "{found:?}");
         assert!(found[0].contains("more than 200000 values"), "{found:?}");
+        // A long bad marker is quoted short.
+        let long = format!("image: web # {{\"imagelock\": {}}}\n", "x".repeat(5_000));
+        let found = problems(&long);
+        assert!(
+            found[0].len() < 400 && found[0].contains("xxx…"),
+            "{found:?}"
+        );
         // Anchors are the author's business in these files.
         let anchored = format!("base: &b {{a: 1}}\nother: *b\nimage: web {M}\n");
         assert_eq!(
