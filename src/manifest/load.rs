@@ -446,6 +446,33 @@ mod tests {
     }
 
     #[test]
+    fn hostile_yaml_loads_on_a_small_stack() {
+        // Tokio's blocking threads have 2 MiB; a quarter of that is plenty when nothing
+        // recurses with the input's depth.
+        let dir = mk_repo(&[
+            ("imagelock.yaml", &format!("{}x\n", "- ".repeat(20_000))),
+            ("images/deep.yaml", &format!("{}x\n", "- ".repeat(20_000))),
+            ("images/flow.yaml", &"[".repeat(20_000)),
+            (
+                "images/keys.yaml",
+                &(0..3_000)
+                    .map(|i| format!("{}k:\n", " ".repeat(i)))
+                    .collect::<String>(),
+            ),
+            ("images/a.yaml", &mk_set("team-a", &["a"])),
+        ]);
+        let root = dir.path().to_owned();
+        let repo = std::thread::Builder::new()
+            .stack_size(512 << 10)
+            .spawn(move || load_repo(&root).unwrap())
+            .unwrap()
+            .join()
+            .expect("no stack overflow");
+        assert_eq!(paths(&repo), ["images/a.yaml"]);
+        assert_eq!(repo.diagnostics.len(), 4, "{:?}", messages(&repo));
+    }
+
+    #[test]
     fn imagelock_yaml_must_be_a_small_regular_file() {
         let dir = mk_repo(&[("images/a.yaml", &mk_set("team-a", &["a"]))]);
         fs::create_dir(dir.path().join("imagelock.yaml")).unwrap();
