@@ -51,7 +51,7 @@ impl fmt::Display for Diagnostic {
         write!(
             f,
             "{}:{}:{}: {}",
-            escape_text(&self.path.to_string_lossy(), 300),
+            escape_text(&self.path.to_string_lossy(), crate::git::MAX_PATH_LEN),
             self.position.line,
             self.position.col,
             self.message
