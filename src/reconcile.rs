@@ -41,11 +41,6 @@ pub enum ReconcileError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot list lock files under {path}: {source}")]
-    Walk {
-        path: PathBuf,
-        source: std::io::Error,
-    },
 }
 
 impl ReconcileError {
@@ -55,7 +50,6 @@ impl ReconcileError {
             ReconcileError::Lock(e) => e.metric_label(),
             ReconcileError::Outputs(e) => e.metric_label(),
             ReconcileError::RemoveOrphan { .. } => "remove_orphan",
-            ReconcileError::Walk { .. } => "walk",
         }
     }
 }
@@ -326,7 +320,7 @@ pub fn apply_to(
         let changes = lock::diff_locks(&lock_label, previous.as_ref(), Some(&next));
         let path = root.join(&lock_rel);
         let rendered = lock::render(&next);
-        if std::fs::read(&path).ok().as_deref() != Some(rendered.as_bytes()) {
+        if !lock::is_unchanged(&path, &rendered) {
             if mode == Mode::Write {
                 lock::write_atomic(&path, &rendered)?;
             }
@@ -377,66 +371,40 @@ fn read_previous_or_none(root: &Path, manifest: &Path) -> Option<LockFile> {
     })
 }
 
-/// Locks whose manifest is gone are removed. A manifest that exists but has errors keeps its
-/// lock (the last good one).
+/// Locks whose manifest is gone are removed. A manifest that exists but has errors (or is
+/// refused by the walker) keeps its lock (the last good one). Nothing is removed when
+/// `images/` could not be listed completely.
 fn remove_orphans(
     root: &Path,
     repo: &LoadedRepo,
     mode: Mode,
     outcome: &mut Outcome,
 ) -> Result<(), ReconcileError> {
-    let images = root.join(manifest::IMAGES_DIR);
-    let mut stack = vec![images.clone()];
-    while let Some(dir) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(ReconcileError::Walk { path: dir, source }),
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Ok(file_type) = entry.file_type() else {
-                continue;
-            };
-            if file_type.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            if !file_type.is_file() || !lock::is_lock_path(&path) {
-                continue;
-            }
-            let Ok(rel) = path.strip_prefix(root).map(Path::to_path_buf) else {
-                continue;
-            };
-            let name = rel
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let stem = name.trim_end_matches(lock::LOCK_SUFFIX);
-            let has_manifest = ["yaml", "yml"]
+    let files = manifest::walk::image_files(root);
+    if !files.complete {
+        tracing::warn!("images/ was not listed completely; no orphaned lock is removed");
+        return Ok(());
+    }
+    for rel in files.locks {
+        if files.claimed_locks.contains(&rel)
+            || repo
+                .sets
                 .iter()
-                .any(|ext| path.with_file_name(format!("{stem}.{ext}")).exists());
-            if has_manifest
-                || repo
-                    .sets
-                    .iter()
-                    .any(|s| lock::lock_path_for(&s.path) == rel)
-            {
-                continue;
-            }
-            let previous = lock::read(&path).ok().flatten();
-            let label = rel.to_string_lossy().into_owned();
-            outcome
-                .changes
-                .extend(lock::diff_locks(&label, previous.as_ref(), None));
-            if mode == Mode::Write {
-                std::fs::remove_file(&path).map_err(|source| ReconcileError::RemoveOrphan {
-                    path: path.clone(),
-                    source,
-                })?;
-            }
-            outcome.touched.push(rel);
+                .any(|s| lock::lock_path_for(&s.path) == rel)
+        {
+            continue;
         }
+        let previous = lock::read_in(root, &rel).ok().flatten();
+        let label = rel.to_string_lossy().into_owned();
+        outcome
+            .changes
+            .extend(lock::diff_locks(&label, previous.as_ref(), None));
+        if mode == Mode::Write {
+            let path = root.join(&rel);
+            std::fs::remove_file(&path)
+                .map_err(|source| ReconcileError::RemoveOrphan { path, source })?;
+        }
+        outcome.touched.push(rel);
     }
     outcome.touched.sort();
     Ok(())
@@ -484,8 +452,7 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_unreadable_lock_stops_the_pass_instead_of_losing_its_history() {
+    fn mk_repo(manifests: &[&str]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         std::fs::write(
@@ -493,30 +460,130 @@ mod tests {
             "apiVersion: imagelock.dev/v1alpha1\nkind: Config\n",
         )
         .unwrap();
-        std::fs::create_dir_all(root.join("images")).unwrap();
-        std::fs::write(
-            root.join("images/web.yaml"),
-            "apiVersion: imagelock.dev/v1alpha1\nkind: ImageSet\nmetadata: {name: web, namespace: team-a}\nspec:\n  images:\n    - {name: web, source: quay.io/company/web, tags: [latest]}\n",
-        )
-        .unwrap();
-        // A directory where the lock should be: reading it fails with an I/O error.
-        std::fs::create_dir(root.join("images/web.lock.yaml")).unwrap();
-        let result = apply(
+        for manifest in manifests {
+            let path = root.join(manifest);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            let alias = path
+                .file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .replace('.', "-");
+            std::fs::write(
+                path,
+                format!("apiVersion: imagelock.dev/v1alpha1\nkind: ImageSet\nmetadata: {{name: {alias}, namespace: team-a}}\nspec:\n  images:\n    - {{name: {alias}, source: quay.io/company/web, tags: [latest]}}\n"),
+            )
+            .unwrap();
+        }
+        dir
+    }
+
+    fn apply_now(root: &Path) -> Result<Outcome, ReconcileError> {
+        apply(
             root,
             &Observations::default(),
             chrono::Utc::now(),
             Mode::Write,
-        );
+        )
+    }
+
+    #[test]
+    fn a_directory_where_the_lock_goes_fails_only_its_manifest() {
+        let dir = mk_repo(&["images/web.yaml", "images/api.yaml"]);
+        let root = dir.path();
+        std::fs::create_dir(root.join("images/web.lock.yaml")).unwrap();
+        let outcome = apply_now(root).unwrap();
+        assert_eq!(outcome.touched, [PathBuf::from("images/api.lock.yaml")]);
         assert!(
-            matches!(
-                result,
-                Err(ReconcileError::Lock(lock::LockError::Read { .. }))
+            outcome.diagnostics[0].to_string().starts_with(
+                "images/web.yaml:1:1: its lock images/web.lock.yaml is not a regular file"
             ),
-            "{result:?}"
+            "{:?}",
+            outcome.diagnostics
         );
         assert!(
             root.join("images/web.lock.yaml").is_dir(),
             "nothing was written over it"
         );
+    }
+
+    #[test]
+    fn a_lock_committed_as_a_symlink_is_replaced_never_followed() {
+        let dir = mk_repo(&["images/web.yaml"]);
+        let outside = tempfile::tempdir().unwrap();
+        let secret = outside.path().join("token");
+        std::fs::write(&secret, "apiVersion: hunter2\n").unwrap();
+        let root = dir.path();
+        std::os::unix::fs::symlink(&secret, root.join("images/web.lock.yaml")).unwrap();
+        let outcome = apply_now(root).unwrap();
+        assert_eq!(outcome.touched, [PathBuf::from("images/web.lock.yaml")]);
+        let lock = root.join("images/web.lock.yaml");
+        assert!(std::fs::symlink_metadata(&lock).unwrap().is_file());
+        assert_eq!(
+            std::fs::read_to_string(&secret).unwrap(),
+            "apiVersion: hunter2\n"
+        );
+        let shown = format!("{outcome:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn links_under_images_are_neither_read_nor_written_through() {
+        // A link back into the repo: followed, team-a's manifest would also be
+        // images/team-b/link/web.yaml, whose lock the commit step refuses.
+        let dir = mk_repo(&["images/team-a/web.yaml"]);
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("images/team-b")).unwrap();
+        std::os::unix::fs::symlink("../team-a", root.join("images/team-b/link")).unwrap();
+        let outcome = apply_now(root).unwrap();
+        assert_eq!(
+            outcome.touched,
+            [PathBuf::from("images/team-a/web.lock.yaml")]
+        );
+        for path in &outcome.touched {
+            crate::git::join_repo_path(root, path).expect("the commit step takes every path");
+        }
+    }
+
+    #[test]
+    fn no_orphan_is_removed_when_images_was_not_listed_completely() {
+        let deep = format!("images/{}web.yaml", "d/".repeat(40));
+        let dir = mk_repo(&[&deep]);
+        let root = dir.path();
+        std::fs::write(root.join("images/gone.lock.yaml"), "apiVersion: x\n").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("images/link.lock.yaml")).unwrap();
+        let outcome = apply_now(root).unwrap();
+        assert!(outcome.touched.is_empty(), "{:?}", outcome.touched);
+        assert!(root.join("images/gone.lock.yaml").exists());
+        std::fs::remove_dir_all(root.join("images/d")).unwrap();
+        // Complete again: the orphan and the orphaned link (not what it points at) go.
+        let outcome = apply_now(root).unwrap();
+        assert_eq!(
+            outcome.touched,
+            [
+                PathBuf::from("images/gone.lock.yaml"),
+                PathBuf::from("images/link.lock.yaml")
+            ]
+        );
+        assert!(std::fs::symlink_metadata(root.join("images/link.lock.yaml")).is_err());
+        assert!(Path::new("/etc/passwd").exists());
+    }
+
+    #[test]
+    fn orphans_go_but_locks_of_refused_manifests_stay() {
+        let dir = mk_repo(&["images/web.yaml", "images/app.yaml", "images/app.yml"]);
+        let root = dir.path();
+        for lock in ["images/gone.lock.yaml", "images/app.lock.yaml"] {
+            std::fs::write(root.join(lock), "apiVersion: x\n").unwrap();
+        }
+        let outcome = apply_now(root).unwrap();
+        assert_eq!(
+            outcome.touched,
+            [
+                PathBuf::from("images/gone.lock.yaml"),
+                PathBuf::from("images/web.lock.yaml")
+            ]
+        );
+        assert!(!root.join("images/gone.lock.yaml").exists());
+        assert!(root.join("images/app.lock.yaml").exists());
     }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use notify_debouncer_full::notify::{EventKind, RecursiveMode};
-use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
+use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer_opt};
 use tokio::sync::mpsc;
 
 use super::{DaemonError, Trigger};
@@ -26,7 +26,10 @@ pub fn watch(path: &Path, triggers: mpsc::Sender<Trigger>) -> Result<RepoWatcher
         path: path.to_owned(),
         message: e.to_string(),
     };
-    let mut debouncer = new_debouncer(
+    // A work tree of the repo may hold links committed by anyone: the recursive watch must not
+    // follow them (a chain of directory links makes the walk exponential).
+    let config = notify_debouncer_full::notify::Config::default().with_follow_symlinks(false);
+    let mut debouncer = new_debouncer_opt(
         Duration::from_millis(300),
         None,
         move |result: DebounceEventResult| {
@@ -39,6 +42,8 @@ pub fn watch(path: &Path, triggers: mpsc::Sender<Trigger>) -> Result<RepoWatcher
                 let _ = triggers.try_send(Trigger::RepoChanged);
             }
         },
+        RecommendedCache::default(),
+        config,
     )
     .map_err(error)?;
     debouncer
@@ -57,6 +62,31 @@ pub(crate) fn is_change(kind: &EventKind) -> bool {
 mod tests {
     use super::*;
     use notify_debouncer_full::notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+
+    #[test]
+    fn a_chain_of_directory_links_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        std::fs::create_dir(root.join("d0")).unwrap();
+        // Two links per level: followed, 31 levels are 2^31 directories to watch.
+        for level in 1..=31 {
+            std::fs::create_dir(root.join(format!("d{level}"))).unwrap();
+            for link in ["a", "b"] {
+                let target = format!("../d{}", level - 1);
+                std::os::unix::fs::symlink(target, root.join(format!("d{level}/{link}"))).unwrap();
+            }
+        }
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (triggers, _rx) = mpsc::channel(1);
+            let watched = watch(&root, triggers).map(drop).map_err(|e| e.to_string());
+            let _ = done_tx.send(watched);
+        });
+        let watched = done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("watching a link chain returns at once");
+        assert_eq!(watched, Ok(()));
+    }
 
     #[test]
     fn reads_do_not_wake_the_loop() {

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 pub use checkout::{Checkout, commit_in};
 pub use error::{GitError, Operation, redact_url};
-pub use paths::{join_repo_path, normalize_repo_path};
+pub use paths::{MAX_NAME_LEN, MAX_PATH_LEN, check_component, join_repo_path, normalize_repo_path};
 pub use retry::{PushResult, RetryError, commit_and_push_guarded, commit_and_push_with_retry};
 
 /// How to authenticate to the remote. Secrets stay in their files and are read on each

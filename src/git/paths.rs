@@ -1,27 +1,66 @@
 //! Safe handling of repo-relative paths. The paths come from manifests that pull requests
 //! edit, so a path must never lead out of the work tree: no absolute paths, no `..`, no
 //! `.git`, and no symlink on the way (a symlink committed to the repo could point anywhere).
+//!
+//! [`check_component`] is the one rule for which names the commit step takes; the walker
+//! over `images/` applies it too, so a manifest whose lock could not be committed is reported
+//! for itself instead of failing the commit of every team.
 
+use std::ffi::OsStr;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
 use super::GitError;
 
-/// Checks that `path` is a plain repo-relative path and returns it normalised (`./`
-/// components dropped).
+/// Longest file or directory name (bytes) the commit step takes: Linux's `NAME_MAX`.
+pub const MAX_NAME_LEN: usize = 255;
+/// Longest repo-relative path (bytes) the commit step takes. Far below `PATH_MAX`, so that a
+/// path still opens below a long work dir; far above any real manifest path.
+pub const MAX_PATH_LEN: usize = 1024;
+
+/// Why the commit step would refuse a file or directory `name`, if it would: not UTF-8 (lock
+/// names and commit messages are text), control or bidirectional-override characters (they
+/// forge lines in logs and commit messages), too long, or a name Git or libgit2
+/// refuses to stage (`.git` in any case, its NTFS short name `git~1`, `.` and `..`).
+pub fn check_component(name: &OsStr) -> Result<(), &'static str> {
+    let Some(name) = name.to_str() else {
+        return Err("is not valid UTF-8");
+    };
+    if name.is_empty() || name == "." || name == ".." {
+        return Err("contains an empty, `.` or `..` component");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err("has a name longer than 255 bytes");
+    }
+    if name.chars().any(crate::manifest::is_unprintable) {
+        return Err("contains a control character");
+    }
+    // Case-insensitive: on such file systems `.GIT` is the git dir too. libgit2 also refuses
+    // the NTFS forms (`.git.`, `.git `, `git~1`), whatever the platform.
+    let lower = name.to_ascii_lowercase();
+    let bare = lower.split(':').next().unwrap_or_default();
+    let bare = bare.trim_end_matches([' ', '.']);
+    if bare == ".git" || bare == "git~1" {
+        return Err("names the .git directory");
+    }
+    Ok(())
+}
+
+/// Checks that `path` is a plain repo-relative path the commit step can stage (see
+/// [`check_component`]) and returns it normalised (`./` components dropped).
 pub fn normalize_repo_path(path: &Path) -> Result<PathBuf, GitError> {
     let invalid = |reason| GitError::InvalidPath {
         path: path.to_owned(),
         reason,
     };
+    if path.as_os_str().len() > MAX_PATH_LEN {
+        return Err(invalid("is longer than 1024 bytes"));
+    }
     let mut out = PathBuf::new();
     for component in path.components() {
         match component {
             Component::Normal(name) => {
-                // Case-insensitive: on such file systems `.GIT` is the git dir too.
-                if name.eq_ignore_ascii_case(".git") {
-                    return Err(invalid("names the .git directory"));
-                }
+                check_component(name).map_err(invalid)?;
                 out.push(name);
             }
             Component::CurDir => {}
@@ -114,6 +153,45 @@ mod tests {
         assert_eq!(reason("sub/.GIT/hooks/x"), "names the .git directory");
         assert_eq!(reason(""), "is empty");
         assert_eq!(reason("./."), "is empty");
+        assert_eq!(reason("images/git~1/x"), "names the .git directory");
+        assert_eq!(reason("images/GIT~1 ./x"), "names the .git directory");
+        assert_eq!(reason(".git:stream"), "names the .git directory");
+    }
+
+    #[test]
+    fn refuses_names_the_commit_step_cannot_stage() {
+        use std::os::unix::ffi::OsStrExt as _;
+        assert_eq!(reason("images/a\nb.yaml"), "contains a control character");
+        assert_eq!(
+            reason("images/a\u{1b}[31m.yaml"),
+            "contains a control character"
+        );
+        assert_eq!(
+            reason("images/\u{202e}lmay.yaml"),
+            "contains a control character"
+        );
+        let long = format!("images/{}.yaml", "a".repeat(251));
+        assert_eq!(reason(&long), "has a name longer than 255 bytes");
+        assert_eq!(
+            ok(&format!("images/{}.yaml", "a".repeat(250)))
+                .as_os_str()
+                .len(),
+            262
+        );
+        let deep = format!("images/{}", "abcdefgh/".repeat(120));
+        assert_eq!(reason(&deep), "is longer than 1024 bytes");
+        let latin1 = Path::new(OsStr::from_bytes(b"images/caf\xe9.yaml"));
+        assert!(matches!(
+            normalize_repo_path(latin1),
+            Err(GitError::InvalidPath {
+                reason: "is not valid UTF-8",
+                ..
+            })
+        ));
+        assert_eq!(
+            ok("images/café/web-1.0_x.yaml"),
+            PathBuf::from("images/café/web-1.0_x.yaml")
+        );
     }
 
     #[test]

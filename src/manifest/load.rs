@@ -1,16 +1,16 @@
 //! Reading a whole config repo checkout: `imagelock.yaml` and every manifest under `images/`.
 //!
 //! A bad file never stops the others: each problem becomes a [`Diagnostic`] and the valid sets
-//! are still returned. Paths from the repo are never trusted: anything that resolves outside
-//! the root (a symlink to `/etc`, say) is refused.
+//! are still returned. Files are found and read by [`walk`](super::walk): no symlink is
+//! followed, only regular files are read, each with a size cap.
 
 use std::collections::HashMap;
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use super::imageset;
 use super::model::{ImageSet, Position, RepoConfig};
+use super::walk::{self, FileRead, MAX_FILE_SIZE};
 use super::yaml::FILE_START;
 use super::{Diagnostic, ManifestError, parse_repo_config};
 
@@ -18,10 +18,6 @@ use super::{Diagnostic, ManifestError, parse_repo_config};
 pub const CONFIG_FILE: &str = "imagelock.yaml";
 /// Where manifests and their locks live.
 pub const IMAGES_DIR: &str = "images";
-/// Manifests are hand-written; anything this large is a mistake (or an attack).
-pub const MAX_FILE_SIZE: u64 = 8 << 20;
-/// Deepest directory nesting under `images/` that is read.
-pub const MAX_DEPTH: usize = 32;
 
 /// Everything `load_repo` found.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,10 +38,11 @@ impl LoadedRepo {
 }
 
 /// Reads `root/imagelock.yaml` (missing: defaults) and every `images/**/*.yaml` and `*.yml`
-/// except `*.lock.yaml`; hidden files and directories are skipped. When `imagelock.yaml` is
-/// invalid the sets are still checked against the defaults, so that one run reports everything.
-/// An alias defined twice in one namespace is reported in the later file (by path), which is
-/// left out of `sets`. Errors only when `root` itself cannot be read.
+/// except `*.lock.yaml`, as [`walk::image_files`] finds them; hidden files and directories
+/// are skipped. When `imagelock.yaml` is invalid the sets are still checked against the
+/// defaults, so that one run reports everything. An alias defined twice in one namespace is
+/// reported in the later file (by path), which is left out of `sets`. Errors only when `root`
+/// itself cannot be read.
 pub fn load_repo(root: &Path) -> Result<LoadedRepo, ManifestError> {
     let io_error = |source| ManifestError::Io {
         path: root.to_path_buf(),
@@ -56,6 +53,8 @@ pub fn load_repo(root: &Path) -> Result<LoadedRepo, ManifestError> {
             path: root.to_path_buf(),
         });
     }
+    // The root is the operator's (the daemon's work dir, or the directory given to the CLI):
+    // it may be a link. Nothing below it is followed.
     let real_root = fs::canonicalize(root).map_err(io_error)?;
     fs::read_dir(&real_root).map_err(io_error)?;
     let mut loader = Loader {
@@ -64,8 +63,10 @@ pub fn load_repo(root: &Path) -> Result<LoadedRepo, ManifestError> {
     };
 
     let config = loader.config();
+    let files = walk::image_files(&loader.root);
+    loader.diagnostics.extend(files.diagnostics);
     let mut sets = Vec::new();
-    for path in loader.manifests() {
+    for path in files.manifests {
         let Some(text) = loader.read(&path) else {
             continue;
         };
@@ -88,15 +89,9 @@ pub fn load_repo(root: &Path) -> Result<LoadedRepo, ManifestError> {
 }
 
 struct Loader {
-    /// The canonical root; everything read must resolve below it.
+    /// The canonical root.
     root: PathBuf,
     diagnostics: Vec<Diagnostic>,
-}
-
-enum Resolved {
-    Missing,
-    Refused,
-    Inside(PathBuf, fs::Metadata),
 }
 
 impl Loader {
@@ -108,101 +103,48 @@ impl Loader {
         });
     }
 
-    /// The real location of the repo-relative `path`, if it exists and stays inside the repo.
-    fn resolve(&mut self, path: &Path) -> Resolved {
-        let full = self.root.join(path);
-        let link = match fs::symlink_metadata(&full) {
-            Ok(metadata) => metadata.file_type().is_symlink(),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Resolved::Missing,
-            Err(error) => {
-                self.report(path, format!("cannot read: {error}"));
-                return Resolved::Refused;
-            }
-        };
-        let real = match fs::canonicalize(&full) {
-            Ok(real) => real,
-            Err(error) if link && error.kind() == io::ErrorKind::NotFound => {
-                self.report(path, "broken symlink; its target does not exist");
-                return Resolved::Refused;
+    /// The text of a repo-relative file, or `None` (reported unless it is missing).
+    fn read_or_missing(&mut self, path: &Path) -> Result<Option<String>, ()> {
+        match walk::read_repo_file(&self.root, path, MAX_FILE_SIZE) {
+            Ok(FileRead::Text(text)) => Ok(Some(match text.strip_prefix('\u{feff}') {
+                Some(without_bom) => without_bom.to_owned(),
+                None => text,
+            })),
+            Ok(FileRead::Missing) => Ok(None),
+            Ok(FileRead::Refused(why)) => {
+                self.report(path, format!("{why}; not read"));
+                Err(())
             }
             Err(error) => {
-                self.report(path, format!("cannot read: {error}"));
-                return Resolved::Refused;
-            }
-        };
-        if !real.starts_with(&self.root) {
-            self.report(
-                path,
-                "symlink leads outside the repository; refused (only files inside the repository are read)",
-            );
-            return Resolved::Refused;
-        }
-        match fs::metadata(&real) {
-            Ok(metadata) => Resolved::Inside(real, metadata),
-            Err(error) => {
-                self.report(path, format!("cannot read: {error}"));
-                Resolved::Refused
+                self.report(path, format!("cannot read: {}", error.kind()));
+                Err(())
             }
         }
     }
 
     /// The contents of a repo-relative file, or `None` after reporting why not.
     fn read(&mut self, path: &Path) -> Option<String> {
-        match self.resolve(path) {
-            Resolved::Inside(real, metadata) => self.read_resolved(path, &real, &metadata),
-            Resolved::Missing | Resolved::Refused => None,
-        }
-    }
-
-    fn read_resolved(
-        &mut self,
-        path: &Path,
-        real: &Path,
-        metadata: &fs::Metadata,
-    ) -> Option<String> {
-        if !metadata.is_file() {
-            self.report(path, "is not a regular file");
-            return None;
-        }
-        if metadata.len() > MAX_FILE_SIZE {
-            self.report(
-                path,
-                format!(
-                    "file is {} bytes, more than the {MAX_FILE_SIZE} allowed; split it into several ImageSets",
-                    metadata.len()
-                ),
-            );
-            return None;
-        }
-        let bytes = match fs::read(real) {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                self.report(path, format!("cannot read: {error}"));
-                return None;
-            }
-        };
-        match String::from_utf8(bytes) {
-            Ok(text) => Some(match text.strip_prefix('\u{feff}') {
-                Some(without_bom) => without_bom.to_owned(),
-                None => text,
-            }),
-            Err(_) => {
-                self.report(path, "not valid UTF-8; save the file as UTF-8");
+        match self.read_or_missing(path) {
+            Ok(Some(text)) => Some(text),
+            Ok(None) => {
+                self.report(path, "disappeared while the repository was read");
                 None
             }
+            Err(()) => None,
         }
     }
 
-    /// `imagelock.yaml`: defaults when missing, `None` when invalid.
+    /// `imagelock.yaml`: defaults when missing, `None` when invalid or refused.
     fn config(&mut self) -> Option<RepoConfig> {
         let path = Path::new(CONFIG_FILE);
-        let text = match self.resolve(path) {
-            Resolved::Inside(real, metadata) => self.read_resolved(path, &real, &metadata)?,
-            Resolved::Refused => return None,
-            Resolved::Missing => {
-                if let Resolved::Inside(..) = self.resolve(Path::new("imagelock.yml")) {
+        let text = match self.read_or_missing(path) {
+            Ok(Some(text)) => text,
+            Err(()) => return None,
+            Ok(None) => {
+                let misnamed = Path::new("imagelock.yml");
+                if fs::symlink_metadata(self.root.join(misnamed)).is_ok() {
                     self.report(
-                        Path::new("imagelock.yml"),
+                        misnamed,
                         "ignored: the settings file must be named imagelock.yaml",
                     );
                 }
@@ -216,61 +158,6 @@ impl Loader {
                 None
             }
         }
-    }
-
-    /// Repo-relative paths of every manifest under `images/`, sorted.
-    fn manifests(&mut self) -> Vec<PathBuf> {
-        let mut files = Vec::new();
-        self.walk(Path::new(IMAGES_DIR), &mut Vec::new(), &mut files);
-        files.sort();
-        files
-    }
-
-    /// `ancestors` holds the real directories above, so a symlink loop ends the descent.
-    fn walk(&mut self, dir: &Path, ancestors: &mut Vec<PathBuf>, files: &mut Vec<PathBuf>) {
-        let real = match self.resolve(dir) {
-            Resolved::Inside(real, metadata) if metadata.is_dir() => real,
-            Resolved::Inside(..) => {
-                self.report(dir, "expected a directory of ImageSet manifests");
-                return;
-            }
-            Resolved::Missing | Resolved::Refused => return,
-        };
-        if ancestors.contains(&real) {
-            self.report(dir, "symlink loop; not followed");
-            return;
-        }
-        if ancestors.len() >= MAX_DEPTH {
-            self.report(
-                dir,
-                format!("nested more than {MAX_DEPTH} directories deep; not read"),
-            );
-            return;
-        }
-        let entries = match fs::read_dir(&real) {
-            Ok(entries) => entries,
-            Err(error) => {
-                self.report(dir, format!("cannot read directory: {error}"));
-                return;
-            }
-        };
-        let mut names: Vec<String> = entries
-            .filter_map(Result::ok)
-            .filter_map(|entry| entry.file_name().into_string().ok())
-            .filter(|name| !name.starts_with('.'))
-            .collect();
-        names.sort();
-        ancestors.push(real);
-        for name in names {
-            let path = dir.join(&name);
-            // Follows symlinks; where they lead is checked by `resolve` before anything is read.
-            match fs::metadata(self.root.join(&path)) {
-                Ok(metadata) if metadata.is_dir() => self.walk(&path, ancestors, files),
-                _ if is_manifest_name(&name) => files.push(path),
-                _ => {}
-            }
-        }
-        ancestors.pop();
     }
 
     /// Drops, with a diagnostic, every set that defines an alias an earlier set (by path)
@@ -311,13 +198,6 @@ impl Loader {
         }
         kept
     }
-}
-
-/// `*.yaml` and `*.yml`, but not the generated `*.lock.yaml` (`*.lock.yml`).
-fn is_manifest_name(name: &str) -> bool {
-    (name.ends_with(".yaml") || name.ends_with(".yml"))
-        && !name.ends_with(".lock.yaml")
-        && !name.ends_with(".lock.yml")
 }
 
 #[cfg(test)]
@@ -507,7 +387,7 @@ mod tests {
     }
 
     #[test]
-    fn symlinks_that_leave_the_repo_are_refused() {
+    fn no_symlink_is_followed() {
         let outside = mk_repo(&[
             ("secret.yaml", &mk_set("team-a", &["x"])),
             ("dir/y.yaml", &mk_set("team-a", &["y"])),
@@ -531,19 +411,83 @@ mod tests {
 
         let repo = load_repo(dir.path()).unwrap();
         assert_eq!(repo.config, None);
+        let link = "is a symlink or goes through one; links in the config repo are never followed";
         assert_eq!(
             messages(&repo),
             [
-                "imagelock.yaml:1:1: symlink leads outside the repository; refused (only files inside the repository are read)",
-                "images/broken.yaml:1:1: broken symlink; its target does not exist",
-                "images/escape-dir:1:1: symlink leads outside the repository; refused (only files inside the repository are read)",
-                "images/escape.yaml:1:1: symlink leads outside the repository; refused (only files inside the repository are read)",
-                "images/loop:1:1: symlink loop; not followed",
-                // A link inside the repo is read like any file; here it repeats real.yaml.
-                "images/real.yaml:6:13: spec.images[0].name: duplicate alias \"web\" in namespace \"team-a\"; it is already defined at images/inside.yaml:6:13, and aliases must be unique per namespace (this file is ignored until one of them is renamed)",
+                format!("imagelock.yaml:1:1: {link}; not read"),
+                format!("images/broken.yaml:1:1: {link}; it is skipped"),
+                format!("images/escape-dir:1:1: {link}; it is skipped"),
+                format!("images/escape.yaml:1:1: {link}; it is skipped"),
+                format!("images/inside.yaml:1:1: {link}; it is skipped"),
+                format!("images/loop:1:1: {link}; it is skipped"),
             ]
         );
-        assert_eq!(paths(&repo), ["images/inside.yaml"]);
+        assert_eq!(paths(&repo), ["images/real.yaml"]);
+    }
+
+    #[test]
+    fn colliding_locks_refuse_both_manifests() {
+        let dir = mk_repo(&[
+            ("images/team-b/app.yaml", &mk_set("team-b", &["app"])),
+            ("images/team-b/app.yml", &mk_set("team-evil", &["app"])),
+            ("images/team-a/web.yaml", &mk_set("team-a", &["web"])),
+        ]);
+        let repo = load_repo(dir.path()).unwrap();
+        assert_eq!(paths(&repo), ["images/team-a/web.yaml"]);
+        let shared = "images/team-b/app.yaml and images/team-b/app.yml would share the lock images/team-b/app.lock.yaml; neither is read until one is renamed";
+        assert_eq!(
+            messages(&repo),
+            [
+                format!("images/team-b/app.yaml:1:1: {shared}"),
+                format!("images/team-b/app.yml:1:1: {shared}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn hostile_yaml_loads_on_a_small_stack() {
+        // Tokio's blocking threads have 2 MiB; a quarter of that is plenty when nothing
+        // recurses with the input's depth.
+        let dir = mk_repo(&[
+            ("imagelock.yaml", &format!("{}x\n", "- ".repeat(20_000))),
+            ("images/deep.yaml", &format!("{}x\n", "- ".repeat(20_000))),
+            ("images/flow.yaml", &"[".repeat(20_000)),
+            (
+                "images/keys.yaml",
+                &(0..3_000)
+                    .map(|i| format!("{}k:\n", " ".repeat(i)))
+                    .collect::<String>(),
+            ),
+            ("images/a.yaml", &mk_set("team-a", &["a"])),
+        ]);
+        let root = dir.path().to_owned();
+        let repo = std::thread::Builder::new()
+            .stack_size(512 << 10)
+            .spawn(move || load_repo(&root).unwrap())
+            .unwrap()
+            .join()
+            .expect("no stack overflow");
+        assert_eq!(paths(&repo), ["images/a.yaml"]);
+        assert_eq!(repo.diagnostics.len(), 4, "{:?}", messages(&repo));
+    }
+
+    #[test]
+    fn imagelock_yaml_must_be_a_small_regular_file() {
+        let dir = mk_repo(&[("images/a.yaml", &mk_set("team-a", &["a"]))]);
+        fs::create_dir(dir.path().join("imagelock.yaml")).unwrap();
+        let repo = load_repo(dir.path()).unwrap();
+        assert_eq!(repo.config, None);
+        assert_eq!(
+            messages(&repo),
+            ["imagelock.yaml:1:1: is a directory, not a regular file; not read"]
+        );
+        let big = mk_repo(&[("imagelock.yaml", &"#".repeat(MAX_FILE_SIZE as usize + 1))]);
+        let repo = load_repo(big.path()).unwrap();
+        assert_eq!(
+            messages(&repo),
+            ["imagelock.yaml:1:1: is larger than the 8388608 bytes read; not read"]
+        );
     }
 
     #[test]
@@ -578,7 +522,7 @@ mod tests {
             messages(&repo),
             [
                 "imagelock.yml:1:1: ignored: the settings file must be named imagelock.yaml",
-                "images/latin1.yaml:1:1: not valid UTF-8; save the file as UTF-8",
+                "images/latin1.yaml:1:1: is not valid UTF-8; save the file as UTF-8; not read",
             ]
         );
     }

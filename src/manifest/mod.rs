@@ -11,6 +11,7 @@ mod imageset;
 mod load;
 mod model;
 mod pattern;
+pub mod walk;
 mod yaml;
 
 use std::fmt;
@@ -19,9 +20,14 @@ use std::path::PathBuf;
 pub use common::is_dns_label;
 pub use config::parse_repo_config;
 pub use imageset::{parse_image_set, peek_metadata};
-pub use load::{CONFIG_FILE, IMAGES_DIR, LoadedRepo, MAX_DEPTH, MAX_FILE_SIZE, load_repo};
+pub use load::{CONFIG_FILE, IMAGES_DIR, LoadedRepo, load_repo};
 pub use model::*;
 pub use pattern::highest_version_first;
+pub use walk::{MAX_DEPTH, MAX_FILE_SIZE};
+pub use yaml::{
+    EXCERPT_CHARS, MAX_LOCK_NODES, MAX_YAML_DEPTH, MAX_YAML_NODES, ShapeError, check_shape,
+    check_size, escape_text, is_unprintable, quote,
+};
 
 /// API version of every file imagelock reads or writes.
 pub const API_VERSION: &str = "imagelock.dev/v1alpha1";
@@ -41,10 +47,11 @@ impl fmt::Display for Diagnostic {
     /// `images/team-a/web.yaml:12:7: spec.images[1].schedule: ...`, the form editors and CI
     /// annotations understand.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The path comes from the repo too: printed escaped, like any excerpt.
         write!(
             f,
             "{}:{}:{}: {}",
-            self.path.display(),
+            escape_text(&self.path.to_string_lossy(), crate::git::MAX_PATH_LEN),
             self.position.line,
             self.position.col,
             self.message

@@ -11,8 +11,220 @@ use std::fmt;
 use std::path::Path;
 
 use saphyr::{LoadableYamlNode, MarkedYaml, Marker, Scalar, ScanError, YamlData};
+use saphyr_parser::{Event, Parser};
 
 use super::{Diagnostic, Position};
+
+/// Longest excerpt of a file a message quotes, in characters.
+pub const EXCERPT_CHARS: usize = 80;
+/// Longest message a diagnostic holds, in characters: a safety net under [`quote`].
+const MAX_MESSAGE_CHARS: usize = 600;
+
+/// Deepest nesting of sequences and mappings in a file imagelock reads. Its own files need
+/// fewer than 10 levels; the limit keeps every later recursion (building, dropping and
+/// walking the tree) shallow.
+pub const MAX_YAML_DEPTH: usize = 64;
+/// Most nodes (scalars, sequences, mappings) in a manifest or `imagelock.yaml`: the tree
+/// built from them takes about 150 bytes a node.
+pub const MAX_YAML_NODES: usize = 200_000;
+/// Most nodes in a lock, which is read as a stream, not as a tree.
+pub const MAX_LOCK_NODES: usize = 2_000_000;
+
+/// C0 and C1 controls, DEL, and the Unicode marks that reorder or hide text (Trojan Source):
+/// characters that must not reach a log line, a terminal or a commit message as they are.
+pub fn is_unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+}
+
+/// `text` on one line and at most `max_chars` long (then ending in `…`), with line breaks,
+/// tabs and unprintable characters escaped.
+pub fn escape_text(text: &str, max_chars: usize) -> String {
+    escape(text, max_chars, false)
+}
+
+/// A short quoted excerpt of input for a message: `"…"`, at most [`EXCERPT_CHARS`]
+/// characters of `text`, on one line, quotes and unprintable characters escaped. Every
+/// message that shows what a file holds goes through this.
+pub fn quote(text: &str) -> String {
+    format!("\"{}\"", escape(text, EXCERPT_CHARS, true))
+}
+
+/// The one funnel for what a manifest diagnostic says: every double-quoted excerpt in it (as
+/// `{:?}` and [`quote`] write them) cut to [`EXCERPT_CHARS`], then the whole message on one
+/// line and at most [`MAX_MESSAGE_CHARS`] long, unprintable characters escaped.
+pub fn bound_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(MAX_MESSAGE_CHARS));
+    let mut chars = message.chars();
+    let mut in_quote = false;
+    let mut quoted = 0usize;
+    while let Some(c) = chars.next() {
+        if !in_quote {
+            in_quote = c == '"';
+            quoted = 0;
+            out.push(c);
+            continue;
+        }
+        let escaped = if c == '\\' { chars.next() } else { None };
+        if c == '"' {
+            in_quote = false;
+            out.push(c);
+            continue;
+        }
+        quoted += 1;
+        if quoted <= EXCERPT_CHARS {
+            out.push(c);
+            out.extend(escaped);
+        } else if quoted == EXCERPT_CHARS + 1 {
+            out.push('…');
+        }
+    }
+    escape_text(&out, MAX_MESSAGE_CHARS)
+}
+
+fn escape(text: &str, max_chars: usize, quoted: bool) -> String {
+    let mut out = String::with_capacity(text.len().min(max_chars + 8));
+    for (i, c) in text.chars().enumerate() {
+        if i == max_chars {
+            out.push('…');
+            break;
+        }
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '"' | '\\' if quoted => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if is_unprintable(c) => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Why a YAML file's structure is refused before a tree is built from it.
+#[derive(Debug)]
+pub enum ShapeError {
+    Syntax(ScanError),
+    TooDeep(Marker),
+    TooManyNodes(Marker, usize),
+    Anchor(Marker),
+    Alias(Marker),
+}
+
+impl ShapeError {
+    pub fn marker(&self) -> &Marker {
+        match self {
+            ShapeError::Syntax(e) => e.marker(),
+            ShapeError::TooDeep(at)
+            | ShapeError::TooManyNodes(at, _)
+            | ShapeError::Anchor(at)
+            | ShapeError::Alias(at) => at,
+        }
+    }
+
+    /// The message, naming the anchor or alias from `source` when it is given (a manifest);
+    /// without it (a lock), nothing of the file is quoted.
+    pub fn message(&self, source: Option<&str>) -> String {
+        let name = |sigil: char| {
+            source
+                .and_then(|s| property_name(s, self.marker().index(), sigil))
+                .map(|n| format!(" {}", quote(&format!("{sigil}{n}"))))
+                .unwrap_or_default()
+        };
+        match self {
+            ShapeError::Syntax(e) => format!("invalid YAML: {}", escape_text(e.info(), 200)),
+            ShapeError::TooDeep(_) => format!(
+                "nested more than {MAX_YAML_DEPTH} levels deep; imagelock files need far fewer"
+            ),
+            ShapeError::TooManyNodes(_, limit) => {
+                format!("more than {limit} values; split the file")
+            }
+            ShapeError::Anchor(_) => format!(
+                "YAML anchor{} is not allowed: anchors and aliases are refused in imagelock files, write the value out",
+                name('&')
+            ),
+            ShapeError::Alias(_) => format!(
+                "YAML alias{} is not allowed: anchors and aliases are refused in imagelock files, write the value out",
+                name('*')
+            ),
+        }
+    }
+}
+
+impl fmt::Display for ShapeError {
+    /// `line L, column C: what`, quoting nothing of the file.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let at = position(self.marker());
+        write!(
+            f,
+            "line {}, column {}: {}",
+            at.line,
+            at.col,
+            self.message(None)
+        )
+    }
+}
+
+/// Checks a YAML stream's structure on the parser's events (which are produced without
+/// recursion), before anything recursive runs over it: nesting at most [`MAX_YAML_DEPTH`],
+/// at most `max_nodes` nodes, no anchors and no aliases (an alias bomb expands a few
+/// kilobytes into gigabytes). Stops at the first problem.
+pub fn check_shape(source: &str, max_nodes: usize) -> Result<(), ShapeError> {
+    check_events(source, max_nodes, false)
+}
+
+/// [`check_shape`] for YAML that is not imagelock's own (files with setter markers), where
+/// anchors and aliases are the author's business: only nesting and the node count.
+pub fn check_size(source: &str, max_nodes: usize) -> Result<(), ShapeError> {
+    check_events(source, max_nodes, true)
+}
+
+fn check_events(source: &str, max_nodes: usize, anchors: bool) -> Result<(), ShapeError> {
+    let mut depth = 0usize;
+    let mut nodes = 0usize;
+    for next in Parser::new_from_str(source) {
+        let (event, span) = next.map_err(ShapeError::Syntax)?;
+        let anchor = match event {
+            Event::Alias(_) if anchors => continue,
+            Event::Alias(_) => return Err(ShapeError::Alias(span.start)),
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                depth += 1;
+                if depth > MAX_YAML_DEPTH {
+                    return Err(ShapeError::TooDeep(span.start));
+                }
+                anchor
+            }
+            Event::Scalar(_, _, anchor, _) => anchor,
+            Event::SequenceEnd | Event::MappingEnd => {
+                depth = depth.saturating_sub(1);
+                continue;
+            }
+            _ => continue,
+        };
+        if anchor != 0 && !anchors {
+            return Err(ShapeError::Anchor(span.start));
+        }
+        nodes += 1;
+        if nodes > max_nodes {
+            return Err(ShapeError::TooManyNodes(span.start, max_nodes));
+        }
+    }
+    Ok(())
+}
+
+/// The name after `sigil` (`&` or `*`) at or shortly after char `index` of `source`.
+fn property_name(source: &str, index: usize, sigil: char) -> Option<String> {
+    let rest: String = source.chars().skip(index).take(EXCERPT_CHARS * 2).collect();
+    let start = rest.find(sigil)?;
+    let name: String = rest[start + 1..]
+        .chars()
+        .take_while(|c| !c.is_whitespace() && !matches!(c, ',' | '[' | ']' | '{' | '}'))
+        .collect();
+    (!name.is_empty()).then_some(name)
+}
 
 pub(crate) type Node<'n> = MarkedYaml<'n>;
 
@@ -87,7 +299,7 @@ pub(crate) fn join(parent: &str, child: &str) -> String {
 
 /// A field path with a free-form key: `registries["quay.io"]`.
 pub(crate) fn keyed(parent: &str, key: &str) -> String {
-    format!("{parent}[{key:?}]")
+    format!("{parent}[{}]", quote(key))
 }
 
 fn data<'a, 'n>(node: &'a Node<'n>) -> &'a YamlData<'n, Node<'n>> {
@@ -104,7 +316,7 @@ pub(crate) fn describe(node: &Node<'_>) -> String {
         YamlData::Value(Scalar::Boolean(b)) => format!("the boolean {b}"),
         YamlData::Value(Scalar::Integer(i)) => format!("the number {i}"),
         YamlData::Value(Scalar::FloatingPoint(f)) => format!("the number {f}"),
-        YamlData::Value(Scalar::String(s)) => format!("the string {s:?}"),
+        YamlData::Value(Scalar::String(s)) => format!("the string {}", quote(s)),
         YamlData::Sequence(_) => "a list".into(),
         YamlData::Mapping(_) => "a mapping".into(),
         _ => "an invalid value".into(),
@@ -134,6 +346,7 @@ impl<'s> Doc<'s> {
         } else {
             format!("{field}: {message}")
         };
+        let message = bound_message(&message);
         self.diagnostics.push(Diagnostic {
             path: self.path.to_path_buf(),
             position,
@@ -168,6 +381,17 @@ impl<'s> Doc<'s> {
     /// Parses the source as exactly one YAML document; reports syntax errors, duplicate keys,
     /// an empty file and extra documents.
     pub fn load(&mut self, what: &str) -> Option<Node<'s>> {
+        // saphyr builds (and drops) the tree recursively: check the shape first.
+        if let Err(error) = check_shape(self.source, MAX_YAML_NODES) {
+            match error {
+                ShapeError::Syntax(error) => self.scan_error(&error),
+                other => {
+                    let message = other.message(Some(self.source));
+                    self.error(position(other.marker()), "", message);
+                }
+            }
+            return None;
+        }
         let mut documents = match Node::load_from_str(self.source) {
             Ok(documents) => documents,
             Err(error) => {
@@ -203,7 +427,8 @@ impl<'s> Doc<'s> {
             let key = self.key_text_at(error.marker().index());
             let message = match key {
                 Some(key) => format!(
-                    "duplicate key {key:?}; a key may appear only once in a mapping, merge the two entries"
+                    "duplicate key {}; a key may appear only once in a mapping, merge the two entries",
+                    quote(&key)
                 ),
                 None => {
                     "duplicate key; a key may appear only once in a mapping, merge the two entries"
@@ -212,7 +437,11 @@ impl<'s> Doc<'s> {
             };
             self.error(at, "", message);
         } else {
-            self.error(at, "", format!("invalid YAML: {}", error.info()));
+            self.error(
+                at,
+                "",
+                format!("invalid YAML: {}", escape_text(error.info(), 200)),
+            );
         }
     }
 
@@ -281,7 +510,7 @@ impl<'s> Doc<'s> {
                 self.error(
                     key_position,
                     "",
-                    format!("unknown field {name:?} {place}; {hint}"),
+                    format!("unknown field {} {place}; {hint}", quote(&name)),
                 );
                 continue;
             };
@@ -498,6 +727,10 @@ pub(crate) fn root_value<'n>(node: &'n Node<'n>) -> Value<'n> {
 /// The known field closest to `unknown`: the same once case, `_` and `-` are ignored
 /// (`allow_prerelease` -> `allowPrerelease`), or within a small edit distance (`tag` -> `tags`).
 pub(crate) fn suggest<'k>(unknown: &str, known: &[&'k str]) -> Option<&'k str> {
+    // No field name is this long; the edit distance would cost its length squared.
+    if unknown.len() > 64 {
+        return None;
+    }
     let normalise = |s: &str| {
         s.chars()
             .filter(|c| !matches!(c, '_' | '-'))
@@ -551,7 +784,112 @@ mod tests {
         assert_eq!(suggest("shedule", &known), Some("schedule"));
         assert_eq!(suggest("sorce", &known), Some("source"));
         assert_eq!(suggest("completely", &known), None);
+        assert_eq!(suggest(&"t".repeat(100_000), &known), None);
         assert_eq!(levenshtein("kitten", "sitting"), 3);
         assert_eq!(levenshtein("", "abc"), 3);
+    }
+
+    fn diagnostics(source: &str) -> Vec<String> {
+        let mut doc = Doc::new(Path::new("images/x.yaml"), source);
+        let loaded = doc.load("an ImageSet manifest");
+        assert!(loaded.is_none(), "{source:.80}");
+        doc.finish::<()>(None)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_a_tree_is_built() {
+        // 20,000 levels in 40 KB: saphyr's loader (and the tree's drop) would recurse that deep.
+        let source = format!("{}x\n", "- ".repeat(20_000));
+        assert_eq!(
+            diagnostics(&source),
+            [
+                "images/x.yaml:1:129: nested more than 64 levels deep; imagelock files need far fewer"
+            ]
+        );
+        // Flow collections: the scanner stops at its own limit (255) before the parser
+        // reaches ours; either way, one diagnostic.
+        let flow = format!("{}{}", "[".repeat(20_000), "]".repeat(20_000));
+        assert_eq!(diagnostics(&flow).len(), 1);
+        let mappings: String = (0..3_000)
+            .map(|i| format!("{}k:\n", " ".repeat(i)))
+            .collect();
+        assert!(diagnostics(&mappings)[0].contains("nested more than 64 levels"));
+        // 64 levels are fine.
+        let ok = format!("{}x\n", "- ".repeat(MAX_YAML_DEPTH));
+        assert!(check_shape(&ok, MAX_YAML_NODES).is_ok());
+    }
+
+    #[test]
+    fn anchors_and_aliases_are_refused_by_name() {
+        let bomb = "a: &a [\"lol\",\"lol\"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n";
+        assert_eq!(
+            diagnostics(bomb),
+            [
+                "images/x.yaml:1:4: YAML anchor \"&a\" is not allowed: anchors and aliases are refused in imagelock files, write the value out"
+            ]
+        );
+        assert_eq!(
+            diagnostics("spec: &spec\n  images: []\n"),
+            [
+                "images/x.yaml:1:7: YAML anchor \"&spec\" is not allowed: anchors and aliases are refused in imagelock files, write the value out"
+            ]
+        );
+        // For a lock, nothing of the file: no name.
+        let error = check_shape("a: &secret-name x\n", MAX_LOCK_NODES).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "line 1, column 4: YAML anchor is not allowed: anchors and aliases are refused in imagelock files, write the value out"
+        );
+    }
+
+    #[test]
+    fn node_counts_are_bounded() {
+        let many = format!("[{}]", "a,".repeat(20));
+        assert!(matches!(
+            check_shape(&many, 10),
+            Err(ShapeError::TooManyNodes(_, 10))
+        ));
+        assert!(check_shape(&many, 100).is_ok());
+    }
+
+    #[test]
+    fn excerpts_are_short_and_on_one_line() {
+        assert_eq!(quote("web"), "\"web\"");
+        assert_eq!(
+            quote("a\"b\\c\nd\u{1b}[31m\u{202e}"),
+            "\"a\\\"b\\\\c\\nd\\u{1b}[31m\\u{202e}\""
+        );
+        let long = quote(&"x".repeat(10_000));
+        assert_eq!(long.chars().count(), EXCERPT_CHARS + 3);
+        assert!(long.ends_with("x…\""));
+        // The funnel cuts what `{:?}` quoted, keeps the rest.
+        let message = format!("invalid tag {:?}; expected a tag", "y".repeat(5_000));
+        let bounded = bound_message(&message);
+        assert_eq!(
+            bounded,
+            format!("invalid tag \"{}…\"; expected a tag", "y".repeat(80))
+        );
+        let message = format!("unknown field {:?} at the top level", "a\"b\n".repeat(100));
+        let bounded = bound_message(&message);
+        assert!(bounded.ends_with("…\" at the top level"), "{bounded}");
+        assert!(!bounded.contains('\n'));
+        assert!(bound_message(&"z".repeat(100_000)).chars().count() <= MAX_MESSAGE_CHARS + 1);
+    }
+
+    #[test]
+    fn diagnostics_quote_at_most_an_excerpt() {
+        let key = "k".repeat(500);
+        let got = diagnostics(&format!("{key}: 1\n{key}: 2\n"));
+        assert_eq!(got.len(), 1);
+        assert!(got[0].len() < 200, "{}", got[0]);
+        let secret = format!("SECRET{}", "s".repeat(300));
+        let mut doc = Doc::new(Path::new("images/x.yaml"), "x");
+        doc.error(FILE_START, "", format!("bad value {secret:?}"));
+        let message = doc.finish::<()>(None).unwrap_err()[0].to_string();
+        assert!(message.len() < 150, "{message}");
     }
 }

@@ -2,12 +2,11 @@
 //! file's mode, directory walks that never follow a symlink.
 
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use super::{GENERATED_HEADER, OutputsError};
 
-use crate::manifest::{MAX_DEPTH, MAX_FILE_SIZE};
+use crate::manifest::{MAX_FILE_SIZE, walk};
 
 /// What is at a repo-relative path, read safely.
 pub enum Read {
@@ -26,34 +25,18 @@ pub fn join(root: &Path, relative: &Path) -> Result<PathBuf, String> {
     }
 }
 
-/// Reads a repo-relative text file, refusing symlinks, non-files, large and non-UTF-8 files.
+/// Reads a repo-relative text file as every repo file is read ([`walk::read_repo_file`]):
+/// symlinks, non-files, large and non-UTF-8 files are refused, without their content.
 pub fn read(root: &Path, relative: &Path) -> Result<Read, OutputsError> {
-    let path = match join(root, relative) {
-        Ok(path) => path,
-        Err(reason) => return Ok(Read::Refused(reason)),
-    };
-    let metadata = match fs::symlink_metadata(&path) {
-        Ok(metadata) => metadata,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Read::Missing),
-        Err(source) => return Err(OutputsError::Read { path, source }),
-    };
-    if !metadata.is_file() {
-        return Ok(Read::Refused("is not a regular file".into()));
+    match walk::read_repo_file(root, relative, MAX_FILE_SIZE) {
+        Ok(walk::FileRead::Missing) => Ok(Read::Missing),
+        Ok(walk::FileRead::Text(text)) => Ok(Read::Text(text)),
+        Ok(walk::FileRead::Refused(why)) => Ok(Read::Refused(why.to_string())),
+        Err(source) => Err(OutputsError::Read {
+            path: root.join(relative),
+            source,
+        }),
     }
-    if metadata.len() > MAX_FILE_SIZE {
-        return Ok(Read::Refused(format!(
-            "is {} bytes, more than the {MAX_FILE_SIZE} read",
-            metadata.len()
-        )));
-    }
-    let bytes = fs::read(&path).map_err(|source| OutputsError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    Ok(match String::from_utf8(bytes) {
-        Ok(text) => Read::Text(text),
-        Err(_) => Read::Refused("is not valid UTF-8".into()),
-    })
 }
 
 /// True for text imagelock generated: it starts with the header line.
@@ -106,61 +89,33 @@ pub fn remove(root: &Path, relative: &Path, stop: &Path) -> Result<(), OutputsEr
     Ok(())
 }
 
-/// Repo-relative paths of the `*.yaml` / `*.yml` regular files under `relative` (itself, when
-/// it is one), sorted. Hidden entries, symlinks and the directories in `skip` are left out.
-pub fn yaml_files(
-    root: &Path,
-    relative: &Path,
-    skip: &[&Path],
-) -> Result<Vec<PathBuf>, OutputsError> {
-    let mut files = Vec::new();
-    walk(root, relative, skip, 0, &mut files)?;
-    files.sort();
-    Ok(files)
+/// The `*.yaml` / `*.yml` regular files under a directory.
+pub struct YamlFiles {
+    /// Repo-relative, sorted.
+    pub files: Vec<PathBuf>,
+    /// False when a limit or an error left files out: nothing may be removed for not being
+    /// listed.
+    pub complete: bool,
 }
 
-fn walk(
-    root: &Path,
-    relative: &Path,
-    skip: &[&Path],
-    depth: usize,
-    files: &mut Vec<PathBuf>,
-) -> Result<(), OutputsError> {
-    if depth > MAX_DEPTH || skip.iter().any(|s| relative.starts_with(s)) {
-        return Ok(());
+/// The `*.yaml` / `*.yml` regular files under `relative` (itself, when it is one), listed by
+/// [`walk::list`]: hidden entries, symlinks and the directories in `skip` are left out.
+pub fn yaml_files(root: &Path, relative: &Path, skip: &[&Path]) -> YamlFiles {
+    let listing = walk::list(root, relative, skip);
+    for (path, problem) in &listing.problems {
+        tracing::debug!(path = %walk::escaped_path(path).display(), %problem, "not listed for the outputs");
     }
-    let path = root.join(relative);
-    let metadata = match fs::symlink_metadata(&path) {
-        Ok(metadata) => metadata,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => return Err(OutputsError::Walk { path, source }),
-    };
-    if metadata.is_file() {
-        let name = relative.to_string_lossy();
-        if name.ends_with(".yaml") || name.ends_with(".yml") {
-            files.push(relative.to_owned());
-        }
-        return Ok(());
+    YamlFiles {
+        files: listing
+            .files()
+            .filter(|path| {
+                let name = path.to_string_lossy();
+                name.ends_with(".yaml") || name.ends_with(".yml")
+            })
+            .map(Path::to_path_buf)
+            .collect(),
+        complete: listing.complete,
     }
-    if !metadata.is_dir() {
-        return Ok(()); // A symlink or something else: never followed.
-    }
-    let entries = fs::read_dir(&path).map_err(|source| OutputsError::Walk {
-        path: path.clone(),
-        source,
-    })?;
-    for entry in entries {
-        let entry = entry.map_err(|source| OutputsError::Walk {
-            path: path.clone(),
-            source,
-        })?;
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with('.') {
-            continue;
-        }
-        walk(root, &relative.join(name), skip, depth + 1, files)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -186,7 +141,7 @@ mod tests {
         fs::write(outside.path().join("secret.yaml"), "x: 1\n")?;
         std::os::unix::fs::symlink(outside.path(), root.join("apps/link"))?;
         std::os::unix::fs::symlink(outside.path().join("secret.yaml"), root.join("apps/f.yaml"))?;
-        let files = yaml_files(root, Path::new("apps"), &[Path::new("apps/skip")])?;
+        let files = yaml_files(root, Path::new("apps"), &[Path::new("apps/skip")]).files;
         assert_eq!(
             files,
             [
@@ -195,8 +150,11 @@ mod tests {
                 PathBuf::from("apps/sub/d.yaml")
             ]
         );
-        assert_eq!(yaml_files(root, Path::new("apps/a.yaml"), &[])?.len(), 1);
-        assert!(yaml_files(root, Path::new("nope"), &[])?.is_empty());
+        assert_eq!(
+            yaml_files(root, Path::new("apps/a.yaml"), &[]).files.len(),
+            1
+        );
+        assert!(yaml_files(root, Path::new("nope"), &[]).files.is_empty());
         assert!(matches!(
             read(root, Path::new("apps/f.yaml"))?,
             Read::Refused(_)

@@ -51,11 +51,6 @@ pub enum OutputsError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot list files under {}: {source}", path.display())]
-    Walk {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error("{}: refused: the path {reason}", path.display())]
     UnsafePath { path: PathBuf, reason: String },
 }
@@ -66,7 +61,6 @@ impl OutputsError {
             OutputsError::Read { .. } => "output_read",
             OutputsError::Write { .. } => "output_write",
             OutputsError::Remove { .. } => "output_remove",
-            OutputsError::Walk { .. } => "output_walk",
             OutputsError::UnsafePath { .. } => "output_unsafe_path",
         }
     }
@@ -234,7 +228,7 @@ pub fn generate(
                 );
                 continue;
             }
-            for file in files::yaml_files(root, &entry.path, &skip)? {
+            for file in files::yaml_files(root, &entry.path, &skip).files {
                 if seen.insert(file.clone()) {
                     run.set_markers(&file, &resolve)?;
                 }
@@ -357,7 +351,16 @@ impl Run<'_> {
             }
             self.changed(path, kind);
         }
-        for path in files::yaml_files(self.root, &dir.path, &[])? {
+        let listed = files::yaml_files(self.root, &dir.path, &[]);
+        if !listed.complete {
+            let message = format!(
+                "{} could not be listed completely; no generated file there is removed",
+                dir.path.display()
+            );
+            self.config_problem(dir, message);
+            return Ok(());
+        }
+        for path in listed.files {
             if wanted.contains_key(&path) || kept.contains(&path) {
                 continue;
             }

@@ -15,6 +15,8 @@
 
 use saphyr_parser::{Event, Parser, ScalarStyle, ScanError};
 
+// JSON values and marker comments print as written (JSON quotes its own strings), cut short.
+use crate::manifest::{EXCERPT_CHARS, MAX_YAML_NODES, ShapeError, check_size, escape_text, quote};
 use crate::yaml_scalar::{quoted, single_quoted, stays_plain};
 
 /// The key of the marker object.
@@ -81,6 +83,22 @@ pub fn rewrite(text: &str, resolve: &dyn Fn(&Marker) -> Resolution) -> Rewrite {
     if candidates.is_empty() {
         return result;
     }
+    // The scan keeps every event: bound them first (a marker in a file of millions of values).
+    // Syntax errors are the scan's to report.
+    if let Err(error) = check_size(text, MAX_YAML_NODES)
+        && !matches!(error, ShapeError::Syntax(_))
+    {
+        let at = error.marker();
+        result.problems.push(Problem {
+            line: at.line(),
+            col: at.col() + 1,
+            message: format!(
+                "{}; its imagelock markers are not applied",
+                error.message(None)
+            ),
+        });
+        return result;
+    }
     let scan = match scan(text) {
         Ok(scan) => scan,
         Err(error) => {
@@ -89,7 +107,7 @@ pub fn rewrite(text: &str, resolve: &dyn Fn(&Marker) -> Resolution) -> Rewrite {
                 col: error.marker().col() + 1,
                 message: format!(
                     "not valid YAML ({}); its imagelock markers are not applied",
-                    error.info()
+                    escape_text(error.info(), 200)
                 ),
             });
             return result;
@@ -264,7 +282,8 @@ fn find_marker(line: &Line<'_>) -> Option<Candidate> {
             // JSON of some other tool.
             Ok(_) => continue,
             Err(e) => Err(format!(
-                "marker {comment} is not valid JSON ({e}); expected {{\"imagelock\": \"<namespace>:<alias>[:<tag>]\"}}"
+                "marker {} is not valid JSON ({e}); expected {{\"imagelock\": \"<namespace>:<alias>[:<tag>]\"}}",
+                escape_text(comment, EXCERPT_CHARS)
             )),
         };
         return Some(Candidate {
@@ -284,7 +303,10 @@ fn parse_marker(object: &serde_json::Map<String, serde_json::Value>) -> Result<M
         match (key.as_str(), value.as_str()) {
             (MARKER_KEY, Some(text)) => reference = Some(text),
             (MARKER_KEY, None) => {
-                return Err(format!("marker value {value} is not a string; {FORM}"));
+                return Err(format!(
+                    "marker value {} is not a string; {FORM}",
+                    escape_text(&value.to_string(), EXCERPT_CHARS)
+                ));
             }
             ("part", Some("image")) => part = Part::Image,
             ("part", Some("repository")) => part = Part::Repository,
@@ -292,19 +314,21 @@ fn parse_marker(object: &serde_json::Map<String, serde_json::Value>) -> Result<M
             ("part", Some("tag")) => part = Part::Tag,
             ("part", _) => {
                 return Err(format!(
-                    "marker part {value} is not one of \"image\", \"repository\", \"digest\", \"tag\""
+                    "marker part {} is not one of \"image\", \"repository\", \"digest\", \"tag\"",
+                    escape_text(&value.to_string(), EXCERPT_CHARS)
                 ));
             }
             (other, _) => {
                 return Err(format!(
-                    "unknown key {other:?} in the marker; it takes \"imagelock\" and optionally \"part\""
+                    "unknown key {} in the marker; it takes \"imagelock\" and optionally \"part\"",
+                    quote(other)
                 ));
             }
         }
     }
     let reference = reference.unwrap_or_default();
     let fields: Vec<&str> = reference.split(':').collect();
-    let bad = || format!("marker {reference:?}: {FORM}");
+    let bad = || format!("marker {}: {FORM}", quote(reference));
     if fields.iter().any(|f| f.trim().is_empty() || *f != f.trim()) {
         return Err(bad());
     }
@@ -667,5 +691,27 @@ l: web {M}
         );
         // Without a marker the file is not even parsed.
         assert_eq!(run("x: [\n"), Rewrite::default());
+    }
+
+    #[test]
+    fn huge_files_are_refused_before_their_events_are_kept() {
+        let text = format!("image: web {M}\nx: [{}]\n", "a,".repeat(MAX_YAML_NODES));
+        let found = problems(&text);
+        assert_eq!(found.len(), 1);
+        assert!(found[0].starts_with("2:"), "{found:?}");
+        assert!(found[0].contains("more than 200000 values"), "{found:?}");
+        // A long bad marker is quoted short.
+        let long = format!("image: web # {{\"imagelock\": {}}}\n", "x".repeat(5_000));
+        let found = problems(&long);
+        assert!(
+            found[0].len() < 400 && found[0].contains("xxx…"),
+            "{found:?}"
+        );
+        // Anchors are the author's business in these files.
+        let anchored = format!("base: &b {{a: 1}}\nother: *b\nimage: web {M}\n");
+        assert_eq!(
+            rewritten(&anchored),
+            format!("base: &b {{a: 1}}\nother: *b\nimage: {PINNED} {M}\n")
+        );
     }
 }
