@@ -17,5 +17,6 @@ pub mod reconcile;
 pub mod reference;
 pub mod registry;
 pub mod resolve;
+pub mod serving;
 pub mod telemetry;
 pub mod yaml_scalar;
