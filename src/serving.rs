@@ -145,8 +145,8 @@ pub fn raise_open_file_limit() -> io::Result<OpenFileLimit> {
         }
     }
     Ok(OpenFileLimit {
-        before: before as u64,
-        now: limit.rlim_cur as u64,
+        before: to_u64(before),
+        now: to_u64(limit.rlim_cur),
     })
 }
 
@@ -162,7 +162,13 @@ pub fn open_file_limit() -> Option<u64> {
     {
         return None;
     }
-    Some(limit.rlim_cur as u64)
+    Some(to_u64(limit.rlim_cur))
+}
+
+/// `rlim_t` is `u64` on 64-bit Linux but not on every target.
+#[allow(clippy::unnecessary_cast)]
+fn to_u64(value: libc::rlim_t) -> u64 {
+    value as u64
 }
 
 /// How often the open descriptors are counted again; in between, every admitted connection
@@ -697,6 +703,6 @@ mod tests {
             unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) },
             0
         );
-        assert_eq!(limit.now, hard.rlim_max as u64);
+        assert_eq!(limit.now, to_u64(hard.rlim_max));
     }
 }
