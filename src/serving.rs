@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -508,6 +508,24 @@ where
     }
 }
 
+/// The next connection of `listener`. A failure (out of file descriptors, a connection reset
+/// before it was accepted) is transient: it is logged at most once per 10 s with the count
+/// held back, and accepting goes on after a pause.
+pub async fn accept(listener: &TcpListener, server: &'static str) -> (TcpStream, SocketAddr) {
+    static ACCEPT_FAILED: LogLimiter = LogLimiter::new(Duration::from_secs(10));
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                if let Some(suppressed) = ACCEPT_FAILED.allow() {
+                    tracing::warn!(server, error = %e, suppressed, "accept failed");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 // ---- plain-HTTP servers (admin, hooks) --------------------------------------------------
 
 /// Limits of a plain-HTTP server.
@@ -542,7 +560,6 @@ pub async fn serve_plain(
     limits: PlainLimits,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    static ACCEPT_FAILED: LogLimiter = LogLimiter::new(Duration::from_secs(10));
     static REFUSED: LogLimiter = LogLimiter::new(Duration::from_secs(10));
     let builder = Arc::new(http_builder(&limits.timeouts));
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -553,16 +570,7 @@ pub async fn serve_plain(
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    if let Some(suppressed) = ACCEPT_FAILED.allow() {
-                        tracing::warn!(server = name, error = %e, suppressed, "accept failed");
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accept(&listener, name) => accepted,
         };
         // Checked in this order so that a refused connection costs nothing more.
         let why = if limits.fds.as_ref().is_some_and(|fds| !fds.has_room()) {

@@ -182,7 +182,6 @@ impl Drop for HandshakeTicket {
 }
 
 /// Failure logs of the accept loop: at most one line each per interval, with a count.
-static ACCEPT_FAILED: LogLimiter = LogLimiter::new(Duration::from_secs(10));
 static PEER_REFUSED: LogLimiter = LogLimiter::new(Duration::from_secs(10));
 static EVICTED: LogLimiter = LogLimiter::new(Duration::from_secs(10));
 
@@ -207,17 +206,7 @@ pub async fn serve(
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors or a connection reset before accept: transient.
-                    if let Some(suppressed) = ACCEPT_FAILED.allow() {
-                        tracing::warn!(error = %e, suppressed, "webhook: accept failed");
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = serving::accept(&listener, "webhook") => accepted,
         };
         let Some(peer_guard) = peers.try_admit(peer.ip()) else {
             drop(tcp);

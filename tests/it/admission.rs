@@ -247,6 +247,26 @@ impl Webhook {
         (status, response.bytes().await.expect("body").to_vec())
     }
 
+    /// A new TLS connection to the server, handshake done, nothing sent.
+    async fn tls_connect(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&self.ca) {
+            roots.add(cert.expect("pem")).expect("root");
+        }
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect");
+        let name = rustls::pki_types::ServerName::try_from(format!("{SERVICE}.{NAMESPACE}.svc"))
+            .expect("name");
+        connector.connect(name, tcp).await.expect("handshake")
+    }
+
     /// Sends `review` and returns the response part of the answer.
     async fn review(&self, client: &reqwest::Client, review: &Value) -> Value {
         let (status, body) = self.post(client, review.to_string().into_bytes()).await;
@@ -1053,25 +1073,7 @@ async fn slow_clients_are_cut_off() {
         .expect("connect");
 
     // Half a request head, then nothing.
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&webhook.ca) {
-        roots.add(cert.expect("pem")).expect("root");
-    }
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let connect = || async {
-        let tcp = tokio::net::TcpStream::connect(webhook.addr)
-            .await
-            .expect("connect");
-        let name = rustls::pki_types::ServerName::try_from(format!("{SERVICE}.{NAMESPACE}.svc"))
-            .expect("name");
-        connector.connect(name, tcp).await.expect("handshake")
-    };
-    let mut slow_head = connect().await;
+    let mut slow_head = webhook.tls_connect().await;
     slow_head
         .write_all(b"POST /mutate HTTP/1.1\r\nHost: imagelock\r\nContent-Ty")
         .await
@@ -1080,7 +1082,7 @@ async fn slow_clients_are_cut_off() {
 
     // A whole head, half the body, then nothing.
     let body = admission_review("CREATE", REWRITE, &pod, None).to_string();
-    let mut slow_body = connect().await;
+    let mut slow_body = webhook.tls_connect().await;
     slow_body
         .write_all(
             format!(
@@ -1215,22 +1217,7 @@ async fn held_idle_connections_do_not_delay_a_review() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_is_cut_at_the_header_timeout() {
     let webhook = Webhook::start_with_options(Some(load_pins(1)), ServerOptions::default()).await;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&webhook.ca) {
-        roots.add(cert.expect("pem")).expect("root");
-    }
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(webhook.addr)
-        .await
-        .expect("connect");
-    let name = rustls::pki_types::ServerName::try_from(format!("{SERVICE}.{NAMESPACE}.svc"))
-        .expect("name");
-    let tls = connector.connect(name, tcp).await.expect("handshake");
+    let tls = webhook.tls_connect().await;
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "web"}]}});
     let review = admission_review("CREATE", REWRITE, &pod, None);
     let head = "POST /mutate HTTP/1.1\r\nHost: imagelock\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n";
