@@ -15,12 +15,14 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -310,10 +312,11 @@ pub struct ConnectionTimeouts {
     /// From the connection being ready (TCP accepted, or TLS handshake done) to its first
     /// complete request head. Trickling bytes does not extend it.
     pub first_request: Duration,
-    /// An HTTP/1 request head must arrive within this once begun, and an idle HTTP/1
-    /// keep-alive connection is closed after it.
+    /// Once the first byte of an HTTP/1 request head arrives, the whole head must arrive
+    /// within this.
     pub header: Duration,
-    /// With no request in flight for this long, a connection is closed (HTTP/2 gets a GOAWAY).
+    /// With no request in flight for this long, a connection is closed (HTTP/2 gets a
+    /// GOAWAY): the keep-alive time of an idle connection.
     pub idle: Duration,
     /// A connection older than this is closed gracefully.
     pub max_age: Duration,
@@ -333,13 +336,26 @@ impl Default for ConnectionTimeouts {
     }
 }
 
-/// The HTTP/1 and HTTP/2 server settings of every server.
-pub fn http_builder(timeouts: &ConnectionTimeouts) -> auto::Builder<TokioExecutor> {
+/// The HTTP version a connection speaks: chosen by ALPN on TLS, HTTP/1 on plain HTTP (the
+/// admin and hooks ports have no use for cleartext HTTP/2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// The server settings of every connection speaking `protocol`.
+pub fn http_builder(
+    timeouts: &ConnectionTimeouts,
+    protocol: Protocol,
+) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(timeouts.header)
+        // The keep-alive limit: hyper's timer runs from when it waits for a head. Heads that
+        // have begun are timed by `drive`, which sees the bytes.
+        .header_read_timeout(timeouts.idle)
         .keep_alive(true);
     builder
         .http2()
@@ -348,17 +364,24 @@ pub fn http_builder(timeouts: &ConnectionTimeouts) -> auto::Builder<TokioExecuto
         .keep_alive_timeout(Duration::from_secs(10))
         .max_concurrent_streams(256)
         .max_header_list_size(64 << 10);
-    builder
+    match protocol {
+        Protocol::Http1 => builder.http1_only(),
+        Protocol::Http2 => builder.http2_only(),
+    }
 }
 
-/// When a connection last started or finished a request, and how many are in flight.
+/// What a connection did last: requests in flight and answered, bytes read while idle.
 #[derive(Debug)]
 struct Activity {
     started: Instant,
     in_flight: AtomicUsize,
     served: AtomicU64,
-    /// Milliseconds since `started` of the last change.
+    /// Milliseconds since `started` of the last request's start or end.
     last_change: AtomicU64,
+    /// 1 + milliseconds since `started` of the first byte read since then; 0: none.
+    head_started: AtomicU64,
+    /// Wakes `drive` when a deadline may have moved closer: a request ended, a head began.
+    changed: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -368,17 +391,39 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             served: AtomicU64::new(0),
             last_change: AtomicU64::new(0),
+            head_started: AtomicU64::new(0),
+            changed: tokio::sync::Notify::new(),
         })
     }
 
-    fn touch(&self) {
-        let millis = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_change.store(millis, Ordering::Relaxed);
+    fn millis(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// When the connection counts as idle, if nothing happens before; `None` while a
-    /// request is in flight.
-    fn idle_at(&self, timeouts: &ConnectionTimeouts) -> Option<Instant> {
+    fn touch(&self) {
+        self.last_change.store(self.millis(), Ordering::Relaxed);
+    }
+
+    /// Bytes arrived: with no request in flight, a request head has begun.
+    fn on_read(&self) {
+        let began = self.in_flight.load(Ordering::Acquire) == 0
+            && self
+                .head_started
+                .compare_exchange(
+                    0,
+                    self.millis().saturating_add(1),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok();
+        if began {
+            self.changed.notify_one();
+        }
+    }
+
+    /// When the connection is to be closed if nothing happens before; `None` while a
+    /// request is in flight. `heads` when a begun HTTP/1 head has its own deadline.
+    fn idle_at(&self, timeouts: &ConnectionTimeouts, heads: bool) -> Option<Instant> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
@@ -388,7 +433,65 @@ impl Activity {
             timeouts.idle
         };
         let last = Duration::from_millis(self.last_change.load(Ordering::Relaxed));
-        Some(self.started + last + allowed)
+        let idle_at = self.started + last + allowed;
+        let head = self.head_started.load(Ordering::Acquire);
+        if heads && head > 0 {
+            let head_at = self.started + Duration::from_millis(head - 1) + timeouts.header;
+            return Some(idle_at.min(head_at));
+        }
+        Some(idle_at)
+    }
+}
+
+/// A connection's stream that tells its [`Activity`] when bytes arrive.
+struct Watched<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.activity.on_read();
+        }
+        poll
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, data)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -398,6 +501,7 @@ struct InFlight(Arc<Activity>);
 impl InFlight {
     fn begin(activity: &Arc<Activity>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.head_started.store(0, Ordering::Release);
         activity.served.fetch_add(1, Ordering::Relaxed);
         activity.touch();
         InFlight(activity.clone())
@@ -408,6 +512,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.touch();
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_one();
     }
 }
 
@@ -451,18 +556,20 @@ pub enum Closed {
     Shutdown,
 }
 
-/// Serves one connection with `service` until the client closes it, it stays without a
-/// request for too long, it reaches its maximum age or `shutdown`; the last three close it
-/// gracefully (requests in flight finish within `grace`).
-pub async fn drive<I, S, B>(
+/// Serves one connection (`protocol`, on a builder made by [`http_builder`] for it) with
+/// `service` until the client closes it, it sends no request head in time, it stays idle too
+/// long, it reaches its maximum age or `shutdown`; all but the first close it gracefully
+/// (requests in flight finish within `grace`).
+pub async fn drive<T, S, B>(
     builder: &auto::Builder<TokioExecutor>,
-    io: I,
+    io: T,
+    protocol: Protocol,
     service: S,
     timeouts: &ConnectionTimeouts,
     shutdown: &CancellationToken,
 ) -> (Closed, Result<(), BoxError>)
 where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
@@ -475,6 +582,12 @@ where
         inner: service,
         activity: activity.clone(),
     };
+    // HTTP/2 reads frames (pings, window updates) while idle: only HTTP/1 bytes begin a head.
+    let heads = protocol == Protocol::Http1;
+    let io = TokioIo::new(Watched {
+        inner: io,
+        activity: activity.clone(),
+    });
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
     let aged = tokio::time::sleep(timeouts.max_age);
@@ -482,14 +595,16 @@ where
     let closed = loop {
         // While a request is in flight, look again after `idle`: the answer's end resets it.
         let idle_at = activity
-            .idle_at(timeouts)
+            .idle_at(timeouts, heads)
             .unwrap_or_else(|| Instant::now() + timeouts.idle);
         tokio::select! {
             result = connection.as_mut() => return (Closed::ByClient, result),
             _ = shutdown.cancelled() => break Closed::Shutdown,
             _ = aged.as_mut() => break Closed::Aged,
+            // A new deadline: computed again at the top of the loop.
+            _ = activity.changed.notified() => {}
             _ = tokio::time::sleep_until(idle_at.into()) => {
-                if activity.idle_at(timeouts).is_some_and(|at| at <= Instant::now()) {
+                if activity.idle_at(timeouts, heads).is_some_and(|at| at <= Instant::now()) {
                     break Closed::Idle;
                 }
             }
@@ -561,7 +676,7 @@ pub async fn serve_plain(
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     static REFUSED: LogLimiter = LogLimiter::new(Duration::from_secs(10));
-    let builder = Arc::new(http_builder(&limits.timeouts));
+    let builder = Arc::new(http_builder(&limits.timeouts, Protocol::Http1));
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let peers = PeerLimiter::new(limits.max_per_peer);
     let timeouts = Arc::new(limits.timeouts.clone());
@@ -602,8 +717,15 @@ pub async fn serve_plain(
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let _held = (slot, guard);
-            let (_, result) =
-                drive(&builder, TokioIo::new(tcp), service, &timeouts, &shutdown).await;
+            let (_, result) = drive(
+                &builder,
+                tcp,
+                Protocol::Http1,
+                service,
+                &timeouts,
+                &shutdown,
+            )
+            .await;
             if let Err(e) = result {
                 tracing::debug!(server = name, %peer, error = %e, "connection ended with an error");
             }
@@ -685,15 +807,65 @@ mod tests {
     }
 
     #[test]
+    fn deadlines_first_request_idle_and_a_begun_http1_head() {
+        let timeouts = ConnectionTimeouts::default();
+        let activity = Activity::new();
+        let at = |heads| {
+            activity
+                .idle_at(&timeouts, heads)
+                .map(|at| at.duration_since(activity.started))
+        };
+        let near = |got: Option<Duration>, want: u64| {
+            got.is_some_and(|got| {
+                got >= Duration::from_secs(want) && got < Duration::from_secs(want + 1)
+            })
+        };
+        assert!(near(at(true), 2), "the first request: {:?}", at(true));
+        {
+            let _request = InFlight::begin(&activity);
+            assert_eq!(
+                at(true),
+                None,
+                "nothing closes a connection with a request in flight"
+            );
+            // Body bytes of the request in flight begin no head.
+            activity.on_read();
+        }
+        assert!(near(at(true), 30), "idle after a request: {:?}", at(true));
+        activity.on_read();
+        assert!(near(at(true), 2), "a begun HTTP/1 head: {:?}", at(true));
+        assert!(
+            near(at(false), 30),
+            "HTTP/2 frames begin no head: {:?}",
+            at(false)
+        );
+        let _next = InFlight::begin(&activity);
+        drop(_next);
+        assert!(
+            near(at(true), 30),
+            "the head became a request: {:?}",
+            at(true)
+        );
+    }
+
+    #[test]
     fn the_fd_budget_keeps_its_reserve() {
         let open = count_open_fds().expect("this test runs where descriptors can be counted");
+        assert!(open > 0);
         assert!(FdBudget::new(None, 10).has_room());
-        assert!(FdBudget::new(Some(open + 100), 10).has_room());
-        assert!(!FdBudget::new(Some(open + 10), 10).has_room());
+        // Far from the limit, and (with a reserve far above what other tests open) near it.
+        assert!(FdBudget::new(Some(open + 10_000), 10).has_room());
+        assert!(!FdBudget::new(Some(open + 100), 1_000).has_room());
+
         // Between two counts every admitted connection counts as one more.
-        let budget = FdBudget::new(Some(open + 15), 10);
+        let budget = FdBudget::new(Some(100), 10);
+        *budget.estimate.lock().unwrap() = FdEstimate {
+            // Never stale within this test.
+            counted_at: Some(Instant::now() + Duration::from_secs(3600)),
+            open: 85,
+        };
         let admitted = (0..10).take_while(|_| budget.has_room()).count();
-        assert!(admitted < 6, "{admitted} admitted past the reserve");
+        assert_eq!(admitted, 4, "86 to 89 open leave the 10 in reserve");
         assert_eq!(FdBudget::default_reserve(256), 64);
         assert_eq!(FdBudget::default_reserve(40), 16);
         assert_eq!(FdBudget::default_reserve(1 << 20), 1024);

@@ -5,8 +5,8 @@
 //!   handshakes, and when those are full the oldest pending one is dropped for it. A
 //!   handshake has [`ServerOptions::handshake_timeout`] (2 s);
 //! - a connection takes one of the `max_connections` slots only once its handshake is done,
-//!   and must then send a request head within 2 s; an idle connection is closed (HTTP/2 with
-//!   a GOAWAY), an HTTP/1 head must arrive within 2 s once begun;
+//!   and must then send a request head within 2 s; an HTTP/1 head must arrive within 2 s of
+//!   its first byte; a connection idle for 30 s is closed (HTTP/2 with a GOAWAY);
 //! - one peer (an IPv4 address, an IPv6 /64) holds at most `max_connections_per_peer`
 //!   connections, pending or not;
 //! - the body has a timeout and a size cap (3 MiB, the API server's own request limit), and
@@ -25,7 +25,6 @@ use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -35,7 +34,7 @@ use tokio_util::task::TaskTracker;
 use super::index::IndexHandle;
 use super::mutate::review_body;
 use crate::manifest::AdmissionMode;
-use crate::serving::{self, ConnectionTimeouts, LogLimiter, PeerLimiter};
+use crate::serving::{self, ConnectionTimeouts, LogLimiter, PeerLimiter, Protocol};
 
 /// The only path served.
 pub const MUTATE_PATH: &str = "/mutate";
@@ -62,10 +61,10 @@ pub struct ServerOptions {
     pub max_body_bytes: usize,
     /// Time from accepting a connection to the end of its TLS handshake.
     pub handshake_timeout: Duration,
-    /// Time from the handshake to the first complete request head, and to receive a
-    /// request head once begun; an idle HTTP/1 connection is closed after it too.
+    /// Time from the handshake to the first complete request head, and from the first byte
+    /// of an HTTP/1 request head to its end.
     pub header_timeout: Duration,
-    /// An HTTP/2 connection without a request in flight for this long is closed (GOAWAY).
+    /// A connection without a request in flight for this long is closed (HTTP/2: GOAWAY).
     pub idle_timeout: Duration,
     /// Time to receive a whole body once the head is in.
     pub body_timeout: Duration,
@@ -200,7 +199,8 @@ pub async fn serve(
     let handshakes = Handshakes::new(options.max_handshakes);
     let peers = PeerLimiter::new(options.max_connections_per_peer);
     let timeouts = Arc::new(options.timeouts());
-    let builder = Arc::new(serving::http_builder(&timeouts));
+    let builders =
+        Arc::new([Protocol::Http1, Protocol::Http2].map(|p| serving::http_builder(&timeouts, p)));
     let connections = TaskTracker::new();
 
     loop {
@@ -230,7 +230,7 @@ pub async fn serve(
         }
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let builder = builder.clone();
+        let builders = builders.clone();
         let index = index.clone();
         let options = options.clone();
         let timeouts = timeouts.clone();
@@ -271,8 +271,13 @@ pub async fn serve(
                     handle(request, index.clone(), options.clone())
                 })
             };
+            // The API server offers HTTP/2; ALPN says what was agreed.
+            let (protocol, builder) = match tls.get_ref().1.alpn_protocol() {
+                Some(b"h2") => (Protocol::Http2, &builders[1]),
+                _ => (Protocol::Http1, &builders[0]),
+            };
             let (_, result) =
-                serving::drive(&builder, TokioIo::new(tls), service, &timeouts, &shutdown).await;
+                serving::drive(builder, tls, protocol, service, &timeouts, &shutdown).await;
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "webhook: connection ended with an error");
             }

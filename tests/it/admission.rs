@@ -1230,6 +1230,35 @@ async fn slowloris_is_cut_at_the_header_timeout() {
         "cut after {sent} of {} bytes, one a second",
         head.len()
     );
+
+    // On a kept-alive connection, idle between requests is fine, but a head once begun has
+    // 2 s too.
+    let mut tls = webhook.tls_connect().await;
+    tls.write_all(b"GET /mutate HTTP/1.1\r\nHost: imagelock\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&answer).ends_with("use POST\n") {
+        let n = tokio::time::timeout(WAIT, tls.read(&mut buf))
+            .await
+            .expect("an answer")
+            .expect("read");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 405"));
+    let kept = tokio::time::timeout(Duration::from_secs(3), tls.read(&mut buf)).await;
+    assert!(
+        kept.is_err(),
+        "an idle kept-alive connection closed within 3 s"
+    );
+    let sent = slowloris(tls, head.as_bytes(), || async {}).await;
+    assert!(
+        (2..=5).contains(&sent),
+        "second head cut after {sent} of {} bytes",
+        head.len()
+    );
     webhook.stop().await;
 }
 
