@@ -689,21 +689,22 @@ pub async fn serve_plain(
         };
         // Checked in this order so that a refused connection costs nothing more.
         let why = if limits.fds.as_ref().is_some_and(|fds| !fds.has_room()) {
-            Err("file descriptors kept for the webhook")
+            Err(("fd_reserve", "file descriptors kept for the webhook"))
         } else {
             match (
                 slots.clone().try_acquire_owned(),
                 peers.try_admit(peer.ip()),
             ) {
                 (Ok(slot), Some(guard)) => Ok((slot, guard)),
-                (Err(_), _) => Err("connection limit reached"),
-                (_, None) => Err("per-peer connection limit reached"),
+                (Err(_), _) => Err(("connections", "connection limit reached")),
+                (_, None) => Err(("per_peer", "per-peer connection limit reached")),
             }
         };
         let (slot, guard) = match why {
             Ok(admitted) => admitted,
-            Err(why) => {
+            Err((reason, why)) => {
                 drop(tcp);
+                crate::telemetry::METRICS.refused(name, reason);
                 if let Some(suppressed) = REFUSED.allow() {
                     tracing::warn!(server = name, %peer, suppressed, "connection refused: {why}");
                 }
@@ -731,6 +732,8 @@ pub async fn serve_plain(
             }
         });
     }
+    // The port closes now; the connections still open finish within the grace period.
+    drop(listener);
     connections.close();
     let _ = tokio::time::timeout(limits.timeouts.grace, connections.wait()).await;
     Ok(())

@@ -210,6 +210,7 @@ pub async fn serve(
         };
         let Some(peer_guard) = peers.try_admit(peer.ip()) else {
             drop(tcp);
+            crate::telemetry::METRICS.refused("webhook", "per_peer");
             if let Some(suppressed) = PEER_REFUSED.allow() {
                 tracing::warn!(
                     %peer,
@@ -221,12 +222,15 @@ pub async fn serve(
             continue;
         };
         let (ticket, evicted) = handshakes.begin();
-        if evicted && let Some(suppressed) = EVICTED.allow() {
-            tracing::warn!(
-                suppressed,
-                limit = options.max_handshakes,
-                "webhook: too many TLS handshakes pending; dropped the oldest"
-            );
+        if evicted {
+            crate::telemetry::METRICS.refused("webhook", "evicted");
+            if let Some(suppressed) = EVICTED.allow() {
+                tracing::warn!(
+                    suppressed,
+                    limit = options.max_handshakes,
+                    "webhook: too many TLS handshakes pending; dropped the oldest"
+                );
+            }
         }
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
@@ -261,6 +265,7 @@ pub async fn serve(
             {
                 Ok(Ok(slot)) => slot,
                 _ => {
+                    crate::telemetry::METRICS.refused("webhook", "connections");
                     tracing::debug!(%peer, "webhook: no connection slot free; closed");
                     return;
                 }
@@ -283,6 +288,8 @@ pub async fn serve(
             }
         });
     }
+    // The port closes now; the connections still open finish within the grace period.
+    drop(listener);
     connections.close();
     if tokio::time::timeout(options.shutdown_grace, connections.wait())
         .await

@@ -482,6 +482,7 @@ async fn handle(
     // Authenticate before looking at anything else, the kind included (and never log what
     // the client named it: that is not bounded either).
     let Some(proof) = state.secret.authenticate(token, headers, body) else {
+        crate::telemetry::METRICS.refused("hooks", "unauthenticated");
         if let Some(suppressed) = UNAUTHENTICATED.allow() {
             tracing::warn!(suppressed, "hook refused: missing or wrong secret");
         }
@@ -489,6 +490,11 @@ async fn handle(
     };
     let now = chrono::Utc::now().timestamp();
     if let Err(replay) = state.replays.check(&proof, headers, now, Instant::now()) {
+        let reason = match replay {
+            Replay::Stale(_) => "stale",
+            Replay::Seen => "replay",
+        };
+        crate::telemetry::METRICS.refused("hooks", reason);
         if let Some(suppressed) = REPLAYED.allow() {
             tracing::warn!(hook = %excerpt(kind), suppressed, "hook refused: {replay}");
         }

@@ -272,6 +272,26 @@ async fn idle_admin_and_hooks_connections_leave_descriptors_for_the_webhook() {
         log.contains("connection refused: file descriptors kept for the webhook"),
         "{log}"
     );
+    let metrics = child
+        .http
+        .get(format!("http://{}/metrics", child.admin))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    for server in ["admin", "hooks"] {
+        let refused = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("imagelock_refusals_total{")
+                    && l.contains(&format!("server=\"{server}\""))
+                    && l.contains("reason=\"fd_reserve\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+        assert!(refused.is_some_and(|n| n > 0), "{server}: {metrics}");
+    }
     assert!(!log.contains("webhook: accept failed"), "{log}");
 }
 
