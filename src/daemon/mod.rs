@@ -701,6 +701,21 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits_must_allow_a_connection() {
+        let zero = DaemonConfig {
+            repo: "file:///srv/config".into(),
+            max_connections_per_peer: 0,
+            ..DaemonConfig::default()
+        };
+        match zero.validate() {
+            Err(DaemonError::Config(message)) => {
+                assert!(message.contains("maxConnectionsPerPeer"), "{message}")
+            }
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn generated_certificates_need_kubernetes_names() {
         let config = DaemonConfig {
             repo: "file:///srv/config".into(),
