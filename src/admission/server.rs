@@ -9,8 +9,9 @@
 //!   its first byte; a connection idle for 30 s is closed (HTTP/2 with a GOAWAY);
 //! - one peer (an IPv4 address, an IPv6 /64) holds at most `max_connections_per_peer`
 //!   connections, pending or not;
-//! - the body has a timeout and a size cap (3 MiB, the API server's own request limit), and
-//!   a connection a maximum age after which it is closed gracefully.
+//! - the body has a timeout and a size cap (3 MiB, the API server's own request limit), the
+//!   bodies in memory at once a cap (64 MiB), and a connection a maximum age after which it
+//!   is closed gracefully.
 //!
 //! Connections are served concurrently, HTTP/2 (what the API server speaks when offered) or
 //! HTTP/1.1.
@@ -75,6 +76,10 @@ pub struct ServerOptions {
     pub max_handshakes: usize,
     /// Connections (pending or not) of one peer at most; more are closed at once.
     pub max_connections_per_peer: usize,
+    /// Request bodies held in memory at once, in bytes, over all connections and HTTP/2
+    /// streams: each request reserves its `Content-Length` (or `max_body_bytes`) before its
+    /// body is read, and gets 503 when that cannot be had within `body_timeout`.
+    pub max_body_bytes_in_flight: usize,
     /// A connection older than this is closed gracefully (requests in flight finish).
     pub max_connection_age: Duration,
     /// On shutdown, how long requests in flight may take to finish.
@@ -93,6 +98,7 @@ impl Default for ServerOptions {
             max_connections: 1024,
             max_handshakes: 1024,
             max_connections_per_peer: 256,
+            max_body_bytes_in_flight: 64 << 20,
             max_connection_age: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(10),
             observer: None,
@@ -198,6 +204,10 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
     let handshakes = Handshakes::new(options.max_handshakes);
     let peers = PeerLimiter::new(options.max_connections_per_peer);
+    let bodies = Arc::new(Semaphore::new(kib(options
+        .max_body_bytes_in_flight
+        .max(options.max_body_bytes))
+        as usize));
     let timeouts = Arc::new(options.timeouts());
     let builders =
         Arc::new([Protocol::Http1, Protocol::Http2].map(|p| serving::http_builder(&timeouts, p)));
@@ -239,6 +249,7 @@ pub async fn serve(
         let options = options.clone();
         let timeouts = timeouts.clone();
         let slots = slots.clone();
+        let bodies = bodies.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let _peer = peer_guard;
@@ -273,7 +284,7 @@ pub async fn serve(
             let service = {
                 let options = options.clone();
                 hyper::service::service_fn(move |request| {
-                    handle(request, index.clone(), options.clone())
+                    handle(request, index.clone(), options.clone(), bodies.clone())
                 })
             };
             // The API server offers HTTP/2; ALPN says what was agreed.
@@ -318,9 +329,10 @@ async fn handle(
     request: Request<Incoming>,
     index: IndexHandle,
     options: Arc<ServerOptions>,
+    bodies: Arc<Semaphore>,
 ) -> Result<Reply, Infallible> {
     let started = Instant::now();
-    let (response, mode) = answer(request, &index, &options).await;
+    let (response, mode) = answer(request, &index, &options, &bodies).await;
     let took = started.elapsed();
     if let Some(RequestObserver(observe)) = &options.observer {
         observe(response.status(), mode, took);
@@ -338,8 +350,9 @@ async fn answer(
     request: Request<Incoming>,
     index: &IndexHandle,
     options: &ServerOptions,
+    bodies: &Semaphore,
 ) -> (Reply, Option<AdmissionMode>) {
-    match review(request, index, options).await {
+    match review(request, index, options, bodies).await {
         Ok((reply, mode)) => (reply, Some(mode)),
         Err(reply) => (reply, None),
     }
@@ -350,6 +363,7 @@ async fn review(
     request: Request<Incoming>,
     index: &IndexHandle,
     options: &ServerOptions,
+    bodies: &Semaphore,
 ) -> Result<(Reply, AdmissionMode), Reply> {
     if request.uri().path() != MUTATE_PATH {
         return Err(reply(
@@ -373,6 +387,19 @@ async fn review(
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(too_large(limit));
     }
+    // Memory for the body first: many slow bodies at once wait here instead of piling up.
+    let reserve = declared.map_or(limit, |length| length as usize);
+    let Ok(Ok(_memory)) = tokio::time::timeout(
+        options.body_timeout,
+        bodies.acquire_many(kib(reserve).max(1)),
+    )
+    .await
+    else {
+        return Err(reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many request bodies in flight; try again",
+        ));
+    };
     let body = Limited::new(request.into_body(), limit);
     let bytes = match tokio::time::timeout(options.body_timeout, body.collect()).await {
         Ok(Ok(collected)) => collected.to_bytes(),
@@ -413,6 +440,11 @@ async fn review(
             Err(reply(StatusCode::BAD_REQUEST, e.to_string()))
         }
     }
+}
+
+/// Whole KiB holding `bytes`, as semaphore permits.
+fn kib(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
 }
 
 fn too_large(limit: usize) -> Reply {

@@ -1299,6 +1299,63 @@ where
     panic!("the server took the whole head, one byte a second");
 }
 
+/// Request bodies in memory are bounded over all connections: while one request has
+/// reserved the whole budget (a declared 1 MiB body it never sends), another review waits
+/// for it, and is answered once the first is cut off by its body timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_in_memory_are_bounded() {
+    let options = ServerOptions {
+        max_body_bytes: 1 << 20,
+        max_body_bytes_in_flight: 1 << 20,
+        body_timeout: Duration::from_secs(2),
+        ..test_options()
+    };
+    let webhook = Webhook::start_with_options(Some(load_pins(1)), options).await;
+    let mut hog = webhook.tls_connect().await;
+    hog.write_all(
+        b"POST /mutate HTTP/1.1\r\nHost: imagelock\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n{",
+    )
+    .await
+    .expect("write");
+    hog.flush().await.expect("flush");
+    // Let the server read the head and reserve the budget.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "web"}]}});
+    let review = admission_review("CREATE", REWRITE, &pod, None);
+    let waiting = {
+        let client = webhook.client();
+        let url = webhook.url("/mutate");
+        tokio::spawn(async move {
+            let response = client.post(url).json(&review).send().await.expect("send");
+            (response.status().as_u16(), tokio::time::Instant::now())
+        })
+    };
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, hog.read_to_end(&mut answer))
+        .await
+        .expect("the hog is cut off")
+        .expect("read");
+    let hog_cut = tokio::time::Instant::now();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let (status, answered) = tokio::time::timeout(WAIT, waiting)
+        .await
+        .expect("answered")
+        .expect("task");
+    assert_eq!(status, 200);
+    // It could only be read once the hog's reservation was given back.
+    assert!(
+        answered + Duration::from_millis(100) >= hog_cut,
+        "answered {:?} before the hog was cut",
+        hog_cut - answered
+    );
+    webhook.stop().await;
+}
+
 /// Polls `check` until it yields a value; panics naming `what` after [`WAIT`] (twice: a
 /// daemon pass against a real registry and Git is slower than a request).
 async fn wait_until<T, F, Fut>(what: &str, mut check: F) -> T
