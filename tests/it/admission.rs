@@ -1196,6 +1196,7 @@ async fn held_idle_connections_do_not_delay_a_review() {
         let mut idle = open_idle(webhook.addr, from, IDLE).await;
         for _ in 0..3 {
             let took = time_a_review(&webhook, &review).await;
+            eprintln!("{case}: a new client answered in {took:?} with {IDLE} idle connections");
             assert!(
                 took < Duration::from_secs(1),
                 "{case}: answered in {took:?} with {IDLE} idle connections held"
