@@ -357,7 +357,7 @@ impl ReplayGuard {
                     .parse::<i64>()
                     .is_ok_and(|sent| sent.abs_diff(now) <= TIMESTAMP_TOLERANCE.as_secs());
                 if !fresh {
-                    return Err(Replay::Stale(excerpt(timestamp)));
+                    return Err(Replay::Stale(excerpt(timestamp, 32)));
                 }
                 keys.push(key("webhook-id", id.as_bytes()));
             }
@@ -425,9 +425,9 @@ fn key(kind: &str, value: &[u8]) -> [u8; 32] {
     hash.finalize().into()
 }
 
-/// At most 32 characters of what a client sent, for a log line.
-fn excerpt(text: &str) -> String {
-    text.chars().take(32).collect()
+/// At most `max` characters of what a client sent, for a log line.
+fn excerpt(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
 }
 
 #[derive(Clone)]
@@ -496,7 +496,7 @@ async fn handle(
         };
         crate::telemetry::METRICS.refused("hooks", reason);
         if let Some(suppressed) = REPLAYED.allow() {
-            tracing::warn!(hook = %excerpt(kind), suppressed, "hook refused: {replay}");
+            tracing::warn!(hook = %excerpt(kind, 32), suppressed, "hook refused: {replay}");
         }
         return match replay {
             Replay::Stale(_) => (StatusCode::UNAUTHORIZED, "stale timestamp\n"),
@@ -518,7 +518,9 @@ async fn handle(
         }
         Err(e) => {
             if let Some(suppressed) = INVALID.allow() {
-                tracing::warn!(hook = kind, error = %e, suppressed, "hook payload refused");
+                // The error quotes the payload: a short excerpt of it.
+                let error = excerpt(&e.to_string(), 200);
+                tracing::warn!(hook = kind, %error, suppressed, "hook payload refused");
             }
             (StatusCode::BAD_REQUEST, "invalid payload\n")
         }
