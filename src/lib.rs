@@ -17,6 +17,7 @@ pub mod reconcile;
 pub mod reference;
 pub mod registry;
 pub mod resolve;
+pub mod serving;
 pub mod telemetry;
 pub mod tenancy;
 pub mod yaml_scalar;

@@ -80,6 +80,15 @@ pub struct GitErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// `webhook`, `admin` or `hooks`.
+    pub server: &'static str,
+    /// A fixed word: `per_peer`, `connections`, `fd_reserve`, `evicted`, `unauthenticated`,
+    /// `replay`, `stale`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdmissionLabels {
     /// The admission mode of the request's namespace (`rewrite`, `enforce`, `audit`, `off`),
     /// or `none` when no review was made (a rejected request, or no pins loaded yet).
@@ -116,6 +125,7 @@ pub struct Metrics {
     pub last_successful_sync: Family<RepositoryLabels, Gauge<f64, AtomicU64>>,
     /// 1 while this replica may write (always without leader election), else 0.
     pub leader: Gauge,
+    pub refusals: Family<RefusalLabels, Counter>,
 }
 
 impl Metrics {
@@ -134,6 +144,7 @@ impl Metrics {
         let admission_duration = Histogram::new(ADMISSION_BUCKETS);
         let last_successful_sync = Family::<RepositoryLabels, Gauge<f64, AtomicU64>>::default();
         let leader = Gauge::default();
+        let refusals = Family::<RefusalLabels, Counter>::default();
         // Counters are registered without `_total`: the encoder appends it.
         registry.register(
             "imagelock_registry_requests",
@@ -200,6 +211,11 @@ impl Metrics {
             "1 while this replica holds the leader election Lease (or runs without one) and may write, else 0",
             leader.clone(),
         );
+        registry.register(
+            "imagelock_refusals",
+            "Connections and hook requests the servers refused, by server and reason",
+            refusals.clone(),
+        );
         Metrics {
             registry,
             registry_requests,
@@ -215,6 +231,7 @@ impl Metrics {
             admission_duration,
             last_successful_sync,
             leader,
+            refusals,
         }
     }
 
@@ -269,6 +286,13 @@ impl Metrics {
                     .inc_by(count as u64);
             }
         }
+    }
+
+    /// A connection or hook request `server` refused, and why (a fixed word).
+    pub fn refused(&self, server: &'static str, reason: &'static str) {
+        self.refusals
+            .get_or_create(&RefusalLabels { server, reason })
+            .inc();
     }
 
     pub fn git_error(&self, operation: &'static str) {

@@ -8,8 +8,10 @@
 //! - `audit`: nothing changes; warnings say what would be rewritten or denied.
 //! - `off`: nothing at all.
 //!
-//! Only Pods on CREATE are mutated, and on UPDATE only the ephemeral containers the update adds
-//! (`kubectl debug`): existing containers are left as they are. Nothing here does I/O.
+//! Pods are judged on CREATE (every container) and on UPDATE (the containers whose image the
+//! update changes, in `containers`, `initContainers` and `ephemeralContainers`: a new image on
+//! a running Pod, an ephemeral container added by `kubectl debug`), each as on CREATE. An
+//! UPDATE that changes no image is allowed untouched. Nothing here does I/O.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -148,9 +150,13 @@ fn review_in_mode(
     let containers = if creating {
         pod_containers(&object.data, None)
     } else {
+        // Without the old Pod every image counts as changed.
         let old = request.old_object.as_ref().map(|old| &old.data);
         pod_containers(&object.data, Some(old.unwrap_or(&Value::Null)))
     };
+    // The ephemeralcontainers subresource keeps only ephemeral container changes: an
+    // annotation written there would be dropped.
+    let annotate = creating || request.sub_resource.as_deref().is_none_or(str::is_empty);
     let containers = match containers {
         Ok(containers) => containers,
         Err(why) => return malformed(allowed, mode, &why),
@@ -162,7 +168,7 @@ fn review_in_mode(
             (c, verdict)
         })
         .collect();
-    answer(allowed, mode, namespace, creating, object, &decisions)
+    answer(allowed, mode, namespace, annotate, object, &decisions)
 }
 
 /// One container of a Pod, with where it sits in the Pod.
@@ -185,9 +191,9 @@ impl std::fmt::Display for Container<'_> {
 
 const LISTS: [&str; 3] = ["containers", "initContainers", "ephemeralContainers"];
 
-/// The containers to look at: all of them, or (with the Pod before an UPDATE) the ephemeral
-/// containers the update adds. Containers without an image are skipped: the API server
-/// rejects those itself.
+/// The containers to look at: all of them, or (with the Pod before an UPDATE) those whose
+/// image the update changes or that it adds. Containers without an image are skipped: the
+/// API server rejects those itself.
 fn pod_containers<'a>(
     pod: &'a Value,
     old: Option<&'a Value>,
@@ -195,19 +201,25 @@ fn pod_containers<'a>(
     let Some(spec) = pod.get("spec").filter(|s| s.is_object()) else {
         return Err("the Pod has no spec".into());
     };
-    let existing: BTreeSet<&str> = match old {
-        Some(old) => old
-            .pointer("/spec/ephemeralContainers")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c.get("name").and_then(Value::as_str))
-            .collect(),
-        None => BTreeSet::new(),
-    };
-    let lists: &[&'static str] = if old.is_some() { &LISTS[2..] } else { &LISTS };
+    // (list, name, image) of every container of the Pod before the update.
+    let unchanged: BTreeSet<(&str, &str, &str)> = old
+        .into_iter()
+        .flat_map(|old| {
+            LISTS.iter().flat_map(move |&list| {
+                old.pointer(&format!("/spec/{list}"))
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(move |c| {
+                        let name = c.get("name")?.as_str()?;
+                        let image = c.get("image")?.as_str()?;
+                        Some((list, name, image))
+                    })
+            })
+        })
+        .collect();
     let mut containers = Vec::new();
-    for &list in lists {
+    for &list in &LISTS {
         let items = match spec.get(list) {
             None | Some(Value::Null) => continue,
             Some(Value::Array(items)) => items,
@@ -218,11 +230,10 @@ fn pod_containers<'a>(
                 Some(Value::String(name)) => name.as_str(),
                 _ => return Err(format!("spec.{list}[{position}] has no name")),
             };
-            if existing.contains(name) {
-                continue;
-            }
             match item.get("image") {
                 None | Some(Value::Null) => {}
+                Some(Value::String(image)) if unchanged.contains(&(list, name, image.as_str())) => {
+                }
                 Some(Value::String(image)) => containers.push(Container {
                     list,
                     position,
@@ -310,7 +321,7 @@ fn answer(
     allowed: AdmissionResponse,
     mode: AdmissionMode,
     namespace: &str,
-    creating: bool,
+    annotate: bool,
     object: &DynamicObject,
     decisions: &[(Container<'_>, Verdict<'_>)],
 ) -> AdmissionResponse {
@@ -376,9 +387,7 @@ fn answer(
             })
         })
         .collect();
-    // The ephemeralcontainers subresource keeps only ephemeral container changes, so an
-    // UPDATE records nothing in the annotation.
-    if creating {
+    if annotate {
         operations.push(annotation(object, &rewrites));
     }
     match response.clone().with_patch(Patch(operations)) {
@@ -825,7 +834,9 @@ mod tests {
                 ],
             }),
         );
-        let (response, after) = run(&index, &mk_request("UPDATE", "team-a", new, Some(old)));
+        let mut request = mk_request("UPDATE", "team-a", new, Some(old));
+        request["request"]["subResource"] = json!("ephemeralcontainers");
+        let (response, after) = run(&index, &request);
         assert_eq!(response["allowed"], true);
         assert_eq!(after["spec"]["containers"][0]["image"], "web");
         assert_eq!(after["spec"]["ephemeralContainers"][0]["image"], "nginx");
@@ -854,6 +865,89 @@ mod tests {
             &mk_request("UPDATE", "team-a", old.clone(), Some(old)),
         );
         assert_eq!(response["allowed"], true);
+    }
+
+    #[test]
+    fn update_judges_changed_images_as_create_does() {
+        let index = mk_pins(mk_settings(
+            AdmissionMode::Rewrite,
+            &[("team-b", AdmissionMode::Enforce)],
+        ));
+        let old = |ns: &str| {
+            mk_pod(
+                ns,
+                json!({
+                    "initContainers": [{"name": "init", "image": "busybox"}],
+                    "containers": [
+                        {"name": "web", "image": web("web-latest")},
+                        {"name": "legacy", "image": "busybox:1.36"},
+                    ],
+                }),
+            )
+        };
+        // rewrite: the changed image is pinned and recorded; the others stay as they are.
+        let mut new = old("team-a");
+        new["spec"]["containers"][0]["image"] = json!("web:1.4");
+        let (response, after) = run(
+            &index,
+            &mk_request("UPDATE", "team-a", new, Some(old("team-a"))),
+        );
+        assert_eq!(response["allowed"], true);
+        assert!(response.get("warnings").is_none(), "{response}");
+        assert_eq!(after["spec"]["containers"][0]["image"], web("web-1.4"));
+        assert_eq!(after["spec"]["containers"][1]["image"], "busybox:1.36");
+        assert_eq!(after["spec"]["initContainers"][0]["image"], "busybox");
+        assert_eq!(
+            rewritten(&after)["web"],
+            format!("web:1.4 -> {}", web("web-1.4"))
+        );
+
+        // enforce: an unpinned new image is denied, naming only that container.
+        for (list, position, image) in [
+            ("containers", 0, "busybox:latest"),
+            ("containers", 1, "busybox:1.37"),
+            ("initContainers", 0, "alpine"),
+        ] {
+            let mut new = old("team-b");
+            new["spec"][list][position]["image"] = json!(image);
+            let (response, after) = run(
+                &index,
+                &mk_request("UPDATE", "team-b", new.clone(), Some(old("team-b"))),
+            );
+            assert_eq!(response["allowed"], false, "{list}: {response}");
+            let message = response["status"]["message"].as_str().unwrap();
+            assert!(message.contains(&format!("{image:?}")), "{message}");
+            assert!(
+                !message.contains("\"legacy\" image \"busybox:1.36\""),
+                "{message}"
+            );
+            assert_eq!(after, new, "a denied update is not patched");
+        }
+        // enforce: a pinned new image is rewritten; a digest is kept.
+        let mut new = old("team-b");
+        new["spec"]["containers"][1]["image"] = json!("nginx:1.25");
+        new["spec"]["initContainers"][0]["image"] = json!(format!("busybox@{}", mk_digest("bb")));
+        let (response, after) = run(
+            &index,
+            &mk_request("UPDATE", "team-b", new, Some(old("team-b"))),
+        );
+        assert_eq!(response["allowed"], true, "{response}");
+        assert_eq!(after["spec"]["containers"][1]["image"], nginx());
+
+        // An update that changes no image passes untouched, even with unpinned images in it.
+        let mut relabelled = old("team-b");
+        relabelled["metadata"]["labels"] = json!({"tier": "web"});
+        let (response, after) = run(
+            &index,
+            &mk_request("UPDATE", "team-b", relabelled.clone(), Some(old("team-b"))),
+        );
+        assert_eq!(response["allowed"], true);
+        assert!(response.get("patch").is_none() && response.get("warnings").is_none());
+        assert_eq!(after, relabelled);
+
+        // Without the old Pod, every image counts as changed.
+        let (response, _) = run(&index, &mk_request("UPDATE", "team-b", old("team-b"), None));
+        assert_eq!(response["allowed"], false);
     }
 
     #[test]

@@ -244,6 +244,39 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits_from_the_file() {
+        let (_dir, file) = config_file(
+            "repo: file:///srv/config\nwebhookMaxConnections: 2048\nwebhookMaxConnectionsPerPeer: 32\nadminMaxConnections: 8\nhooksMaxConnections: 9\nmaxConnectionsPerPeer: 4\nfdReserve: 512\n",
+        );
+        let args = ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        };
+        let config = args.config().unwrap();
+        assert_eq!(
+            (
+                config.webhook_max_connections,
+                config.webhook_max_connections_per_peer,
+                config.admin_max_connections,
+                config.hooks_max_connections,
+                config.max_connections_per_peer,
+                config.fd_reserve,
+            ),
+            (2048, 32, 8, 9, 4, Some(512))
+        );
+        let defaults = ServeArgs::default();
+        let (_dir, file) = config_file("repo: file:///srv/config\n");
+        let config = ServeArgs {
+            config: Some(file),
+            ..defaults
+        }
+        .config()
+        .unwrap();
+        assert_eq!(config.fd_reserve, None, "by default: from the limit");
+        assert_eq!(config.max_connections_per_peer, 16);
+    }
+
+    #[test]
     fn unknown_keys_in_the_file_are_errors() {
         let (_dir, file) = config_file("repo: x\npollIntervall: 5m\n");
         let args = ServeArgs {

@@ -53,11 +53,11 @@ pub async fn serve(
     status: StatusRx,
     index: Option<IndexHandle>,
     leadership: Leadership,
+    limits: crate::serving::PlainLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(status, index, leadership))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let router = router(status, index, leadership);
+    crate::serving::serve_plain("admin", listener, router, limits, shutdown).await
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {

@@ -1,13 +1,32 @@
 //! Push hooks: a Docker Hub or Quay push notification re-resolves the image entries it can
 //! affect; a Git push notification fetches the config repo at once.
 //!
-//! Every hook is authenticated by one shared secret, given either in the path
-//! (`/hooks/dockerhub/<secret>`: Docker Hub cannot send headers), in `X-Imagelock-Token`, or
-//! as an HMAC-SHA256 of the body in `X-Hub-Signature-256: sha256=<hex>` (GitHub, Gitea).
+//! Every hook is authenticated by one shared secret, compared in constant time (`subtle`,
+//! `hmac`'s own verification for signatures), given in one of these forms:
+//! - in the path (`/hooks/dockerhub/<secret>`: Docker Hub and Quay cannot send headers), in
+//!   `X-Imagelock-Token` or in `X-Gitlab-Token` (GitLab);
+//! - as an HMAC-SHA256 of the body: `X-Hub-Signature-256: sha256=<hex>` (GitHub, Gitea,
+//!   Forgejo) or `X-Gitea-Signature: <hex>`;
+//! - as a [Standard Webhooks](https://www.standardwebhooks.com/) signature:
+//!   `webhook-signature: v1,<base64 HMAC-SHA256 of "<webhook-id>.<webhook-timestamp>.<body>">`.
+//!   The secret is the key; a `whsec_<base64>` secret is decoded first, as the spec says.
+//!
+//! Replays are refused (409) where the sender signs something that tells deliveries apart:
+//! a Standard Webhooks timestamp more than [`TIMESTAMP_TOLERANCE`] away from now is refused
+//! (401) and its id is remembered; a body signature (GitHub, Gitea) is remembered, so the same
+//! signed body is accepted once (their delivery id headers are not signed: a new one does not
+//! make a replay new). Delivery ids (`X-GitHub-Delivery`, `X-Gitea-Delivery`,
+//! `X-Gitlab-Event-UUID`) are remembered too. The memory is bounded ([`REPLAY_CAPACITY`]
+//! entries, each kept for [`REPLAY_MEMORY`]) and only authenticated requests enter it.
+//!
 //! A request that fails authentication gets 401 and triggers nothing; one that passes gets
 //! 202 whether or not an image matched, so the answer never tells whether an image exists.
+//! Failures are logged at most once per [`FAILURE_LOG_INTERVAL`], with the count of the
+//! lines held back, so a flood of bad requests cannot flood the log.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -17,11 +36,24 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use hmac::{KeyInit as _, Mac as _};
 use serde::Deserialize;
+use sha2::Digest as _;
+use subtle::ConstantTimeEq as _;
 use tokio::sync::mpsc;
 
 use super::Trigger;
 use crate::manifest::ImageSpec;
 use crate::reference::ImageRepo;
+use crate::serving::LogLimiter;
+
+/// How far a signed timestamp may be from the daemon's clock (the Standard Webhooks
+/// recommendation).
+pub const TIMESTAMP_TOLERANCE: Duration = Duration::from_secs(5 * 60);
+/// How long a delivery id or signature is remembered: longer than a timestamp stays valid.
+pub const REPLAY_MEMORY: Duration = Duration::from_secs(60 * 60);
+/// Deliveries remembered at most; the oldest are forgotten first.
+pub const REPLAY_CAPACITY: usize = 10_000;
+/// At most one log line per kind of failure per interval.
+pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Push payloads are small; anything bigger is not one.
 const MAX_BODY: usize = 256 * 1024;
@@ -168,22 +200,88 @@ impl HookSecret {
     }
 
     fn matches_token(&self, presented: &str) -> bool {
-        constant_time_eq(&self.0, presented.as_bytes())
+        // Length is not secret (the operator fixes it); the contents are.
+        bool::from(self.0.as_ref().ct_eq(presented.as_bytes()))
     }
 
-    /// `header` is `sha256=<hex of HMAC-SHA256(secret, body)>`.
-    fn matches_signature(&self, body: &[u8], header: &str) -> bool {
-        let Some(presented) = header
-            .strip_prefix("sha256=")
-            .and_then(|h| hex::decode(h).ok())
-        else {
-            return false;
-        };
-        let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.0) else {
-            return false;
-        };
+    fn mac(&self) -> Option<hmac::Hmac<sha2::Sha256>> {
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.0).ok()
+    }
+
+    /// `presented` is the hex of HMAC-SHA256(secret, body).
+    fn matches_body_signature(&self, body: &[u8], presented: &str) -> Option<Vec<u8>> {
+        let presented = hex::decode(presented.trim()).ok()?;
+        let mut mac = self.mac()?;
         mac.update(body);
-        mac.verify_slice(&presented).is_ok()
+        mac.verify_slice(&presented).ok()?;
+        Some(presented)
+    }
+
+    /// The Standard Webhooks key: the secret, or the bytes of a `whsec_<base64>` secret.
+    fn standard_key(&self) -> Vec<u8> {
+        use base64::Engine as _;
+        std::str::from_utf8(&self.0)
+            .ok()
+            .and_then(|s| s.strip_prefix("whsec_"))
+            .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+            .unwrap_or_else(|| self.0.to_vec())
+    }
+
+    /// `header` holds space-separated `v1,<base64>` signatures of `<id>.<timestamp>.<body>`.
+    fn matches_standard(&self, id: &str, timestamp: &str, body: &[u8], header: &str) -> bool {
+        use base64::Engine as _;
+        let Ok(mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.standard_key()) else {
+            return false;
+        };
+        header.split_ascii_whitespace().any(|signature| {
+            let Some(presented) = signature
+                .strip_prefix("v1,")
+                .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+            else {
+                return false;
+            };
+            let mut mac = mac.clone();
+            mac.update(id.as_bytes());
+            mac.update(b".");
+            mac.update(timestamp.as_bytes());
+            mac.update(b".");
+            mac.update(body);
+            mac.verify_slice(&presented).is_ok()
+        })
+    }
+
+    /// How the request proves it knows the secret, or `None` when it does not.
+    pub fn authenticate(
+        &self,
+        path_token: Option<&str>,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Option<Proof> {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        if let (Some(id), Some(timestamp), Some(signature)) = (
+            header("webhook-id"),
+            header("webhook-timestamp"),
+            header("webhook-signature"),
+        ) && self.matches_standard(id, timestamp, body, signature)
+        {
+            return Some(Proof::Signed {
+                id: id.to_owned(),
+                timestamp: timestamp.to_owned(),
+            });
+        }
+        let signature = header("x-hub-signature-256")
+            .and_then(|s| s.strip_prefix("sha256="))
+            .or_else(|| header("x-gitea-signature"))
+            .and_then(|s| self.matches_body_signature(body, s));
+        if let Some(signature) = signature {
+            return Some(Proof::BodySignature(signature));
+        }
+        let token = path_token
+            .or_else(|| header("x-imagelock-token"))
+            .or_else(|| header("x-gitlab-token"));
+        token
+            .is_some_and(|t| self.matches_token(t))
+            .then_some(Proof::Token)
     }
 
     /// Whether the request carries the secret in any accepted form.
@@ -193,22 +291,150 @@ impl HookSecret {
         headers: &HeaderMap,
         body: &[u8],
     ) -> bool {
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        path_token.is_some_and(|t| self.matches_token(t))
-            || header("x-imagelock-token").is_some_and(|t| self.matches_token(t))
-            || header("x-hub-signature-256").is_some_and(|s| self.matches_signature(body, s))
+        self.authenticate(path_token, headers, body).is_some()
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    // Length is not secret (it is fixed by the operator); the contents are.
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// What authenticated a hook request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proof {
+    /// The secret itself (path or header): nothing tells one delivery from its replay.
+    Token,
+    /// An HMAC of the body (GitHub, Gitea): the signature identifies the body.
+    BodySignature(Vec<u8>),
+    /// A Standard Webhooks signature over the delivery's id and timestamp and the body.
+    Signed { id: String, timestamp: String },
+}
+
+/// Why an authenticated request is refused as a replay.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Replay {
+    #[error("signed timestamp {0:?} is not within 5 minutes of now")]
+    Stale(String),
+    #[error("this delivery was already accepted")]
+    Seen,
+}
+
+/// The delivery ids and signatures of recently accepted hooks: bounded in count and age.
+#[derive(Debug)]
+pub struct ReplayGuard {
+    memory: Duration,
+    capacity: usize,
+    seen: Mutex<SeenDeliveries>,
+}
+
+#[derive(Debug, Default)]
+struct SeenDeliveries {
+    at: HashMap<[u8; 32], Instant>,
+    order: VecDeque<([u8; 32], Instant)>,
+}
+
+impl ReplayGuard {
+    pub fn new(memory: Duration, capacity: usize) -> Self {
+        ReplayGuard {
+            memory,
+            capacity: capacity.max(1),
+            seen: Mutex::default(),
+        }
+    }
+
+    /// Refuses a replay of an authenticated request, else remembers it. `now` is the
+    /// daemon's clock in Unix seconds (for signed timestamps), `at` the monotonic one.
+    pub fn check(
+        &self,
+        proof: &Proof,
+        headers: &HeaderMap,
+        now: i64,
+        at: Instant,
+    ) -> Result<(), Replay> {
+        let mut keys: Vec<[u8; 32]> = Vec::new();
+        match proof {
+            Proof::Token => {}
+            Proof::BodySignature(signature) => keys.push(key("signature", signature)),
+            Proof::Signed { id, timestamp } => {
+                let fresh = timestamp
+                    .trim()
+                    .parse::<i64>()
+                    .is_ok_and(|sent| sent.abs_diff(now) <= TIMESTAMP_TOLERANCE.as_secs());
+                if !fresh {
+                    return Err(Replay::Stale(excerpt(timestamp, 32)));
+                }
+                keys.push(key("webhook-id", id.as_bytes()));
+            }
+        }
+        for name in [
+            "x-github-delivery",
+            "x-gitea-delivery",
+            "x-gitlab-event-uuid",
+        ] {
+            if let Some(id) = headers.get(name) {
+                keys.push(key(name, id.as_bytes()));
+            }
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        seen.forget_older_than(at, self.memory);
+        if keys.iter().any(|k| seen.at.contains_key(k)) {
+            return Err(Replay::Seen);
+        }
+        for k in keys {
+            while seen.order.len() >= self.capacity {
+                seen.forget_oldest();
+            }
+            seen.at.insert(k, at);
+            seen.order.push_back((k, at));
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .at
+            .len()
+    }
+}
+
+impl SeenDeliveries {
+    fn forget_older_than(&mut self, now: Instant, memory: Duration) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(_, at)| now.saturating_duration_since(*at) >= memory)
+        {
+            self.forget_oldest();
+        }
+    }
+
+    fn forget_oldest(&mut self) {
+        if let Some((k, at)) = self.order.pop_front()
+            && self.at.get(&k) == Some(&at)
+        {
+            self.at.remove(&k);
+        }
+    }
+}
+
+/// A fixed-size key for what is remembered, whatever the sender put in its header.
+fn key(kind: &str, value: &[u8]) -> [u8; 32] {
+    let mut hash = sha2::Sha256::new();
+    hash.update(kind.as_bytes());
+    hash.update([0]);
+    hash.update(value);
+    hash.finalize().into()
+}
+
+/// At most `max` characters of what a client sent, for a log line.
+fn excerpt(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
 }
 
 #[derive(Clone)]
 struct HookState {
     secret: HookSecret,
     triggers: mpsc::Sender<Trigger>,
+    replays: Arc<ReplayGuard>,
 }
 
 /// The hooks router: `POST /hooks/{dockerhub,quay,git}[/<secret>]`.
@@ -218,7 +444,11 @@ pub fn router(secret: HookSecret, triggers: mpsc::Sender<Trigger>) -> Router {
         .route("/hooks/{kind}/{token}", post(with_token))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(super::request_timeout())
-        .with_state(HookState { secret, triggers })
+        .with_state(HookState {
+            secret,
+            triggers,
+            replays: Arc::new(ReplayGuard::new(REPLAY_MEMORY, REPLAY_CAPACITY)),
+        })
 }
 
 async fn without_token(
@@ -246,10 +476,32 @@ async fn handle(
     headers: &HeaderMap,
     body: &[u8],
 ) -> (StatusCode, &'static str) {
-    // Authenticate before looking at anything else, the kind included.
-    if !state.secret.authenticates(token, headers, body) {
-        tracing::warn!(hook = kind, "hook refused: missing or wrong secret");
+    static UNAUTHENTICATED: LogLimiter = LogLimiter::new(FAILURE_LOG_INTERVAL);
+    static REPLAYED: LogLimiter = LogLimiter::new(FAILURE_LOG_INTERVAL);
+    static INVALID: LogLimiter = LogLimiter::new(FAILURE_LOG_INTERVAL);
+    // Authenticate before looking at anything else, the kind included (and never log what
+    // the client named it: that is not bounded either).
+    let Some(proof) = state.secret.authenticate(token, headers, body) else {
+        crate::telemetry::METRICS.refused("hooks", "unauthenticated");
+        if let Some(suppressed) = UNAUTHENTICATED.allow() {
+            tracing::warn!(suppressed, "hook refused: missing or wrong secret");
+        }
         return (StatusCode::UNAUTHORIZED, "unauthorized\n");
+    };
+    let now = chrono::Utc::now().timestamp();
+    if let Err(replay) = state.replays.check(&proof, headers, now, Instant::now()) {
+        let reason = match replay {
+            Replay::Stale(_) => "stale",
+            Replay::Seen => "replay",
+        };
+        crate::telemetry::METRICS.refused("hooks", reason);
+        if let Some(suppressed) = REPLAYED.allow() {
+            tracing::warn!(hook = %excerpt(kind, 32), suppressed, "hook refused: {replay}");
+        }
+        return match replay {
+            Replay::Stale(_) => (StatusCode::UNAUTHORIZED, "stale timestamp\n"),
+            Replay::Seen => (StatusCode::CONFLICT, "already delivered\n"),
+        };
     }
     let event = match kind {
         "dockerhub" => parse_dockerhub(body),
@@ -265,7 +517,11 @@ async fn handle(
             (StatusCode::ACCEPTED, "accepted\n")
         }
         Err(e) => {
-            tracing::warn!(hook = kind, error = %e, "hook payload refused");
+            if let Some(suppressed) = INVALID.allow() {
+                // The error quotes the payload: a short excerpt of it.
+                let error = excerpt(&e.to_string(), 200);
+                tracing::warn!(hook = kind, %error, suppressed, "hook payload refused");
+            }
             (StatusCode::BAD_REQUEST, "invalid payload\n")
         }
     }
@@ -398,5 +654,140 @@ mod tests {
         assert!(secret.authenticates(None, &headers, body));
         assert!(!secret.authenticates(None, &headers, b"tampered"));
         assert_eq!(format!("{secret:?}"), "HookSecret(<redacted>)");
+    }
+
+    fn standard_headers(secret: &[u8], id: &str, timestamp: i64, body: &[u8]) -> HeaderMap {
+        use base64::Engine as _;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+        mac.update(format!("{id}.{timestamp}.").as_bytes());
+        mac.update(body);
+        let signature =
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let mut headers = HeaderMap::new();
+        headers.insert("webhook-id", id.parse().unwrap());
+        headers.insert("webhook-timestamp", timestamp.to_string().parse().unwrap());
+        headers.insert(
+            "webhook-signature",
+            format!("v1,bm90IGl0 v1,{signature}").parse().unwrap(),
+        );
+        headers
+    }
+
+    #[test]
+    fn standard_webhooks_signatures_cover_id_timestamp_and_body() {
+        let secret = HookSecret::new("0123456789abcdef-secret");
+        let body = b"{}";
+        let headers = standard_headers(b"0123456789abcdef-secret", "msg_1", 1_700_000_000, body);
+        assert_eq!(
+            secret.authenticate(None, &headers, body),
+            Some(Proof::Signed {
+                id: "msg_1".into(),
+                timestamp: "1700000000".into()
+            })
+        );
+        assert_eq!(secret.authenticate(None, &headers, b"{ }"), None);
+        let mut other_id = headers.clone();
+        other_id.insert("webhook-id", "msg_2".parse().unwrap());
+        assert_eq!(secret.authenticate(None, &other_id, body), None);
+        let mut other_time = headers.clone();
+        other_time.insert("webhook-timestamp", "1700000001".parse().unwrap());
+        assert_eq!(secret.authenticate(None, &other_time, body), None);
+
+        // A `whsec_` secret is the base64 of the key.
+        use base64::Engine as _;
+        let key = b"raw key bytes, 16+";
+        let whsec = format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(key)
+        );
+        let headers = standard_headers(key, "msg_1", 1_700_000_000, body);
+        assert!(HookSecret::new(&whsec).authenticates(None, &headers, body));
+    }
+
+    #[test]
+    fn gitea_and_gitlab_headers() {
+        let secret = HookSecret::new("0123456789abcdef-secret");
+        let body = b"{}";
+        let mut mac =
+            hmac::Hmac::<sha2::Sha256>::new_from_slice(b"0123456789abcdef-secret").unwrap();
+        mac.update(body);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-gitea-signature",
+            hex::encode(mac.finalize().into_bytes()).parse().unwrap(),
+        );
+        assert!(matches!(
+            secret.authenticate(None, &headers, body),
+            Some(Proof::BodySignature(_))
+        ));
+        let mut headers = HeaderMap::new();
+        headers.insert("x-gitlab-token", "0123456789abcdef-secret".parse().unwrap());
+        assert_eq!(
+            secret.authenticate(None, &headers, body),
+            Some(Proof::Token)
+        );
+        headers.insert("x-gitlab-token", "0123456789abcdef-secreX".parse().unwrap());
+        assert_eq!(secret.authenticate(None, &headers, body), None);
+    }
+
+    #[test]
+    fn replays_are_refused_and_memory_is_bounded() {
+        let guard = ReplayGuard::new(Duration::from_secs(60), 3);
+        let now = 1_700_000_000;
+        let t0 = Instant::now();
+        let none = HeaderMap::new();
+        let signed = |id: &str, timestamp: i64| Proof::Signed {
+            id: id.into(),
+            timestamp: timestamp.to_string(),
+        };
+
+        assert_eq!(guard.check(&signed("a", now), &none, now, t0), Ok(()));
+        assert_eq!(
+            guard.check(&signed("a", now), &none, now, t0),
+            Err(Replay::Seen)
+        );
+        // Outside the window either way, or not a number.
+        for stale in [now - 301, now + 301] {
+            assert!(matches!(
+                guard.check(&signed("b", stale), &none, now, t0),
+                Err(Replay::Stale(_))
+            ));
+        }
+        assert!(matches!(
+            guard.check(
+                &Proof::Signed {
+                    id: "c".into(),
+                    timestamp: "soon".into()
+                },
+                &none,
+                now,
+                t0
+            ),
+            Err(Replay::Stale(_))
+        ));
+        assert_eq!(guard.check(&signed("b", now - 299), &none, now, t0), Ok(()));
+
+        // The same signed body, whatever delivery id comes with it.
+        let body = Proof::BodySignature(vec![1, 2, 3]);
+        let mut delivery = HeaderMap::new();
+        delivery.insert("x-github-delivery", "d-1".parse().unwrap());
+        assert_eq!(guard.check(&body, &delivery, now, t0), Ok(()));
+        delivery.insert("x-github-delivery", "d-2".parse().unwrap());
+        assert_eq!(guard.check(&body, &delivery, now, t0), Err(Replay::Seen));
+        // A delivery id seen before, with a token.
+        delivery.insert("x-github-delivery", "d-1".parse().unwrap());
+        assert_eq!(
+            guard.check(&Proof::Token, &delivery, now, t0),
+            Err(Replay::Seen)
+        );
+        assert_eq!(guard.check(&Proof::Token, &none, now, t0), Ok(()));
+
+        // At most 3 remembered: the oldest ("a") is forgotten first.
+        assert_eq!(guard.len(), 3);
+        assert_eq!(guard.check(&signed("a", now), &none, now, t0), Ok(()));
+        // And everything is forgotten after its time.
+        let later = t0 + Duration::from_secs(61);
+        assert_eq!(guard.check(&signed("a", now), &none, now, later), Ok(()));
+        assert_eq!(guard.len(), 1);
     }
 }

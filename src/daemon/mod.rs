@@ -99,6 +99,21 @@ pub struct DaemonConfig {
     /// Which manifests may declare which namespace, what each namespace may pull with which
     /// logins, and which sets are shared across namespaces.
     pub tenancy: Tenancy,
+    // Server limits: what no client can exceed (see `crate::serving`).
+    /// Webhook connections past their TLS handshake at most.
+    pub webhook_max_connections: usize,
+    /// Webhook connections of one peer (an IPv4 address, an IPv6 /64), handshakes included.
+    pub webhook_max_connections_per_peer: usize,
+    /// Admin port connections at most.
+    pub admin_max_connections: usize,
+    /// Hooks port connections at most.
+    pub hooks_max_connections: usize,
+    /// Admin and hooks connections of one peer at most (behind an ingress, the hooks see one
+    /// peer: the ingress controller).
+    pub max_connections_per_peer: usize,
+    /// File descriptors the admin and hooks servers leave free for the webhook; by default a
+    /// quarter of the open-file limit, at least 16 and at most 1024.
+    pub fd_reserve: Option<u64>,
 }
 
 impl Default for DaemonConfig {
@@ -131,6 +146,12 @@ impl Default for DaemonConfig {
             lease_renew_deadline: "10s".into(),
             lease_retry_period: "2s".into(),
             tenancy: Tenancy::default(),
+            webhook_max_connections: 1024,
+            webhook_max_connections_per_peer: 256,
+            admin_max_connections: 64,
+            hooks_max_connections: 64,
+            max_connections_per_peer: 16,
+            fd_reserve: None,
         }
     }
 }
@@ -199,6 +220,20 @@ impl DaemonConfig {
             return Err(DaemonError::Config(
                 "hooksListen needs hookSecretFile: hooks are never served without a secret".into(),
             ));
+        }
+        for (key, value) in [
+            ("webhookMaxConnections", self.webhook_max_connections),
+            (
+                "webhookMaxConnectionsPerPeer",
+                self.webhook_max_connections_per_peer,
+            ),
+            ("adminMaxConnections", self.admin_max_connections),
+            ("hooksMaxConnections", self.hooks_max_connections),
+            ("maxConnectionsPerPeer", self.max_connections_per_peer),
+        ] {
+            if value == 0 {
+                return Err(DaemonError::Config(format!("{key} must be at least 1")));
+            }
         }
         self.lease_settings()?;
         self.webhook_tls().map(|_| ())
@@ -295,6 +330,20 @@ enum WebhookTls {
 /// How often the certificate files are checked even without a change event.
 const CERT_POLL: Duration = Duration::from_secs(60);
 
+/// The limits of a plain-HTTP server (admin, hooks) of `config`.
+fn plain_limits(
+    config: &DaemonConfig,
+    max_connections: usize,
+    fds: &Arc<crate::serving::FdBudget>,
+) -> crate::serving::PlainLimits {
+    crate::serving::PlainLimits {
+        max_connections,
+        max_per_peer: config.max_connections_per_peer,
+        fds: Some(fds.clone()),
+        ..crate::serving::PlainLimits::default()
+    }
+}
+
 /// How long the plain-HTTP servers (admin, hooks) give one request, reading its body
 /// included, before answering 408: a slow client cannot hold a handler.
 pub(crate) const HTTP_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -341,6 +390,24 @@ pub async fn run_with_kube(
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
     config.validate()?;
+    match crate::serving::raise_open_file_limit() {
+        Ok(limit) if limit.now != limit.before => {
+            tracing::info!(
+                from = limit.before,
+                to = limit.now,
+                "raised the open-file limit"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+    // Counted against the raised limit: the admin and hooks servers leave this many free.
+    let fds = crate::serving::FdBudget::for_process(config.fd_reserve);
+    tracing::info!(
+        limit = ?fds.limit(),
+        reserve = fds.reserve(),
+        "file descriptors kept for the webhook"
+    );
     // Stopped only once the reconcile loop has ended (see the module doc).
     let elector_stop = CancellationToken::new();
     let (leadership, elector) = match (config.lease_settings()?, kube) {
@@ -371,7 +438,7 @@ pub async fn run_with_kube(
 
     // The webhook's certificate and port first: a bad certificate stops the daemon at once.
     let webhook = match (config.webhook_listen, config.webhook_tls()?) {
-        (Some(addr), Some(tls)) => Some(Webhook::prepare(addr, tls).await?),
+        (Some(addr), Some(tls)) => Some(Webhook::prepare(addr, tls, &config).await?),
         _ => None,
     };
     let index = webhook.as_ref().map(|w| w.index.clone());
@@ -389,6 +456,7 @@ pub async fn run_with_kube(
             status_rx,
             index.clone(),
             leadership.clone(),
+            plain_limits(&config, config.admin_max_connections, &fds),
             shutdown.clone(),
         );
         async move { serve.await.map_err(DaemonError::Admin) }
@@ -403,12 +471,15 @@ pub async fn run_with_kube(
                 .map_err(|source| DaemonError::Listen { addr, source })?;
             tracing::info!(%addr, "push hooks listening");
             let router = hooks::router(secret, trigger_tx.clone());
-            let shutdown = shutdown.clone();
+            let serve = crate::serving::serve_plain(
+                "hooks",
+                listener,
+                router,
+                plain_limits(&config, config.hooks_max_connections, &fds),
+                shutdown.clone(),
+            );
             Some(tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown.cancelled_owned())
-                    .await
-                    .map_err(DaemonError::Hooks)
+                serve.await.map_err(DaemonError::Hooks)
             }))
         }
         _ => None,
@@ -500,10 +571,16 @@ struct Webhook {
     certs: Arc<CertReloader>,
     tls: Arc<rustls::ServerConfig>,
     index: IndexHandle,
+    max_connections: usize,
+    max_connections_per_peer: usize,
 }
 
 impl Webhook {
-    async fn prepare(addr: SocketAddr, tls: WebhookTls) -> Result<Self, DaemonError> {
+    async fn prepare(
+        addr: SocketAddr,
+        tls: WebhookTls,
+        config: &DaemonConfig,
+    ) -> Result<Self, DaemonError> {
         let files = match tls {
             WebhookTls::Files(files) => files,
             WebhookTls::SelfSigned(generated) => {
@@ -524,6 +601,8 @@ impl Webhook {
             certs,
             tls,
             index: IndexHandle::new(),
+            max_connections: config.webhook_max_connections,
+            max_connections_per_peer: config.webhook_max_connections_per_peer,
         })
     }
 
@@ -538,6 +617,9 @@ impl Webhook {
                         crate::telemetry::METRICS.admission(status.as_u16(), mode, took)
                     },
                 ))),
+                max_connections: self.max_connections,
+                max_handshakes: self.max_connections,
+                max_connections_per_peer: self.max_connections_per_peer,
                 ..admission::ServerOptions::default()
             },
             shutdown.clone(),
@@ -621,6 +703,21 @@ mod tests {
         assert!(
             config_error(mk_config(false, true, true, false)).contains("without webhookListen")
         );
+    }
+
+    #[test]
+    fn connection_limits_must_allow_a_connection() {
+        let zero = DaemonConfig {
+            repo: "file:///srv/config".into(),
+            max_connections_per_peer: 0,
+            ..DaemonConfig::default()
+        };
+        match zero.validate() {
+            Err(DaemonError::Config(message)) => {
+                assert!(message.contains("maxConnectionsPerPeer"), "{message}")
+            }
+            other => panic!("expected a config error, got {other:?}"),
+        }
     }
 
     #[test]

@@ -53,7 +53,7 @@ def test_webhook_calls_the_daemon_as_the_design_says(rendered: dict[str, Render]
     assert hook["failurePolicy"] == "Fail"
     assert hook["timeoutSeconds"] == 5
     assert hook["rules"] == [
-        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"], "scope": "Namespaced"},
+        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["pods"], "scope": "Namespaced"},
         {
             "apiGroups": [""],
             "apiVersions": ["v1"],
@@ -72,6 +72,25 @@ def test_webhook_calls_the_daemon_as_the_design_says(rendered: dict[str, Render]
     config = r.daemon_config
     assert config["webhookListen"] == "0.0.0.0:8443"
     assert (config["webhookService"], config["webhookNamespace"]) == (ref["name"], ref["namespace"])
+
+
+def test_pod_updates_that_change_an_image_are_sent(rendered: dict[str, Render]) -> None:
+    hook = rendered["defaults"].webhook
+    (condition,) = hook["matchConditions"]
+    assert condition["name"] == "create-or-image-change"
+    expression = condition["expression"]
+    assert expression.startswith("request.operation != 'UPDATE' ||")
+    for field in ("containers", "initContainers", "ephemeralContainers"):
+        assert f"object.spec.{field}.map(c, c.name + '=' + (has(c.image) ? c.image : ''))" in expression
+        assert f"(has(oldObject.spec.{field}) ? oldObject.spec.{field}.map(" in expression
+    assert expression.count(" != ") == 4 and expression.count(") ||") == 2, expression
+
+
+def test_pod_updates_can_be_turned_off(render: Callable[..., Render]) -> None:
+    hook = render(values_for("defaults", webhook={"podUpdates": False})).webhook
+    assert [r["operations"] for r in hook["rules"]] == [["CREATE"], ["UPDATE"]]
+    assert [r["resources"] for r in hook["rules"]] == [["pods"], ["pods/ephemeralcontainers"]]
+    assert "matchConditions" not in hook
 
 
 def test_failure_policy_and_timeout_are_configurable(render: Callable[..., Render]) -> None:

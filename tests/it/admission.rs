@@ -164,10 +164,15 @@ fn test_options() -> ServerOptions {
 
 impl Webhook {
     async fn start(index: Option<PinIndex>) -> Webhook {
+        Webhook::start_with_options(index, test_options()).await
+    }
+
+    /// [`Webhook::start`] with the server's limits given.
+    async fn start_with_options(index: Option<PinIndex>, options: ServerOptions) -> Webhook {
         let dir = tempfile::tempdir().expect("tempdir");
         let files = generate(dir.path());
         let ca = std::fs::read(dir.path().join(SelfSigned::CA_CERT)).expect("ca.crt");
-        Webhook::start_with(files, ca, index, Duration::from_secs(3600), dir).await
+        Webhook::start_with(files, ca, index, Duration::from_secs(3600), dir, options).await
     }
 
     async fn start_with(
@@ -176,6 +181,7 @@ impl Webhook {
         index: Option<PinIndex>,
         poll: Duration,
         dir: tempfile::TempDir,
+        options: ServerOptions,
     ) -> Webhook {
         let certs = CertReloader::load(files, provider()).expect("load certificate");
         let tls = Arc::new(server_config(certs.clone(), provider()).expect("tls config"));
@@ -193,7 +199,7 @@ impl Webhook {
                 listener,
                 tls,
                 handle.clone(),
-                test_options(),
+                options,
                 shutdown.clone(),
             );
             let watch = certs.clone().watch(poll, shutdown.clone());
@@ -241,6 +247,26 @@ impl Webhook {
         (status, response.bytes().await.expect("body").to_vec())
     }
 
+    /// A new TLS connection to the server, handshake done, nothing sent.
+    async fn tls_connect(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&self.ca) {
+            roots.add(cert.expect("pem")).expect("root");
+        }
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect");
+        let name = rustls::pki_types::ServerName::try_from(format!("{SERVICE}.{NAMESPACE}.svc"))
+            .expect("name");
+        connector.connect(name, tcp).await.expect("handshake")
+    }
+
     /// Sends `review` and returns the response part of the answer.
     async fn review(&self, client: &reqwest::Client, review: &Value) -> Value {
         let (status, body) = self.post(client, review.to_string().into_bytes()).await;
@@ -282,7 +308,12 @@ fn generate(dir: &Path) -> TlsFiles {
 
 static UID: AtomicUsize = AtomicUsize::new(0);
 
-fn admission_review(operation: &str, namespace: &str, pod: &Value, old: Option<&Value>) -> Value {
+pub(crate) fn admission_review(
+    operation: &str,
+    namespace: &str,
+    pod: &Value,
+    old: Option<&Value>,
+) -> Value {
     json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
@@ -305,7 +336,7 @@ fn admission_review(operation: &str, namespace: &str, pod: &Value, old: Option<&
 }
 
 /// The Pod with the answer's JSONPatch applied (unchanged when there is none).
-fn patched(pod: &Value, response: &Value) -> Value {
+pub(crate) fn patched(pod: &Value, response: &Value) -> Value {
     let mut pod = pod.clone();
     if let Some(patch) = response.get("patch") {
         assert_eq!(response["patchType"], "JSONPatch");
@@ -378,6 +409,29 @@ async fn kubectl(args: &[&str], server: SocketAddr, home: &Path) -> Value {
         .arg(format!("--cache-dir={}", home.join("cache").display()))
         .env("KUBECONFIG", home.join("no-kubeconfig"))
         .env("HOME", home)
+        .output()
+        .await
+        .expect("run kubectl (is it installed?)");
+    assert!(
+        output.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("kubectl json")
+}
+
+/// `kubectl ARGS --local -f <pod>`: what kubectl makes of `pod` without a server, e.g.
+/// `set image` for the object of a Pod UPDATE.
+async fn kubectl_local(args: &[&str], pod: &Value) -> Value {
+    let home = tempfile::tempdir().expect("tempdir");
+    let file = home.path().join("pod.json");
+    std::fs::write(&file, pod.to_string()).expect("write pod");
+    let output = tokio::process::Command::new("kubectl")
+        .args(args)
+        .args(["--local", "--dry-run=client", "-o", "json", "-f"])
+        .arg(&file)
+        .env("KUBECONFIG", home.path().join("no-kubeconfig"))
+        .env("HOME", home.path())
         .output()
         .await
         .expect("run kubectl (is it installed?)");
@@ -584,6 +638,102 @@ async fn kubectl_pods_per_mode() {
     webhook.stop().await;
 }
 
+/// `kubectl set image pod/...` on a running Pod: the UPDATE is judged as a CREATE would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_updates_that_change_an_image() {
+    let webhook = Webhook::start(Some(load_pins(1))).await;
+    let client = webhook.client();
+    let (_, pod) = kubectl_pods()
+        .await
+        .into_iter()
+        .find(|(case, _)| *case == "run")
+        .expect("run pod");
+    for namespace in [REWRITE, ENFORCE] {
+        // The Pod as stored: created through the webhook.
+        let created = with_namespace(&pod, namespace);
+        let response = webhook
+            .review(
+                &client,
+                &admission_review("CREATE", namespace, &created, None),
+            )
+            .await;
+        let running = patched(&created, &response);
+        assert_eq!(
+            running["spec"]["containers"][0]["image"],
+            web_pin(namespace, "latest", 1)
+        );
+
+        // A pinned image: rewritten in both modes, and recorded.
+        let new = kubectl_local(&["set", "image", "web=nginx:1.25"], &running).await;
+        let response = webhook
+            .review(
+                &client,
+                &admission_review("UPDATE", namespace, &new, Some(&running)),
+            )
+            .await;
+        assert_eq!(response["allowed"], true, "{namespace}: {response}");
+        let after = patched(&new, &response);
+        assert_eq!(
+            after["spec"]["containers"][0]["image"],
+            nginx_pin(namespace, 1)
+        );
+        let record: Value = serde_json::from_str(
+            after["metadata"]["annotations"][REWRITTEN_ANNOTATION]
+                .as_str()
+                .expect("annotation"),
+        )
+        .expect("annotation json");
+        assert_eq!(
+            record["web"],
+            format!("nginx:1.25 -> {}", nginx_pin(namespace, 1))
+        );
+
+        // An unpinned image: rewrite mode leaves it, enforce mode denies the update.
+        let new = kubectl_local(&["set", "image", "web=busybox:1.36"], &running).await;
+        let response = webhook
+            .review(
+                &client,
+                &admission_review("UPDATE", namespace, &new, Some(&running)),
+            )
+            .await;
+        if namespace == ENFORCE {
+            assert_eq!(response["allowed"], false, "{response}");
+            assert_eq!(response["status"]["code"], 403);
+            let message = response["status"]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("container \"web\" image \"busybox:1.36\" is not pinned"),
+                "{message}"
+            );
+        } else {
+            assert_eq!(response["allowed"], true);
+            assert!(response.get("patch").is_none(), "{response}");
+        }
+
+        // An update that changes no image passes untouched.
+        let relabelled = kubectl_local(&["label", "tier=web"], &running).await;
+        assert_eq!(relabelled["metadata"]["labels"]["tier"], "web");
+        let response = webhook
+            .review(
+                &client,
+                &admission_review("UPDATE", namespace, &relabelled, Some(&running)),
+            )
+            .await;
+        assert_eq!(response["allowed"], true);
+        assert!(response.get("patch").is_none() && response.get("warnings").is_none());
+    }
+
+    // enforce: an unpinned debug container through the ephemeralcontainers subresource.
+    let running = with_namespace(&pod, ENFORCE);
+    let mut debugged = running.clone();
+    debugged["spec"]["ephemeralContainers"] =
+        json!([{"name": "debugger", "image": "busybox", "targetContainerName": "web"}]);
+    let mut review = admission_review("UPDATE", ENFORCE, &debugged, Some(&running));
+    review["request"]["subResource"] = json!("ephemeralcontainers");
+    let response = webhook.review(&client, &review).await;
+    assert_eq!(response["allowed"], false, "{response}");
+    webhook.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debug_containers_added_by_update() {
     let webhook = Webhook::start(Some(load_pins(1))).await;
@@ -762,6 +912,7 @@ async fn certificate_rotation_by_data_symlink_swap() {
         Some(load_pins(1)),
         Duration::from_secs(3600),
         dir,
+        test_options(),
     )
     .await;
     assert_eq!(peer_fingerprint(webhook.addr, &cas).await, v1);
@@ -922,25 +1073,7 @@ async fn slow_clients_are_cut_off() {
         .expect("connect");
 
     // Half a request head, then nothing.
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&webhook.ca) {
-        roots.add(cert.expect("pem")).expect("root");
-    }
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let connect = || async {
-        let tcp = tokio::net::TcpStream::connect(webhook.addr)
-            .await
-            .expect("connect");
-        let name = rustls::pki_types::ServerName::try_from(format!("{SERVICE}.{NAMESPACE}.svc"))
-            .expect("name");
-        connector.connect(name, tcp).await.expect("handshake")
-    };
-    let mut slow_head = connect().await;
+    let mut slow_head = webhook.tls_connect().await;
     slow_head
         .write_all(b"POST /mutate HTTP/1.1\r\nHost: imagelock\r\nContent-Ty")
         .await
@@ -949,7 +1082,7 @@ async fn slow_clients_are_cut_off() {
 
     // A whole head, half the body, then nothing.
     let body = admission_review("CREATE", REWRITE, &pod, None).to_string();
-    let mut slow_body = connect().await;
+    let mut slow_body = webhook.tls_connect().await;
     slow_body
         .write_all(
             format!(
@@ -983,6 +1116,244 @@ async fn slow_clients_are_cut_off() {
     assert!(read.is_ok(), "slow body kept");
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    webhook.stop().await;
+}
+
+/// Raises this process's open-file limit to the hard limit, as the daemon does for itself:
+/// the tests below hold thousands of sockets.
+pub(crate) fn raise_open_files(needed: u64) {
+    let limit = imagelock::serving::raise_open_file_limit().expect("raise RLIMIT_NOFILE");
+    assert!(
+        limit.now >= needed,
+        "this test needs {needed} open files; the hard limit is {}",
+        limit.now
+    );
+}
+
+/// `count` TCP connections from `from` to `addr` that never send a byte.
+pub(crate) async fn open_idle(
+    addr: SocketAddr,
+    from: std::net::IpAddr,
+    count: usize,
+) -> Vec<tokio::net::TcpStream> {
+    let mut idle = Vec::with_capacity(count);
+    for _ in 0..count {
+        let socket = match from {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .expect("socket");
+        socket.bind(SocketAddr::new(from, 0)).expect("bind");
+        let stream = tokio::time::timeout(WAIT, socket.connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        idle.push(stream);
+    }
+    idle
+}
+
+/// How long a new client (a new connection, a new TLS handshake) takes to get `review`
+/// answered with 200.
+async fn time_a_review(webhook: &Webhook, review: &Value) -> Duration {
+    let client = webhook.client();
+    let started = std::time::Instant::now();
+    let response = webhook.review(&client, review).await;
+    let took = started.elapsed();
+    assert_eq!(response["allowed"], true, "{response}");
+    took
+}
+
+/// The bound: a valid AdmissionReview is answered within 1 s while 2,000 idle TCP
+/// connections are held open to the webhook, with the server's default limits. First from
+/// another peer (as an attacker is), then from the reviewer's own address with no per-peer
+/// cap in the way: a handshake that never starts takes no slot, and the oldest pending one
+/// makes room for a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_idle_connections_do_not_delay_a_review() {
+    const IDLE: usize = 2_000;
+    raise_open_files(3 * IDLE as u64);
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "web"}]}});
+    let review = admission_review("CREATE", REWRITE, &pod, None);
+    let localhost: std::net::IpAddr = [127, 0, 0, 1].into();
+    let cases = [
+        (
+            "another peer",
+            [127, 0, 0, 2].into(),
+            ServerOptions::default(),
+        ),
+        (
+            "the same peer",
+            localhost,
+            ServerOptions {
+                max_connections_per_peer: 10 * IDLE,
+                ..ServerOptions::default()
+            },
+        ),
+    ];
+    for (case, from, options) in cases {
+        let webhook = Webhook::start_with_options(Some(load_pins(1)), options).await;
+        let mut idle = open_idle(webhook.addr, from, IDLE).await;
+        for _ in 0..3 {
+            let took = time_a_review(&webhook, &review).await;
+            eprintln!("{case}: a new client answered in {took:?} with {IDLE} idle connections");
+            assert!(
+                took < Duration::from_secs(1),
+                "{case}: answered in {took:?} with {IDLE} idle connections held"
+            );
+        }
+        // None of them is kept past the handshake timeout.
+        let closed = futures_util::future::join_all(idle.iter_mut().map(closed_by_server)).await;
+        assert!(
+            closed.iter().all(|c| *c),
+            "{case}: {} idle connections still open after {WAIT:?}",
+            closed.iter().filter(|c| !**c).count()
+        );
+        webhook.stop().await;
+    }
+}
+
+/// Slowloris: a client that sends its request head one byte per second is cut at the 2 s
+/// header timeout, long before its head is complete, and others are answered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_is_cut_at_the_header_timeout() {
+    let webhook = Webhook::start_with_options(Some(load_pins(1)), ServerOptions::default()).await;
+    let tls = webhook.tls_connect().await;
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "web"}]}});
+    let review = admission_review("CREATE", REWRITE, &pod, None);
+    let head = "POST /mutate HTTP/1.1\r\nHost: imagelock\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n";
+    let sent = slowloris(tls, head.as_bytes(), || async {
+        time_a_review(&webhook, &review).await;
+    })
+    .await;
+    assert!(
+        (2..=5).contains(&sent),
+        "cut after {sent} of {} bytes, one a second",
+        head.len()
+    );
+
+    // On a kept-alive connection, idle between requests is fine, but a head once begun has
+    // 2 s too.
+    let mut tls = webhook.tls_connect().await;
+    tls.write_all(b"GET /mutate HTTP/1.1\r\nHost: imagelock\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&answer).ends_with("use POST\n") {
+        let n = tokio::time::timeout(WAIT, tls.read(&mut buf))
+            .await
+            .expect("an answer")
+            .expect("read");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 405"));
+    let kept = tokio::time::timeout(Duration::from_secs(3), tls.read(&mut buf)).await;
+    assert!(
+        kept.is_err(),
+        "an idle kept-alive connection closed within 3 s"
+    );
+    let sent = slowloris(tls, head.as_bytes(), || async {}).await;
+    assert!(
+        (2..=5).contains(&sent),
+        "second head cut after {sent} of {} bytes",
+        head.len()
+    );
+    webhook.stop().await;
+}
+
+/// Sends `head` one byte per second until the server closes the connection, running
+/// `meanwhile` after the first byte; returns the bytes sent. Panics if the whole head goes
+/// through.
+pub(crate) async fn slowloris<S, F, Fut>(stream: S, head: &[u8], meanwhile: F) -> usize
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (mut read, mut write) = tokio::io::split(stream);
+    let mut meanwhile = Some(meanwhile);
+    let mut buf = [0u8; 256];
+    for (sent, byte) in head.iter().enumerate() {
+        if write.write_all(&[*byte]).await.is_err() || write.flush().await.is_err() {
+            return sent;
+        }
+        if let Some(meanwhile) = meanwhile.take() {
+            meanwhile().await;
+        }
+        // A second, or less if the server closes first.
+        let closed = tokio::time::timeout(Duration::from_secs(1), async {
+            loop {
+                match read.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .is_ok();
+        if closed {
+            return sent + 1;
+        }
+    }
+    panic!("the server took the whole head, one byte a second");
+}
+
+/// Request bodies in memory are bounded over all connections: while one request has
+/// reserved the whole budget (a declared 1 MiB body it never sends), another review waits
+/// for it, and is answered once the first is cut off by its body timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_in_memory_are_bounded() {
+    let options = ServerOptions {
+        max_body_bytes: 1 << 20,
+        max_body_bytes_in_flight: 1 << 20,
+        body_timeout: Duration::from_secs(2),
+        ..test_options()
+    };
+    let webhook = Webhook::start_with_options(Some(load_pins(1)), options).await;
+    let mut hog = webhook.tls_connect().await;
+    hog.write_all(
+        b"POST /mutate HTTP/1.1\r\nHost: imagelock\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n{",
+    )
+    .await
+    .expect("write");
+    hog.flush().await.expect("flush");
+    // Let the server read the head and reserve the budget.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "web"}]}});
+    let review = admission_review("CREATE", REWRITE, &pod, None);
+    let waiting = {
+        let client = webhook.client();
+        let url = webhook.url("/mutate");
+        tokio::spawn(async move {
+            let response = client.post(url).json(&review).send().await.expect("send");
+            (response.status().as_u16(), tokio::time::Instant::now())
+        })
+    };
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, hog.read_to_end(&mut answer))
+        .await
+        .expect("the hog is cut off")
+        .expect("read");
+    let hog_cut = tokio::time::Instant::now();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let (status, answered) = tokio::time::timeout(WAIT, waiting)
+        .await
+        .expect("answered")
+        .expect("task");
+    assert_eq!(status, 200);
+    // It could only be read once the hog's reservation was given back.
+    assert!(
+        answered + Duration::from_millis(100) >= hog_cut,
+        "answered {:?} before the hog was cut",
+        hog_cut - answered
+    );
     webhook.stop().await;
 }
 

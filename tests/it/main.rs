@@ -12,3 +12,4 @@ mod mirror_engine;
 mod outputs;
 mod registry;
 mod repo_content;
+mod servers;
