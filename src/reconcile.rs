@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
@@ -60,6 +61,47 @@ impl ReconcileError {
     }
 }
 
+/// How long one entry may take in a pass, so that a slow registry delays only its own
+/// entries: past its deadline an entry fails with the reason and keeps its previous pins,
+/// and the rest of the pass goes on to be written and committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// Resolving one entry: listing its tags and asking what each points to. Default 2m.
+    pub entry: Duration,
+    /// Copying one image into the mirror (blobs, manifests, referrers). Default 30m: a
+    /// large image takes a while even at full speed, and a stalled or trickling one is
+    /// stopped sooner by the client's idle timeout and minimum transfer rate.
+    pub mirror: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            entry: Duration::from_secs(120),
+            mirror: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+impl Deadlines {
+    /// From durations as written in the configuration (`90s`, `2m`, `1h`); `entry_key` and
+    /// `mirror_key` name the settings in errors.
+    pub fn parse(
+        (entry_key, entry): (&str, &str),
+        (mirror_key, mirror): (&str, &str),
+    ) -> Result<Self, String> {
+        let parse = |key: &str, value: &str| match humantime::parse_duration(value) {
+            Ok(d) if d.is_zero() => Err(format!("{key} must be more than 0s")),
+            Ok(d) => Ok(d),
+            Err(e) => Err(format!("{key} {value:?}: {e}")),
+        };
+        Ok(Deadlines {
+            entry: parse(entry_key, entry)?,
+            mirror: parse(mirror_key, mirror)?,
+        })
+    }
+}
+
 /// Identifies an image entry across passes: manifest path and alias.
 pub type EntryKey = (PathBuf, String);
 
@@ -98,14 +140,18 @@ impl Observations {
     }
 }
 
-/// Resolves every entry of `repo` for which `due` says yes.
+/// Resolves every entry of `repo` for which `due` says yes, each within `deadline` (from
+/// when it starts; [`IMAGE_CONCURRENCY`] entries run at once).
 pub async fn observe(
     client: &RegistryClient,
     root: &Path,
     repo: &LoadedRepo,
     due: &(dyn Fn(&ImageSet, &ImageSpec) -> bool + Sync),
+    deadline: Duration,
 ) -> Observations {
-    let entries = observe_due(client, root, repo, due).collect().await;
+    let entries = observe_due(client, root, repo, due, deadline)
+        .collect()
+        .await;
     Observations { entries }
 }
 
@@ -139,9 +185,10 @@ fn observe_due<'a>(
     root: &'a Path,
     repo: &'a LoadedRepo,
     due: &'a (dyn Fn(&ImageSet, &ImageSpec) -> bool + Sync),
+    deadline: Duration,
 ) -> impl futures_util::Stream<Item = (EntryKey, (u64, ImageObservation))> + Send + 'a {
     stream::iter(due_entries(root, repo, due))
-        .map(move |(set, spec, previous)| observe_entry(client, set, spec, previous))
+        .map(move |(set, spec, previous)| observe_entry(client, set, spec, previous, deadline))
         .buffer_unordered(IMAGE_CONCURRENCY)
 }
 
@@ -150,9 +197,28 @@ async fn observe_entry(
     set: &ImageSet,
     spec: &ImageSpec,
     previous: Option<Arc<LockFile>>,
+    deadline: Duration,
 ) -> (EntryKey, (u64, ImageObservation)) {
     let previous = previous.as_ref().and_then(|p| p.images.get(&spec.name));
-    let observation = resolve_image(client, spec, previous).await;
+    // Dropping a resolution half-way is safe: it only reads.
+    let observation = match tokio::time::timeout(deadline, resolve_image(client, spec, previous))
+        .await
+    {
+        Ok(observation) => observation,
+        Err(_) => {
+            let reason = format!(
+                "timed out after {} resolving {}",
+                humantime::format_duration(deadline),
+                spec.source
+            );
+            tracing::warn!(manifest = %set.path.display(), image = %spec.name, "{reason}; its pins stay as they were");
+            ImageObservation {
+                tags: Err(reason),
+                pinned: BTreeMap::new(),
+                mirror: None,
+            }
+        }
+    };
     count_resolutions(spec, &observation);
     (
         (set.path.clone(), spec.name.clone()),

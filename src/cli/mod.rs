@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::manifest::RepoConfig;
+use crate::reconcile::Deadlines;
 use crate::registry::RegistryClient;
 use crate::telemetry::{self, LogFormat};
 
@@ -60,6 +61,8 @@ pub enum Command {
         format: plan::Format,
         #[command(flatten)]
         registry: RegistryArgs,
+        #[command(flatten)]
+        deadlines: DeadlineArgs,
     },
     /// Resolve and write lock files; with --commit, commit them in DIR's Git repository.
     Lock {
@@ -70,6 +73,8 @@ pub enum Command {
         commit: bool,
         #[command(flatten)]
         registry: RegistryArgs,
+        #[command(flatten)]
+        deadlines: DeadlineArgs,
     },
     /// Make the mirror hold everything the locks pin: prints the sets already present, to
     /// copy and missing at the source, then copies.
@@ -132,6 +137,39 @@ impl RegistryArgs {
     }
 }
 
+/// How long one image entry may take in a pass. Serialized (camelCase, unset fields skipped)
+/// so `serve` can merge it over its config file.
+#[derive(Debug, Clone, Default, Args, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadlineArgs {
+    /// How long resolving one image entry may take, e.g. 90s, 2m; past it the entry fails
+    /// alone and keeps its pins [default: 2m].
+    #[arg(long, value_name = "DURATION", env = "IMAGELOCK_ENTRY_TIMEOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry_timeout: Option<String>,
+    /// How long copying one image into the mirror may take [default: 30m].
+    #[arg(long, value_name = "DURATION", env = "IMAGELOCK_MIRROR_TIMEOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror_timeout: Option<String>,
+}
+
+impl DeadlineArgs {
+    /// The deadlines given, defaults for the rest.
+    pub fn deadlines(&self) -> anyhow::Result<Deadlines> {
+        let defaults = Deadlines::default();
+        let entry = self
+            .entry_timeout
+            .clone()
+            .unwrap_or_else(|| humantime::format_duration(defaults.entry).to_string());
+        let mirror = self
+            .mirror_timeout
+            .clone()
+            .unwrap_or_else(|| humantime::format_duration(defaults.mirror).to_string());
+        Deadlines::parse(("--entry-timeout", &entry), ("--mirror-timeout", &mirror))
+            .map_err(anyhow::Error::msg)
+    }
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -167,12 +205,14 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             dir,
             format,
             registry,
-        } => plan::run(&dir, format, &registry).await,
+            deadlines,
+        } => plan::run(&dir, format, &registry, deadlines.deadlines()?).await,
         Command::Lock {
             dir,
             commit,
             registry,
-        } => lock::run(&dir, commit, &registry).await,
+            deadlines,
+        } => lock::run(&dir, commit, &registry, deadlines.deadlines()?).await,
         Command::Mirror {
             dir,
             dry_run,

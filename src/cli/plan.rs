@@ -8,7 +8,7 @@ use serde_json::json;
 use super::RegistryArgs;
 use crate::lock::{ChangeKind, PinChange};
 use crate::manifest;
-use crate::reconcile::{self, Mode, Outcome};
+use crate::reconcile::{self, Deadlines, Mode, Outcome};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -17,10 +17,15 @@ pub enum Format {
     Json,
 }
 
-pub async fn run(dir: &Path, format: Format, registry: &RegistryArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    dir: &Path,
+    format: Format,
+    registry: &RegistryArgs,
+    deadlines: Deadlines,
+) -> anyhow::Result<ExitCode> {
     let repo = manifest::load_repo(dir)?;
     let client = registry.client(&repo.config.clone().unwrap_or_default())?;
-    let observations = reconcile::observe(&client, dir, &repo, &|_, _| true).await;
+    let observations = reconcile::observe(&client, dir, &repo, &|_, _| true, deadlines.entry).await;
     let outcome = reconcile::apply(dir, &observations, chrono::Utc::now(), Mode::DryRun)?;
     let rendered = match format {
         Format::Text => text(&outcome),

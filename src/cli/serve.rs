@@ -11,7 +11,7 @@ use figment::providers::{Format as _, Serialized};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::RegistryArgs;
+use super::{DeadlineArgs, RegistryArgs};
 use crate::daemon::{self, DaemonConfig};
 
 /// Flags of `serve`. Each overrides the same key of the config file; unset flags do not.
@@ -67,6 +67,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub leader: LeaderArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub deadlines: DeadlineArgs,
 }
 
 /// Leader election among replicas (a `coordination.k8s.io` Lease): off unless

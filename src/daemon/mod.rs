@@ -95,6 +95,12 @@ pub struct DaemonConfig {
     pub lease_renew_deadline: String,
     /// The pause between attempts to renew or acquire the Lease (less than leaseRenewDeadline).
     pub lease_retry_period: String,
+    // Bounded work (a slow registry delays only its own entries).
+    /// How long resolving one image entry may take in a pass (`2m`); past it the entry fails
+    /// alone with the reason, keeps its pins, and the rest of the pass is committed.
+    pub entry_timeout: String,
+    /// How long copying one image into the mirror may take in a pass (`30m`).
+    pub mirror_timeout: String,
 }
 
 impl Default for DaemonConfig {
@@ -126,6 +132,8 @@ impl Default for DaemonConfig {
             lease_duration: "15s".into(),
             lease_renew_deadline: "10s".into(),
             lease_retry_period: "2s".into(),
+            entry_timeout: "2m".into(),
+            mirror_timeout: "30m".into(),
         }
     }
 }
@@ -196,7 +204,17 @@ impl DaemonConfig {
             ));
         }
         self.lease_settings()?;
+        self.deadlines()?;
         self.webhook_tls().map(|_| ())
+    }
+
+    /// `entryTimeout` and `mirrorTimeout`.
+    pub fn deadlines(&self) -> Result<crate::reconcile::Deadlines, DaemonError> {
+        crate::reconcile::Deadlines::parse(
+            ("entryTimeout", &self.entry_timeout),
+            ("mirrorTimeout", &self.mirror_timeout),
+        )
+        .map_err(DaemonError::Config)
     }
 
     /// How to keep the leader election Lease; `None` without leader election.
