@@ -68,6 +68,10 @@ async fn run_measured(dir: &Path, args: &[&str], insecure: &[&str]) -> Run {
     .expect("wait4 thread");
     let elapsed = started.elapsed();
     let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    eprintln!(
+        "imagelock {args:?}: peak RSS {} KiB, {elapsed:?}\n{stderr}",
+        usage.ru_maxrss
+    );
     Run {
         code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
         signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
@@ -110,14 +114,23 @@ async fn endless_and_giant_registry_answers_fail_their_entries_within_128_mib() 
     let hostile =
         HostileRegistry::start(Duration::from_secs(3600), Duration::from_secs(3600)).await;
     let bad = hostile.host();
-    let images = ["endless", "giant", "huge-error"]
-        .map(|name| {
-            format!("    - name: {name}\n      source: {bad}/{name}\n      match: v1.x.x\n")
-        })
-        .concat()
-        + &format!(
-            "    - name: huge-manifest\n      source: {bad}/huge-manifest\n      tags: [v1.0.0]\n"
-        );
+    // Several giant answers at once: each is capped, and so is their sum.
+    let mut images = String::new();
+    let patterns = ["endless", "huge-error", "giant"].map(str::to_owned);
+    for name in patterns
+        .into_iter()
+        .chain((1..=6).map(|i| format!("giant{i}")))
+    {
+        images += &format!("    - name: {name}\n      source: {bad}/{name}\n      match: v1.x.x\n");
+    }
+    let manifests = ["huge-manifest".to_owned()];
+    for name in manifests
+        .into_iter()
+        .chain((1..=6).map(|i| format!("huge-manifest{i}")))
+    {
+        images +=
+            &format!("    - name: {name}\n      source: {bad}/{name}\n      tags: [v1.0.0]\n");
+    }
     let repo = ConfigRepo::new(&[
         ("imagelock.yaml", repo_config()),
         ("images/team-a/good.yaml", good_entries(&host).await),

@@ -12,8 +12,9 @@
 //! - `trickle`: a valid single-layer image (`v1.0.0`) whose layer comes one byte every
 //!   [`HostileRegistry::trickle_every`].
 //!
-//! One request per connection (`Connection: close`), anonymous. Every request is counted by
-//! repository, and the bytes written to clients are counted in all.
+//! A name with a number at its end behaves as the name without (`giant3` as `giant`), for many
+//! entries of one kind at once. One request per connection (`Connection: close`), anonymous.
+//! Every request is counted by repository (as named), and the bytes written in all.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -241,10 +242,12 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let (path, query) = target.split_once('?').unwrap_or((target.as_str(), ""));
     let head_only = method == "HEAD";
     let rest = path.strip_prefix("/v2/").unwrap_or_default();
-    let (repo, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let (name, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    // `giant3` behaves as `giant`: many entries of one kind at once.
+    let repo = name.trim_end_matches(|c: char| c.is_ascii_digit());
     {
         let mut requests = shared.requests.lock().unwrap_or_else(|e| e.into_inner());
-        *requests.entry(repo.to_owned()).or_default() += 1;
+        *requests.entry(name.to_owned()).or_default() += 1;
     }
     let mut out = Writer {
         stream: &mut stream,
@@ -254,7 +257,7 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let next_link = |page: usize| {
         (
             "Link",
-            format!("</v2/{repo}/tags/list?page={}>; rel=\"next\"", page + 1),
+            format!("</v2/{name}/tags/list?page={}>; rel=\"next\"", page + 1),
         )
     };
     let image = &shared.image;
