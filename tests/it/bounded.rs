@@ -232,7 +232,6 @@ async fn a_slow_registry_delays_only_its_own_entries() {
     // The pass ended at the slow entry's deadline: it asked for a few pages, not all.
     let pages = hostile.requests("slow");
     assert!((1..=4).contains(&pages), "{pages} pages");
-    assert!(run.elapsed < Duration::from_secs(60), "{:?}", run.elapsed);
     // The other entries were locked and committed.
     let good = read_lock(&repo.work, "images/team-a/good.lock.yaml").expect("good lock written");
     assert!(good.images["web"].tags.contains_key("1.0"), "{good:?}");
@@ -274,29 +273,27 @@ async fn a_trickling_blob_source_fails_its_copy_while_other_images_mirror() {
         tags: vec!["1.0".to_owned()],
         platforms: Vec::new(),
     };
-    let started = Instant::now();
-    let results = engine
-        .copy_all(vec![
-            request(
-                repo(&bad, "trickle"),
-                hostile.image().digest.clone(),
-                "mirror/trickle",
-            ),
-            request(
-                repo(&host, "company/web"),
-                good.digest.clone(),
-                "mirror/web",
-            ),
-        ])
-        .await;
+    let copies = engine.copy_all(vec![
+        request(
+            repo(&bad, "trickle"),
+            hostile.image().digest.clone(),
+            "mirror/trickle",
+        ),
+        request(
+            repo(&host, "company/web"),
+            good.digest.clone(),
+            "mirror/web",
+        ),
+    ]);
+    // 64 KiB at this pace take 3.6 hours: only a copy that is never given up reaches this.
+    let results = tokio::time::timeout(Duration::from_secs(120), copies)
+        .await
+        .expect("the trickling copy was given up");
 
     let error = results[0].1.as_ref().expect_err("the trickling copy fails");
     assert!(error.to_string().contains("transfer too slow"), "{error}");
     assert!(results[1].1.is_ok(), "{:?}", results[1].1);
-    // Given up after its first window or so, not resumed and retried at the same pace.
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "{:?}",
-        started.elapsed()
-    );
+    // Given up in its first window, not resumed or retried at the same pace: the layer was
+    // asked for once.
+    assert_eq!(hostile.layer_requests(), 1);
 }

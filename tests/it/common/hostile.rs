@@ -77,6 +77,7 @@ struct Shared {
     trickle_every: Duration,
     image: TrickleImage,
     requests: Mutex<HashMap<String, usize>>,
+    layer_requests: AtomicU64,
     bytes_sent: AtomicU64,
 }
 
@@ -100,6 +101,7 @@ impl HostileRegistry {
             trickle_every,
             image: TrickleImage::new(),
             requests: Mutex::new(HashMap::new()),
+            layer_requests: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
         });
         let task_shared = shared.clone();
@@ -132,6 +134,11 @@ impl HostileRegistry {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         requests.get(repo).copied().unwrap_or(0)
+    }
+
+    /// `GET`s of the `trickle` layer.
+    pub fn layer_requests(&self) -> u64 {
+        self.shared.layer_requests.load(Ordering::Relaxed)
     }
 
     /// Bytes written to clients, headers included.
@@ -347,6 +354,7 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             if head_only {
                 return Ok(());
             }
+            shared.layer_requests.fetch_add(1, Ordering::Relaxed);
             for byte in &image.layer {
                 out.send(std::slice::from_ref(byte)).await?;
                 tokio::time::sleep(shared.trickle_every).await;
