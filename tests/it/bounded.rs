@@ -32,7 +32,6 @@ struct Run {
     /// The process's peak resident memory (`ru_maxrss`), KiB.
     peak_rss_kib: i64,
     stderr: String,
-    elapsed: Duration,
 }
 
 /// Runs `imagelock ARGS DIR --insecure-registry HOST...` and reaps it with `wait4`, which
@@ -77,7 +76,6 @@ async fn run_measured(dir: &Path, args: &[&str], insecure: &[&str]) -> Run {
         signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
         peak_rss_kib: usage.ru_maxrss,
         stderr,
-        elapsed,
     }
 }
 
@@ -244,26 +242,27 @@ async fn a_slow_registry_delays_only_its_own_entries() {
     );
 }
 
-#[tokio::test]
-async fn a_trickling_blob_source_fails_its_copy_while_other_images_mirror() {
+/// Copies the `trickle` image (one byte every 200 ms) and a good one, side by side into the
+/// real registry, with `floor` and `options`; returns the two results and the layer GETs.
+async fn copy_trickle_beside_a_good_image(
+    floor: TransferFloor,
+    options: EngineOptions,
+) -> (Vec<Result<(), String>>, u64) {
     let registry = TestRegistry::start();
     let host = registry.host();
     let good = push_image(&host, "company/web", "1.0", ImageSpec::small("linux/amd64")).await;
-    // One byte every 200 ms: under every idle timeout, and 64 KiB would take 3.6 hours.
+    // Under every idle timeout, and 64 KiB take 3.6 hours at this pace.
     let hostile =
         HostileRegistry::start(Duration::from_secs(3600), Duration::from_millis(200)).await;
     let bad = hostile.host();
     let client = RegistryClient::new(ClientConfig {
         insecure_hosts: [host.clone(), bad.clone()].into(),
         backoff_base: Duration::from_millis(10),
-        transfer_floor: TransferFloor {
-            bytes_per_second: 16 << 10,
-            window: Duration::from_secs(2),
-        },
+        transfer_floor: floor,
         ..ClientConfig::default()
     })
     .expect("client");
-    let engine = MirrorEngine::new(client, EngineOptions::default(), Arc::new(Silent));
+    let engine = MirrorEngine::new(client, options, Arc::new(Silent));
     let repo =
         |registry: &str, path: &str| ImageRepo::parse(&format!("{registry}/{path}")).expect("repo");
     let request = |source: ImageRepo, digest, to: &str| CopyRequest {
@@ -285,15 +284,50 @@ async fn a_trickling_blob_source_fails_its_copy_while_other_images_mirror() {
             "mirror/web",
         ),
     ]);
-    // 64 KiB at this pace take 3.6 hours: only a copy that is never given up reaches this.
+    // Only a copy that is never given up reaches this.
     let results = tokio::time::timeout(Duration::from_secs(120), copies)
         .await
         .expect("the trickling copy was given up");
+    let results = results
+        .into_iter()
+        .map(|(_, result)| result.map(|_| ()).map_err(|e| e.to_string()))
+        .collect();
+    (results, hostile.layer_requests())
+}
 
-    let error = results[0].1.as_ref().expect_err("the trickling copy fails");
-    assert!(error.to_string().contains("transfer too slow"), "{error}");
-    assert!(results[1].1.is_ok(), "{:?}", results[1].1);
-    // Given up in its first window, not resumed or retried at the same pace: the layer was
-    // asked for once.
-    assert_eq!(hostile.layer_requests(), 1);
+#[tokio::test]
+async fn a_trickling_blob_source_fails_its_copy_while_other_images_mirror() {
+    let floor = TransferFloor {
+        bytes_per_second: 16 << 10,
+        window: Duration::from_secs(2),
+    };
+    let (results, layer_requests) =
+        copy_trickle_beside_a_good_image(floor, EngineOptions::default()).await;
+
+    let error = results[0].as_ref().expect_err("the trickling copy fails");
+    assert!(error.contains("transfer too slow"), "{error}");
+    assert_eq!(results[1], Ok(()));
+    // Given up in its first window, not resumed or retried at the same pace.
+    assert_eq!(layer_requests, 1);
+}
+
+#[tokio::test]
+async fn an_image_copy_past_its_deadline_fails_alone() {
+    // No rate floor: only the copy's own deadline stops the trickle.
+    let floor = TransferFloor {
+        bytes_per_second: 0,
+        window: Duration::from_secs(2),
+    };
+    let options = EngineOptions {
+        image_timeout: Some(Duration::from_secs(3)),
+        ..EngineOptions::default()
+    };
+    let (results, _) = copy_trickle_beside_a_good_image(floor, options).await;
+
+    let error = results[0].as_ref().expect_err("the trickling copy fails");
+    assert!(
+        error.contains("timed out after 3s copying the image"),
+        "{error}"
+    );
+    assert_eq!(results[1], Ok(()));
 }
