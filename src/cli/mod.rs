@@ -173,8 +173,10 @@ impl DeadlineArgs {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Serve(_)) {
-        // Before the runtime's threads start allocating.
+    if !matches!(cli.command, Command::Check { .. }) {
+        // Before the runtime's threads start allocating. Not only the daemon: `plan` and
+        // `lock` read what registries answer too (a PR check runs `plan`), and with glibc's
+        // dynamic mmap threshold each freed multi-MiB body would stay in the heaps.
         crate::daemon::tune_allocator();
     }
     telemetry::init(&cli.log.log_level, cli.log.log_format);

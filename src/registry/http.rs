@@ -505,7 +505,9 @@ impl Engine {
                 MAX_ERROR_BODY
             };
             let mut body = Vec::new();
-            // Bodies read whole count against the client's memory budget (see `budget`).
+            // Bodies read whole count against the client's memory budget (see `budget`), by
+            // what they allocate: the body grows as a Vec would, never past its cap, and each
+            // growth is reserved first.
             let mut reserved = budget::Reservation::default();
             let out_of_budget = |_| Failure::Invalid("client is shutting down".into());
             if !head {
@@ -523,16 +525,21 @@ impl Engine {
                         return Err(Failure::TooLarge);
                     }
                     let take = &chunk[..chunk.len().min(room)];
-                    reserved
-                        .grow_to(&self.buffered, body.len() + take.len())
-                        .await
-                        .map_err(out_of_budget)?;
+                    let needed = body.len() + take.len();
+                    if needed > body.capacity() {
+                        let capacity = needed.max(body.capacity() * 2).min(cap);
+                        reserved
+                            .grow_to(&self.buffered, capacity)
+                            .await
+                            .map_err(out_of_budget)?;
+                        body.reserve_exact(capacity - body.len());
+                    }
                     body.extend_from_slice(take);
                     if chunk.len() > room {
                         break;
                     }
                 }
-                reserved.shrink_to(body.len());
+                reserved.shrink_to(body.capacity());
             }
             Ok(Response {
                 status,

@@ -101,10 +101,13 @@ impl RegistryClient {
                 )
                 .await
                 .map_err(|e| match e {
-                    RegistryError::TooLarge { target, .. } => RegistryError::TooLarge {
-                        target,
-                        limit: MAX_MANIFEST_BYTES,
-                    },
+                    // The listing itself, not a token answer on the way.
+                    RegistryError::TooLarge { target, limit } if limit == left => {
+                        RegistryError::TooLarge {
+                            target,
+                            limit: MAX_MANIFEST_BYTES,
+                        }
+                    }
                     e => e,
                 })?;
             left = left.saturating_sub(response.body.len() as u64);

@@ -461,7 +461,8 @@ impl RegistryClient {
                 )
                 .await
                 .map_err(|e| match e {
-                    RegistryError::TooLarge { .. } => too_long(cap_limit),
+                    // The page itself, not a token answer on the way.
+                    RegistryError::TooLarge { limit, .. } if limit == cap => too_long(cap_limit),
                     e => e,
                 })?;
             if !response.status.is_success() {

@@ -114,7 +114,7 @@ async fn endless_and_giant_registry_answers_fail_their_entries_within_128_mib() 
     let bad = hostile.host();
     // Several giant answers at once: each is capped, and so is their sum.
     let mut images = String::new();
-    let patterns = ["endless", "huge-error", "giant"].map(str::to_owned);
+    let patterns = ["endless", "huge-error", "bearer", "giant"].map(str::to_owned);
     for name in patterns
         .into_iter()
         .chain((1..=6).map(|i| format!("giant{i}")))
@@ -184,6 +184,11 @@ async fn endless_and_giant_registry_answers_fail_their_entries_within_128_mib() 
     assert!(
         huge.contains("larger than the 4194304-byte limit"),
         "{huge}"
+    );
+    let bearer = problem(stderr, manifest, "bearer");
+    assert!(
+        bearer.contains("larger than the 1048576-byte limit"),
+        "{bearer}"
     );
     // The error body is read up to a small cap and quoted shorter still.
     let error = problem(stderr, manifest, "huge-error");

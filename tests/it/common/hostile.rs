@@ -9,6 +9,8 @@
 //!   to the next, forever;
 //! - `huge-manifest`: a tag list of `v1.0.0`, whose manifest is [`GIANT_BYTES`] long;
 //! - `huge-error`: a 400 whose error body is [`GIANT_BYTES`] long;
+//! - `bearer`: a 401 whose Bearer challenge names this registry's `/token` as the realm,
+//!   which answers with a token document without end;
 //! - `trickle`: a valid single-layer image (`v1.0.0`) whose layer comes one byte every
 //!   [`HostileRegistry::trickle_every`].
 //!
@@ -73,6 +75,7 @@ impl TrickleImage {
 }
 
 struct Shared {
+    port: u16,
     page_delay: Duration,
     trickle_every: Duration,
     image: TrickleImage,
@@ -97,6 +100,7 @@ impl HostileRegistry {
             .expect("bind hostile registry");
         let port = listener.local_addr().expect("address").port();
         let shared = Arc::new(Shared {
+            port,
             page_delay,
             trickle_every,
             image: TrickleImage::new(),
@@ -248,6 +252,15 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     };
     let (path, query) = target.split_once('?').unwrap_or((target.as_str(), ""));
     let head_only = method == "HEAD";
+    if path == "/token" {
+        let mut out = Writer {
+            stream: &mut stream,
+            shared,
+        };
+        return out
+            .endless("200 OK", "application/json", br#"{"token":""#, b"abcdefgh")
+            .await;
+    }
     let rest = path.strip_prefix("/v2/").unwrap_or_default();
     let (name, tail) = rest.split_once('/').unwrap_or((rest, ""));
     // `giant3` behaves as `giant`: many entries of one kind at once.
@@ -321,6 +334,19 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 b"secret-looking-filler ",
             )
             .await
+        }
+        ("bearer", _) => {
+            let challenge = (
+                "WWW-Authenticate",
+                format!(
+                    "Bearer realm=\"http://127.0.0.1:{}/token\",service=\"hostile\"",
+                    shared.port
+                ),
+            );
+            let body =
+                br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
+            out.respond("401 Unauthorized", &[json, challenge], body, head_only)
+                .await
         }
         ("trickle", "tags/list") => {
             let body = tag_page(["v1.0.0".to_owned()].into_iter());
