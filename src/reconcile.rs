@@ -10,7 +10,7 @@
 //! Keeping the steps apart lets the daemon re-run [`apply`] on a fresh head after a rejected
 //! push without asking the registries again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,9 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
 use futures_util::stream;
 
-use crate::lock::{self, ImageObservation, LockFile, PinChange, Problem, TagObservation};
+use crate::lock::{
+    self, ImageObservation, LockFile, LockedImage, PinChange, Problem, TagObservation,
+};
 use crate::manifest::{self, Diagnostic, ImageSet, ImageSpec, LoadedRepo};
 use crate::mirror::{CopyReport, MirrorEngine, plan};
 use crate::outputs::{self, OutputChange};
@@ -149,10 +151,67 @@ pub async fn observe(
     due: &(dyn Fn(&ImageSet, &ImageSpec) -> bool + Sync),
     deadline: Duration,
 ) -> Observations {
-    let entries = observe_due(client, root, repo, due, deadline)
+    let deadline = EntryDeadline::new(deadline);
+    let entries = observe_due(client, root, repo, due, &deadline)
         .collect()
         .await;
     Observations { entries }
+}
+
+/// Entries of one registry that may run into their deadline in a pass; its entries after
+/// that are not tried in the pass. Many entries on one slow registry would otherwise hold
+/// the pass for `entries / IMAGE_CONCURRENCY` deadlines, and every other team with it.
+const TIMEOUTS_PER_REGISTRY: usize = 2;
+
+/// The entry deadline of one pass, and the registries that ran into it.
+struct EntryDeadline {
+    limit: Duration,
+    timed_out: std::sync::Mutex<HashMap<String, usize>>,
+}
+
+impl EntryDeadline {
+    fn new(limit: Duration) -> Self {
+        EntryDeadline {
+            limit,
+            timed_out: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn timeouts(&self, registry: &str) -> usize {
+        let timed_out = self.timed_out.lock().unwrap_or_else(|e| e.into_inner());
+        timed_out.get(registry).copied().unwrap_or(0)
+    }
+
+    fn record_timeout(&self, registry: &str) {
+        let mut timed_out = self.timed_out.lock().unwrap_or_else(|e| e.into_inner());
+        *timed_out.entry(registry.to_owned()).or_default() += 1;
+    }
+
+    /// Resolves `spec` within the deadline; an entry of a registry that already timed out
+    /// [`TIMEOUTS_PER_REGISTRY`] times in this pass fails at once.
+    async fn resolve(
+        &self,
+        client: &RegistryClient,
+        spec: &ImageSpec,
+        previous: Option<&LockedImage>,
+    ) -> Result<ImageObservation, String> {
+        let registry = &spec.source.registry;
+        let timeouts = self.timeouts(registry);
+        let limit = humantime::format_duration(self.limit);
+        if timeouts >= TIMEOUTS_PER_REGISTRY {
+            return Err(format!(
+                "not resolved in this pass: {timeouts} entries of {registry} timed out after {limit}"
+            ));
+        }
+        // Dropping a resolution half-way is safe: it only reads.
+        match tokio::time::timeout(self.limit, resolve_image(client, spec, previous)).await {
+            Ok(observation) => Ok(observation),
+            Err(_) => {
+                self.record_timeout(registry);
+                Err(format!("timed out after {limit} resolving {}", spec.source))
+            }
+        }
+    }
 }
 
 /// The entries to resolve, each with the previous lock of its manifest. Lazy: a manifest's
@@ -185,7 +244,7 @@ fn observe_due<'a>(
     root: &'a Path,
     repo: &'a LoadedRepo,
     due: &'a (dyn Fn(&ImageSet, &ImageSpec) -> bool + Sync),
-    deadline: Duration,
+    deadline: &'a EntryDeadline,
 ) -> impl futures_util::Stream<Item = (EntryKey, (u64, ImageObservation))> + Send + 'a {
     stream::iter(due_entries(root, repo, due))
         .map(move |(set, spec, previous)| observe_entry(client, set, spec, previous, deadline))
@@ -197,20 +256,12 @@ async fn observe_entry(
     set: &ImageSet,
     spec: &ImageSpec,
     previous: Option<Arc<LockFile>>,
-    deadline: Duration,
+    deadline: &EntryDeadline,
 ) -> (EntryKey, (u64, ImageObservation)) {
     let previous = previous.as_ref().and_then(|p| p.images.get(&spec.name));
-    // Dropping a resolution half-way is safe: it only reads.
-    let observation = match tokio::time::timeout(deadline, resolve_image(client, spec, previous))
-        .await
-    {
+    let observation = match deadline.resolve(client, spec, previous).await {
         Ok(observation) => observation,
-        Err(_) => {
-            let reason = format!(
-                "timed out after {} resolving {}",
-                humantime::format_duration(deadline),
-                spec.source
-            );
+        Err(reason) => {
             tracing::warn!(manifest = %set.path.display(), image = %spec.name, "{reason}; its pins stay as they were");
             ImageObservation {
                 tags: Err(reason),

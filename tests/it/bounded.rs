@@ -87,7 +87,7 @@ fn read_lock(dir: &Path, path: &str) -> Option<LockFile> {
 fn problem<'s>(stderr: &'s str, manifest: &str, alias: &str) -> &'s str {
     stderr
         .lines()
-        .find(|l| l.starts_with(&format!("{manifest}: {alias}")))
+        .find(|l| l.starts_with(&format!("{manifest}: {alias}:")))
         .unwrap_or_else(|| panic!("no problem reported for {alias} in:\n{stderr}"))
 }
 
@@ -203,16 +203,23 @@ async fn a_slow_registry_delays_only_its_own_entries() {
     // One tag page every 2 s, each linking to another: without a deadline, 1,000 pages.
     let hostile = HostileRegistry::start(Duration::from_secs(2), Duration::from_secs(3600)).await;
     let slow = hostile.host();
+    // Many slow entries: twice the entries resolved at once, and more.
+    let names: Vec<String> = ["slow".to_owned()]
+        .into_iter()
+        .chain((1..=16).map(|i| format!("slow{i}")))
+        .collect();
+    let slow_entries: String = names
+        .iter()
+        .map(|name| {
+            format!("    - name: {name}\n      source: {slow}/{name}\n      match: v1.x.x\n")
+        })
+        .collect();
     let repo = ConfigRepo::new(&[
         ("imagelock.yaml", repo_config()),
         ("images/team-a/good.yaml", good_entries(&host).await),
         (
             "images/team-b/slow.yaml",
-            image_set(
-                "team-b",
-                "slow",
-                &format!("    - name: slow\n      source: {slow}/slow\n      match: v1.x.x\n"),
-            ),
+            image_set("team-b", "slow", &slow_entries),
         ),
     ]);
     let commits_before = git(&repo.work, &["rev-list", "--count", "HEAD"]);
@@ -232,9 +239,24 @@ async fn a_slow_registry_delays_only_its_own_entries() {
         reason.contains(&format!("timed out after 5s resolving {slow}/slow")),
         "{reason}"
     );
-    // The pass ended at the slow entry's deadline: it asked for a few pages, not all.
+    // The pass ended at the slow entries' deadline: each asked for a few pages, not all.
     let pages = hostile.requests("slow");
     assert!((1..=4).contains(&pages), "{pages} pages");
+    // Once entries of the registry ran into their deadline, its entries still waiting were
+    // not tried: the pass took one deadline, not one per 8 slow entries.
+    let skipped: Vec<&String> = names
+        .iter()
+        .filter(|name| hostile.requests(name) == 0)
+        .collect();
+    assert!(!skipped.is_empty(), "every slow entry was tried:\n{stderr}");
+    for name in skipped {
+        let reason = problem(stderr, "images/team-b/slow.yaml", name);
+        assert!(
+            reason.contains("not resolved in this pass: ")
+                && reason.contains(&format!("entries of {slow} timed out after 5s")),
+            "{reason}"
+        );
+    }
     // The other entries were locked and committed.
     let good = read_lock(&repo.work, "images/team-a/good.lock.yaml").expect("good lock written");
     assert!(good.images["web"].tags.contains_key("1.0"), "{good:?}");
