@@ -143,7 +143,7 @@ impl Observations {
 }
 
 /// Resolves every entry of `repo` for which `due` says yes, each within `deadline` (from
-/// when it starts; [`IMAGE_CONCURRENCY`] entries run at once).
+/// when it starts; 8 entries run at once).
 pub async fn observe(
     client: &RegistryClient,
     root: &Path,

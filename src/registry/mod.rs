@@ -12,7 +12,11 @@
 //! - the write side (`blobs`, `manifests`): blob HEAD, streamed downloads with a start
 //!   offset, cross-repository mounts, streamed uploads (monolithic PUT, chunked PATCH as the
 //!   fallback), raw manifest PUTs and the referrers API. Streamed bodies are bounded by an
-//!   idle timeout per chunk instead of a whole-request timeout.
+//!   idle timeout per chunk instead of a whole-request timeout, and downloads by a minimum
+//!   rate ([`TransferFloor`]);
+//! - whatever a registry answers costs bounded memory: every body read whole has a cap, and
+//!   together they share one budget (`budget`); tag listings are bounded in tags, bytes and
+//!   pages and filtered as they are read ([`tags`]).
 
 mod auth;
 mod blobs;
