@@ -62,7 +62,7 @@ pub enum Command {
         #[command(flatten)]
         registry: RegistryArgs,
         #[command(flatten)]
-        deadlines: DeadlineArgs,
+        entry_timeout: EntryTimeoutArgs,
     },
     /// Resolve and write lock files; with --commit, commit them in DIR's Git repository.
     Lock {
@@ -137,16 +137,25 @@ impl RegistryArgs {
     }
 }
 
-/// How long one image entry may take in a pass. Serialized (camelCase, unset fields skipped)
-/// so `serve` can merge it over its config file.
+/// How long resolving one image entry may take in a pass. Serialized (camelCase, unset fields
+/// skipped) so `serve` can merge it over its config file.
 #[derive(Debug, Clone, Default, Args, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct DeadlineArgs {
+pub struct EntryTimeoutArgs {
     /// How long resolving one image entry may take, e.g. 90s, 2m; past it the entry fails
     /// alone and keeps its pins [default: 2m].
     #[arg(long, value_name = "DURATION", env = "IMAGELOCK_ENTRY_TIMEOUT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entry_timeout: Option<String>,
+}
+
+/// [`EntryTimeoutArgs`], and how long copying one image into the mirror may take.
+#[derive(Debug, Clone, Default, Args, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadlineArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub entry: EntryTimeoutArgs,
     /// How long copying one image into the mirror may take [default: 30m].
     #[arg(long, value_name = "DURATION", env = "IMAGELOCK_MIRROR_TIMEOUT")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -156,15 +165,14 @@ pub struct DeadlineArgs {
 impl DeadlineArgs {
     /// The deadlines given, defaults for the rest.
     pub fn deadlines(&self) -> anyhow::Result<Deadlines> {
+        let or_default = |value: &Option<String>, default| {
+            value
+                .clone()
+                .unwrap_or_else(|| humantime::format_duration(default).to_string())
+        };
         let defaults = Deadlines::default();
-        let entry = self
-            .entry_timeout
-            .clone()
-            .unwrap_or_else(|| humantime::format_duration(defaults.entry).to_string());
-        let mirror = self
-            .mirror_timeout
-            .clone()
-            .unwrap_or_else(|| humantime::format_duration(defaults.mirror).to_string());
+        let entry = or_default(&self.entry.entry_timeout, defaults.entry);
+        let mirror = or_default(&self.mirror_timeout, defaults.mirror);
         Deadlines::parse(("--entry-timeout", &entry), ("--mirror-timeout", &mirror))
             .map_err(anyhow::Error::msg)
     }
@@ -207,8 +215,14 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             dir,
             format,
             registry,
-            deadlines,
-        } => plan::run(&dir, format, &registry, deadlines.deadlines()?).await,
+            entry_timeout,
+        } => {
+            let deadlines = DeadlineArgs {
+                entry: entry_timeout,
+                ..DeadlineArgs::default()
+            };
+            plan::run(&dir, format, &registry, deadlines.deadlines()?.entry).await
+        }
         Command::Lock {
             dir,
             commit,

@@ -2,13 +2,14 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use serde_json::json;
 
 use super::RegistryArgs;
 use crate::lock::{ChangeKind, PinChange};
 use crate::manifest;
-use crate::reconcile::{self, Deadlines, Mode, Outcome};
+use crate::reconcile::{self, Mode, Outcome};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -21,11 +22,11 @@ pub async fn run(
     dir: &Path,
     format: Format,
     registry: &RegistryArgs,
-    deadlines: Deadlines,
+    entry_timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
     let repo = manifest::load_repo(dir)?;
     let client = registry.client(&repo.config.clone().unwrap_or_default())?;
-    let observations = reconcile::observe(&client, dir, &repo, &|_, _| true, deadlines.entry).await;
+    let observations = reconcile::observe(&client, dir, &repo, &|_, _| true, entry_timeout).await;
     let outcome = reconcile::apply(dir, &observations, chrono::Utc::now(), Mode::DryRun)?;
     let rendered = match format {
         Format::Text => text(&outcome),

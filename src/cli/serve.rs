@@ -259,11 +259,15 @@ mod tests {
 
     #[test]
     fn entry_and_mirror_timeouts_from_file_and_flags() {
+        use crate::cli::EntryTimeoutArgs;
+
         let (_dir, file) = config_file("repo: x\nentryTimeout: 45s\nmirrorTimeout: 10m\n");
         let args = |entry: Option<&str>| ServeArgs {
             config: Some(file.clone()),
             deadlines: DeadlineArgs {
-                entry_timeout: entry.map(str::to_owned),
+                entry: EntryTimeoutArgs {
+                    entry_timeout: entry.map(str::to_owned),
+                },
                 ..DeadlineArgs::default()
             },
             ..ServeArgs::default()
