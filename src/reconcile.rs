@@ -10,15 +10,18 @@
 //! Keeping the steps apart lets the daemon re-run [`apply`] on a fresh head after a rejected
 //! push without asking the registries again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
 use futures_util::stream;
 
-use crate::lock::{self, ImageObservation, LockFile, PinChange, Problem, TagObservation};
+use crate::lock::{
+    self, ImageObservation, LockFile, LockedImage, PinChange, Problem, TagObservation,
+};
 use crate::manifest::{self, Diagnostic, ImageSet, ImageSpec, LoadedRepo};
 use crate::mirror::{CopyReport, MirrorEngine, plan};
 use crate::outputs::{self, OutputChange};
@@ -51,6 +54,47 @@ impl ReconcileError {
             ReconcileError::Outputs(e) => e.metric_label(),
             ReconcileError::RemoveOrphan { .. } => "remove_orphan",
         }
+    }
+}
+
+/// How long one entry may take in a pass, so that a slow registry delays only its own
+/// entries: past its deadline an entry fails with the reason and keeps its previous pins,
+/// and the rest of the pass goes on to be written and committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// Resolving one entry: listing its tags and asking what each points to. Default 2m.
+    pub entry: Duration,
+    /// Copying one image into the mirror (blobs, manifests, referrers). Default 30m: a
+    /// large image takes a while even at full speed, and a stalled or trickling one is
+    /// stopped sooner by the client's idle timeout and minimum transfer rate.
+    pub mirror: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            entry: Duration::from_secs(120),
+            mirror: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+impl Deadlines {
+    /// From durations as written in the configuration (`90s`, `2m`, `1h`); `entry_key` and
+    /// `mirror_key` name the settings in errors.
+    pub fn parse(
+        (entry_key, entry): (&str, &str),
+        (mirror_key, mirror): (&str, &str),
+    ) -> Result<Self, String> {
+        let parse = |key: &str, value: &str| match humantime::parse_duration(value) {
+            Ok(d) if d.is_zero() => Err(format!("{key} must be more than 0s")),
+            Ok(d) => Ok(d),
+            Err(e) => Err(format!("{key} {value:?}: {e}")),
+        };
+        Ok(Deadlines {
+            entry: parse(entry_key, entry)?,
+            mirror: parse(mirror_key, mirror)?,
+        })
     }
 }
 
@@ -92,15 +136,76 @@ impl Observations {
     }
 }
 
-/// Resolves every entry of `repo` for which `due` says yes.
+/// Resolves every entry of `repo` for which `due` says yes, each within `deadline` (from
+/// when it starts; 8 entries run at once).
 pub async fn observe(
     client: &RegistryClient,
     root: &Path,
     repo: &LoadedRepo,
     due: &(dyn Fn(&ImageSet, &ImageSpec) -> bool + Sync),
+    deadline: Duration,
 ) -> Observations {
-    let entries = observe_due(client, root, repo, due).collect().await;
+    let deadline = EntryDeadline::new(deadline);
+    let entries = observe_due(client, root, repo, due, &deadline)
+        .collect()
+        .await;
     Observations { entries }
+}
+
+/// Entries of one registry that may run into their deadline in a pass; its entries after
+/// that are not tried in the pass. Many entries on one slow registry would otherwise hold
+/// the pass for `entries / IMAGE_CONCURRENCY` deadlines, and every other team with it.
+const TIMEOUTS_PER_REGISTRY: usize = 2;
+
+/// The entry deadline of one pass, and the registries that ran into it.
+struct EntryDeadline {
+    limit: Duration,
+    timed_out: std::sync::Mutex<HashMap<String, usize>>,
+}
+
+impl EntryDeadline {
+    fn new(limit: Duration) -> Self {
+        EntryDeadline {
+            limit,
+            timed_out: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn timeouts(&self, registry: &str) -> usize {
+        let timed_out = self.timed_out.lock().unwrap_or_else(|e| e.into_inner());
+        timed_out.get(registry).copied().unwrap_or(0)
+    }
+
+    fn record_timeout(&self, registry: &str) {
+        let mut timed_out = self.timed_out.lock().unwrap_or_else(|e| e.into_inner());
+        *timed_out.entry(registry.to_owned()).or_default() += 1;
+    }
+
+    /// Resolves `spec` within the deadline; an entry of a registry that already timed out
+    /// [`TIMEOUTS_PER_REGISTRY`] times in this pass fails at once.
+    async fn resolve(
+        &self,
+        client: &RegistryClient,
+        spec: &ImageSpec,
+        previous: Option<&LockedImage>,
+    ) -> Result<ImageObservation, String> {
+        let registry = &spec.source.registry;
+        let timeouts = self.timeouts(registry);
+        let limit = humantime::format_duration(self.limit);
+        if timeouts >= TIMEOUTS_PER_REGISTRY {
+            return Err(format!(
+                "not resolved in this pass: {timeouts} entries of {registry} timed out after {limit}"
+            ));
+        }
+        // Dropping a resolution half-way is safe: it only reads.
+        match tokio::time::timeout(self.limit, resolve_image(client, spec, previous)).await {
+            Ok(observation) => Ok(observation),
+            Err(_) => {
+                self.record_timeout(registry);
+                Err(format!("timed out after {limit} resolving {}", spec.source))
+            }
+        }
+    }
 }
 
 /// The entries to resolve, each with the previous lock of its manifest. Lazy: a manifest's
@@ -133,9 +238,10 @@ fn observe_due<'a>(
     root: &'a Path,
     repo: &'a LoadedRepo,
     due: &'a (dyn Fn(&ImageSet, &ImageSpec) -> bool + Sync),
+    deadline: &'a EntryDeadline,
 ) -> impl futures_util::Stream<Item = (EntryKey, (u64, ImageObservation))> + Send + 'a {
     stream::iter(due_entries(root, repo, due))
-        .map(move |(set, spec, previous)| observe_entry(client, set, spec, previous))
+        .map(move |(set, spec, previous)| observe_entry(client, set, spec, previous, deadline))
         .buffer_unordered(IMAGE_CONCURRENCY)
 }
 
@@ -144,9 +250,20 @@ async fn observe_entry(
     set: &ImageSet,
     spec: &ImageSpec,
     previous: Option<Arc<LockFile>>,
+    deadline: &EntryDeadline,
 ) -> (EntryKey, (u64, ImageObservation)) {
     let previous = previous.as_ref().and_then(|p| p.images.get(&spec.name));
-    let observation = resolve_image(client, spec, previous).await;
+    let observation = match deadline.resolve(client, spec, previous).await {
+        Ok(observation) => observation,
+        Err(reason) => {
+            tracing::warn!(manifest = %set.path.display(), image = %spec.name, "{reason}; its pins stay as they were");
+            ImageObservation {
+                tags: Err(reason),
+                pinned: BTreeMap::new(),
+                mirror: None,
+            }
+        }
+    };
     count_resolutions(spec, &observation);
     (
         (set.path.clone(), spec.name.clone()),

@@ -12,20 +12,30 @@ use crate::lock::ChangeKind;
 use crate::manifest;
 use crate::mirror::progress::TerminalProgress;
 use crate::mirror::{EngineOptions, MirrorEngine};
-use crate::reconcile::{self, Mode};
+use crate::reconcile::{self, Deadlines, Mode};
 
-pub async fn run(dir: &Path, commit: bool, registry: &RegistryArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    dir: &Path,
+    commit: bool,
+    registry: &RegistryArgs,
+    deadlines: Deadlines,
+) -> anyhow::Result<ExitCode> {
     let repo = manifest::load_repo(dir)?;
     let config = repo.config.clone().unwrap_or_default();
     let client = registry.client(&config)?;
-    let mut observations = reconcile::observe(&client, dir, &repo, &|_, _| true).await;
+    let mut observations =
+        reconcile::observe(&client, dir, &repo, &|_, _| true, deadlines.entry).await;
     if repo
         .sets
         .iter()
         .any(|set| set.images.iter().any(|spec| spec.mirror))
     {
         let progress = Arc::new(TerminalProgress::new(0));
-        let engine = MirrorEngine::new(client.clone(), EngineOptions::default(), progress.clone());
+        let options = EngineOptions {
+            image_timeout: Some(deadlines.mirror),
+            ..EngineOptions::default()
+        };
+        let engine = MirrorEngine::new(client.clone(), options, progress.clone());
         let report =
             reconcile::mirror(&engine, dir, &repo, &mut observations, chrono::Utc::now()).await;
         progress.finish();

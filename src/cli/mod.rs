@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::manifest::RepoConfig;
+use crate::reconcile::Deadlines;
 use crate::registry::RegistryClient;
 use crate::telemetry::{self, LogFormat};
 
@@ -60,6 +61,8 @@ pub enum Command {
         format: plan::Format,
         #[command(flatten)]
         registry: RegistryArgs,
+        #[command(flatten)]
+        entry_timeout: EntryTimeoutArgs,
     },
     /// Resolve and write lock files; with --commit, commit them in DIR's Git repository.
     Lock {
@@ -70,6 +73,8 @@ pub enum Command {
         commit: bool,
         #[command(flatten)]
         registry: RegistryArgs,
+        #[command(flatten)]
+        deadlines: DeadlineArgs,
     },
     /// Make the mirror hold everything the locks pin: prints the sets already present, to
     /// copy and missing at the source, then copies.
@@ -132,11 +137,54 @@ impl RegistryArgs {
     }
 }
 
+/// How long resolving one image entry may take in a pass. Serialized (camelCase, unset fields
+/// skipped) so `serve` can merge it over its config file.
+#[derive(Debug, Clone, Default, Args, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EntryTimeoutArgs {
+    /// How long resolving one image entry may take, e.g. 90s, 2m; past it the entry fails
+    /// alone and keeps its pins [default: 2m].
+    #[arg(long, value_name = "DURATION", env = "IMAGELOCK_ENTRY_TIMEOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry_timeout: Option<String>,
+}
+
+/// [`EntryTimeoutArgs`], and how long copying one image into the mirror may take.
+#[derive(Debug, Clone, Default, Args, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadlineArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub entry: EntryTimeoutArgs,
+    /// How long copying one image into the mirror may take [default: 30m].
+    #[arg(long, value_name = "DURATION", env = "IMAGELOCK_MIRROR_TIMEOUT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror_timeout: Option<String>,
+}
+
+impl DeadlineArgs {
+    /// The deadlines given, defaults for the rest.
+    pub fn deadlines(&self) -> anyhow::Result<Deadlines> {
+        let or_default = |value: &Option<String>, default| {
+            value
+                .clone()
+                .unwrap_or_else(|| humantime::format_duration(default).to_string())
+        };
+        let defaults = Deadlines::default();
+        let entry = or_default(&self.entry.entry_timeout, defaults.entry);
+        let mirror = or_default(&self.mirror_timeout, defaults.mirror);
+        Deadlines::parse(("--entry-timeout", &entry), ("--mirror-timeout", &mirror))
+            .map_err(anyhow::Error::msg)
+    }
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Serve(_)) {
-        // Before the runtime's threads start allocating.
+    if !matches!(cli.command, Command::Check { .. }) {
+        // Before the runtime's threads start allocating. Not only the daemon: `plan` and
+        // `lock` read what registries answer too (a PR check runs `plan`), and with glibc's
+        // dynamic mmap threshold each freed multi-MiB body would stay in the heaps.
         crate::daemon::tune_allocator();
     }
     telemetry::init(&cli.log.log_level, cli.log.log_format);
@@ -167,12 +215,20 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             dir,
             format,
             registry,
-        } => plan::run(&dir, format, &registry).await,
+            entry_timeout,
+        } => {
+            let deadlines = DeadlineArgs {
+                entry: entry_timeout,
+                ..DeadlineArgs::default()
+            };
+            plan::run(&dir, format, &registry, deadlines.deadlines()?.entry).await
+        }
         Command::Lock {
             dir,
             commit,
             registry,
-        } => lock::run(&dir, commit, &registry).await,
+            deadlines,
+        } => lock::run(&dir, commit, &registry, deadlines.deadlines()?).await,
         Command::Mirror {
             dir,
             dry_run,

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -17,10 +18,15 @@ pub enum Format {
     Json,
 }
 
-pub async fn run(dir: &Path, format: Format, registry: &RegistryArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    dir: &Path,
+    format: Format,
+    registry: &RegistryArgs,
+    entry_timeout: Duration,
+) -> anyhow::Result<ExitCode> {
     let repo = manifest::load_repo(dir)?;
     let client = registry.client(&repo.config.clone().unwrap_or_default())?;
-    let observations = reconcile::observe(&client, dir, &repo, &|_, _| true).await;
+    let observations = reconcile::observe(&client, dir, &repo, &|_, _| true, entry_timeout).await;
     let outcome = reconcile::apply(dir, &observations, chrono::Utc::now(), Mode::DryRun)?;
     let rendered = match format {
         Format::Text => text(&outcome),

@@ -11,7 +11,7 @@ use figment::providers::{Format as _, Serialized};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::RegistryArgs;
+use super::{DeadlineArgs, RegistryArgs};
 use crate::daemon::{self, DaemonConfig};
 
 /// Flags of `serve`. Each overrides the same key of the config file; unset flags do not.
@@ -67,6 +67,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub leader: LeaderArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub deadlines: DeadlineArgs,
 }
 
 /// Leader election among replicas (a `coordination.k8s.io` Lease): off unless
@@ -285,5 +288,33 @@ mod tests {
         };
         let err = format!("{:#}", args.config().unwrap_err());
         assert!(err.contains("pollIntervall"), "{err}");
+    }
+
+    #[test]
+    fn entry_and_mirror_timeouts_from_file_and_flags() {
+        use crate::cli::EntryTimeoutArgs;
+
+        let (_dir, file) = config_file("repo: x\nentryTimeout: 45s\nmirrorTimeout: 10m\n");
+        let args = |entry: Option<&str>| ServeArgs {
+            config: Some(file.clone()),
+            deadlines: DeadlineArgs {
+                entry: EntryTimeoutArgs {
+                    entry_timeout: entry.map(str::to_owned),
+                },
+                ..DeadlineArgs::default()
+            },
+            ..ServeArgs::default()
+        };
+        let deadlines = args(None).config().unwrap().deadlines().unwrap();
+        assert_eq!(deadlines.entry.as_secs(), 45);
+        assert_eq!(deadlines.mirror.as_secs(), 600);
+        let deadlines = args(Some("90s")).config().unwrap().deadlines().unwrap();
+        assert_eq!(deadlines.entry.as_secs(), 90);
+        for bad in ["0s", "soon"] {
+            let err = args(Some(bad)).config().unwrap().deadlines().unwrap_err();
+            assert!(err.to_string().contains("entryTimeout"), "{err}");
+        }
+        let defaults = DaemonConfig::default().deadlines().unwrap();
+        assert_eq!(defaults, crate::reconcile::Deadlines::default());
     }
 }

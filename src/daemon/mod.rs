@@ -114,6 +114,12 @@ pub struct DaemonConfig {
     /// File descriptors the admin and hooks servers leave free for the webhook; by default a
     /// quarter of the open-file limit, at least 16 and at most 1024.
     pub fd_reserve: Option<u64>,
+    // Bounded work (a slow registry delays only its own entries).
+    /// How long resolving one image entry may take in a pass (`2m`); past it the entry fails
+    /// alone with the reason, keeps its pins, and the rest of the pass is committed.
+    pub entry_timeout: String,
+    /// How long copying one image into the mirror may take in a pass (`30m`).
+    pub mirror_timeout: String,
 }
 
 impl Default for DaemonConfig {
@@ -152,6 +158,8 @@ impl Default for DaemonConfig {
             hooks_max_connections: 64,
             max_connections_per_peer: 16,
             fd_reserve: None,
+            entry_timeout: "2m".into(),
+            mirror_timeout: "30m".into(),
         }
     }
 }
@@ -236,7 +244,17 @@ impl DaemonConfig {
             }
         }
         self.lease_settings()?;
+        self.deadlines()?;
         self.webhook_tls().map(|_| ())
+    }
+
+    /// `entryTimeout` and `mirrorTimeout`.
+    pub fn deadlines(&self) -> Result<crate::reconcile::Deadlines, DaemonError> {
+        crate::reconcile::Deadlines::parse(
+            ("entryTimeout", &self.entry_timeout),
+            ("mirrorTimeout", &self.mirror_timeout),
+        )
+        .map_err(DaemonError::Config)
     }
 
     /// How to keep the leader election Lease; `None` without leader election.

@@ -23,7 +23,7 @@ use crate::lock;
 use crate::manifest::{self, LoadedRepo, RegistrySettings, RepoConfig};
 use crate::mirror::progress::Silent;
 use crate::mirror::{EngineOptions, MirrorEngine};
-use crate::reconcile::{self, EntryKey, Mode, Observations};
+use crate::reconcile::{self, Deadlines, EntryKey, Mode, Observations};
 use crate::reference::ImageRepo;
 use crate::registry::{RegistryClient, RegistryError};
 
@@ -67,6 +67,8 @@ pub struct Reconciler {
     pins_revision: Option<String>,
     /// Whether this replica may resolve, mirror and push.
     leadership: Leadership,
+    /// How long one entry may take to resolve, and one image to copy.
+    deadlines: Deadlines,
 }
 
 impl Reconciler {
@@ -101,6 +103,7 @@ impl Reconciler {
         };
         Ok(Reconciler {
             poll_interval: config.poll_interval()?,
+            deadlines: config.deadlines()?,
             config,
             remote,
             checkout: None,
@@ -254,7 +257,7 @@ impl Reconciler {
         // Resolving has no side effects: on shutdown, drop it rather than wait for slow
         // registries (`run` waits for this loop to end).
         let mut observations = tokio::select! {
-            observations = reconcile::observe(&client, &worktree, &repo, &in_due) => observations,
+            observations = reconcile::observe(&client, &worktree, &repo, &in_due, self.deadlines.entry) => observations,
             _ = shutdown.cancelled() => return,
             _ = leadership.lost() => return self.drop_pass(&repo),
         };
@@ -265,8 +268,11 @@ impl Reconciler {
         {
             // One engine per pass: blobs shared by images are copied once. Dropping a copy
             // on shutdown is safe: the registry keeps only complete, verified content.
-            let engine =
-                MirrorEngine::new(client.clone(), EngineOptions::default(), Arc::new(Silent));
+            let options = EngineOptions {
+                image_timeout: Some(self.deadlines.mirror),
+                ..EngineOptions::default()
+            };
+            let engine = MirrorEngine::new(client.clone(), options, Arc::new(Silent));
             let report = tokio::select! {
                 report = reconcile::mirror(&engine, &worktree, &repo, &mut observations, now) => report,
                 _ = shutdown.cancelled() => return,

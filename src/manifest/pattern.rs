@@ -220,16 +220,27 @@ pub fn highest_version_first(a: &str, b: &str) -> Ordering {
 }
 
 impl TagMatcher {
+    /// Whether [`Self::select`] can pick `tag` (it picks among the tags this accepts): the
+    /// filter a tag listing applies page by page, so that only candidates are kept.
+    pub fn accepts(&self, tag: &str) -> bool {
+        self.version_of(tag).is_some()
+    }
+
+    /// `tag` read as a version, when the pattern, `allowPrerelease` and `exclude` let it in.
+    fn version_of<'t>(&self, tag: &'t str) -> Option<TagVersion<'t>> {
+        parse_tag(tag)
+            .filter(|version| self.allow_prerelease || version.pre.is_empty())
+            .filter(|version| self.pattern.matches(version))
+            .filter(|_| !self.exclude.iter().any(|re| re.is_match(tag)))
+    }
+
     /// The tags of `tags` this matcher selects, highest version first (ties in precedence,
     /// such as `1.0.0` and `v1.0.0` under a semver range, by tag text); at most one with
     /// [`Select::Latest`].
     pub fn select(&self, tags: &[String]) -> Vec<String> {
         let mut selected: Vec<(TagVersion<'_>, &String)> = tags
             .iter()
-            .filter_map(|tag| parse_tag(tag).map(|version| (version, tag)))
-            .filter(|(version, _)| self.allow_prerelease || version.pre.is_empty())
-            .filter(|(version, _)| self.pattern.matches(version))
-            .filter(|(_, tag)| !self.exclude.iter().any(|re| re.is_match(tag)))
+            .filter_map(|tag| self.version_of(tag).map(|version| (version, tag)))
             .collect();
         selected.sort_by(|(va, ta), (vb, tb)| vb.precedence(va).then_with(|| ta.cmp(tb)));
         selected.dedup_by(|(_, a), (_, b)| a == b);
@@ -548,5 +559,27 @@ mod tests {
             0,
             "only -debug prereleases lack the v"
         );
+    }
+
+    #[test]
+    fn filtering_pages_with_accepts_selects_what_the_whole_list_would() {
+        let mut with_prerelease = mk_matcher(">=2.13, <2.14");
+        with_prerelease.allow_prerelease = true;
+        with_prerelease.exclude = vec![regex::Regex::new("-debug$").unwrap()];
+        let mut latest = mk_matcher("v2.x.x");
+        latest.select = Select::Latest;
+        for matcher in [mk_matcher("v2.13.x"), with_prerelease, latest] {
+            let whole = select(&matcher, ARGO);
+            // Pages of 4, each filtered as it is read; only accepted tags are kept.
+            let kept: Vec<String> = ARGO
+                .chunks(4)
+                .flat_map(|page| page.iter().filter(|tag| matcher.accepts(tag)))
+                .map(|tag| (*tag).to_owned())
+                .collect();
+            assert!(kept.len() < ARGO.len());
+            assert_eq!(matcher.select(&kept), whole);
+        }
+        assert!(!mk_matcher("v2.13.x").accepts("latest"));
+        assert!(!mk_matcher("v2.13.x").accepts("v2.13.0-rc1"));
     }
 }

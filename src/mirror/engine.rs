@@ -18,6 +18,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use futures_util::future::join_all;
@@ -45,6 +46,9 @@ pub struct EngineOptions {
     pub blobs_in_flight: usize,
     /// Images copied at once.
     pub images_in_flight: usize,
+    /// How long one image's copy may take (from when it starts) before it fails with
+    /// [`MirrorError::TimedOut`]; `None`: no bound beyond the client's timeouts.
+    pub image_timeout: Option<Duration>,
 }
 
 impl Default for EngineOptions {
@@ -52,6 +56,7 @@ impl Default for EngineOptions {
         EngineOptions {
             blobs_in_flight: 16,
             images_in_flight: 8,
+            image_timeout: None,
         }
     }
 }
@@ -320,7 +325,15 @@ impl MirrorEngine {
     ) -> Result<CopyReport, MirrorError> {
         let name = format!("{}@{}", request.destination, request.digest);
         self.progress.image_started(&name);
-        let result = self.copy_image(request, known_missing).await;
+        let copy = self.copy_image(request, known_missing);
+        // Dropping a copy half-way is safe: the registry keeps only complete, verified
+        // content, and a blob another image waits for is then copied by that image.
+        let result = match self.options.image_timeout {
+            Some(limit) => tokio::time::timeout(limit, copy)
+                .await
+                .unwrap_or(Err(MirrorError::TimedOut { after: limit })),
+            None => copy.await,
+        };
         self.progress.image_finished(&name, result.is_ok());
         match &result {
             Ok(report) => crate::telemetry::METRICS.mirrored(report),

@@ -96,6 +96,9 @@ pub enum MirrorError {
     /// The engine stopped before the blob could be copied.
     #[error("blob {digest}: the copy engine stopped")]
     Stopped { digest: Digest },
+    /// The image's copy took longer than [`EngineOptions::image_timeout`].
+    #[error("timed out after {} copying the image", humantime::format_duration(*after))]
+    TimedOut { after: std::time::Duration },
 }
 
 impl MirrorError {
@@ -107,6 +110,7 @@ impl MirrorError {
             MirrorError::InvalidManifest { .. } => "invalid_manifest",
             MirrorError::MissingPlatforms { .. } => "missing_platforms",
             MirrorError::Stopped { .. } => "stopped",
+            MirrorError::TimedOut { .. } => "timed_out",
         }
     }
 }

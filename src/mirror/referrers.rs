@@ -63,7 +63,7 @@ impl Lookups {
             .get(repo)
             .cloned()?;
         cell.get_or_init(|| async {
-            match client.list_tags(repo).await {
+            match client.list_tags(repo, &is_referrers_tag).await {
                 Ok(tags) => Some(Arc::new(tags.into_iter().collect())),
                 Err(e) => {
                     tracing::warn!(%repo, "cannot list tags to find referrers; asking per tag: {e}");
@@ -117,6 +117,12 @@ impl Lookups {
 /// The referrers tag of `digest` (OCI distribution spec, "Referrers Tag Schema").
 fn referrers_tag(digest: &Digest) -> String {
     format!("{}-{}", digest.algorithm(), digest.hex())
+}
+
+/// Whether `tag` can be a referrers tag (`<algorithm>-<hex>`, maybe with a cosign suffix):
+/// the only tags a listing for referrers keeps.
+fn is_referrers_tag(tag: &str) -> bool {
+    tag.starts_with("sha256-") || tag.starts_with("sha512-")
 }
 
 /// A referrer's descriptor as a referrers list names it.

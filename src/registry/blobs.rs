@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt as _};
@@ -16,7 +16,7 @@ use reqwest::{Method, StatusCode, Url};
 use tokio::sync::{Mutex as AsyncMutex, OwnedSemaphorePermit};
 
 use super::http::{self, IdleWatch, Request, Response, classify_error, status_error, write_error};
-use super::{Endpoint, RegistryClient, RegistryError, Target, auth};
+use super::{Endpoint, RegistryClient, RegistryError, Target, TransferFloor, auth};
 use crate::reference::{Digest, ImageRepo};
 
 /// Bytes per PATCH in [`UploadMode::Chunked`].
@@ -85,8 +85,57 @@ pub struct BlobStream {
     pub total: Option<u64>,
     response: reqwest::Response,
     idle: Duration,
+    rate: RateWindow,
     target: Target,
     _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Judges a download's average rate per window of [`TransferFloor::window`] (windows follow
+/// each other; each one must reach the floor).
+#[derive(Debug)]
+struct RateWindow {
+    floor: TransferFloor,
+    start: Instant,
+    bytes: u64,
+}
+
+impl RateWindow {
+    fn new(floor: TransferFloor) -> Self {
+        RateWindow {
+            floor,
+            start: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// When the current window is judged; `None` without a floor.
+    fn end(&self) -> Option<Instant> {
+        (self.floor.bytes_per_second > 0 && !self.floor.window.is_zero())
+            .then(|| self.start + self.floor.window)
+    }
+
+    /// Counts `bytes` and, once the window is over, judges it and starts the next one.
+    fn add(&mut self, bytes: usize, target: &Target) -> Result<(), RegistryError> {
+        self.bytes += bytes as u64;
+        let Some(end) = self.end() else { return Ok(()) };
+        let now = Instant::now();
+        if now < end {
+            return Ok(());
+        }
+        let elapsed = now - self.start;
+        let required = self.floor.bytes_per_second as f64 * elapsed.as_secs_f64();
+        if (self.bytes as f64) < required {
+            return Err(RegistryError::TooSlow {
+                target: target.clone(),
+                bytes: self.bytes,
+                window: elapsed,
+                floor: self.floor.bytes_per_second,
+            });
+        }
+        self.start = now;
+        self.bytes = 0;
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for BlobStream {
@@ -102,14 +151,28 @@ impl std::fmt::Debug for BlobStream {
 impl BlobStream {
     /// The next chunk, `Ok(None)` at the end. A pause longer than the idle timeout is
     /// [`RegistryError::Timeout`]; a broken connection [`RegistryError::Network`].
+    /// A download that averages below the client's [`TransferFloor`] over a window is
+    /// [`RegistryError::TooSlow`], judged when the window ends even if no chunk arrives.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, RegistryError> {
-        match tokio::time::timeout(self.idle, self.response.chunk()).await {
-            Ok(Ok(chunk)) => Ok(chunk),
-            Ok(Err(e)) => Err(classify_error(e, &self.target, self.idle)),
-            Err(_) => Err(RegistryError::Timeout {
-                target: self.target.clone(),
-                after: self.idle,
-            }),
+        let idle_end = Instant::now() + self.idle;
+        loop {
+            let wake = self.rate.end().map_or(idle_end, |end| end.min(idle_end));
+            match tokio::time::timeout_at(wake.into(), self.response.chunk()).await {
+                Ok(Ok(Some(chunk))) => {
+                    self.rate.add(chunk.len(), &self.target)?;
+                    return Ok(Some(chunk));
+                }
+                Ok(Ok(None)) => return Ok(None),
+                Ok(Err(e)) => return Err(classify_error(e, &self.target, self.idle)),
+                Err(_) if Instant::now() >= idle_end => {
+                    return Err(RegistryError::Timeout {
+                        target: self.target.clone(),
+                        after: self.idle,
+                    });
+                }
+                // The rate window ended while waiting: judge it, then wait on.
+                Err(_) => self.rate.add(0, &self.target)?,
+            }
         }
     }
 
@@ -279,6 +342,7 @@ impl RegistryClient {
             total,
             response: body,
             idle: self.engine.idle_timeout,
+            rate: RateWindow::new(self.transfer_floor),
             target,
             _permit: permit,
         })
@@ -613,5 +677,50 @@ mod tests {
         assert_eq!(parts, [b"abc".to_vec(), b"defg".to_vec(), b"hij".to_vec()]);
         let mut short = Box::pin(take_bytes(source, 1));
         assert!(short.next().await.unwrap().is_err());
+    }
+
+    fn mk_target() -> Target {
+        Target {
+            registry: "r.example".into(),
+            repository: "team/web".into(),
+            reference: None,
+        }
+    }
+
+    #[test]
+    fn a_window_below_the_floor_is_too_slow() {
+        let mut rate = RateWindow::new(TransferFloor {
+            bytes_per_second: 1 << 20,
+            window: Duration::from_millis(20),
+        });
+        rate.add(1, &mk_target()).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        let err = rate.add(1, &mk_target()).unwrap_err();
+        assert!(
+            matches!(err, RegistryError::TooSlow { bytes: 2, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("transfer too slow"), "{err}");
+        assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn windows_above_the_floor_pass_and_start_again() {
+        let mut rate = RateWindow::new(TransferFloor {
+            bytes_per_second: 1,
+            window: Duration::from_millis(10),
+        });
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(15));
+            rate.add(1000, &mk_target()).unwrap();
+            assert_eq!(rate.bytes, 0, "a judged window starts the next");
+        }
+        let mut off = RateWindow::new(TransferFloor {
+            bytes_per_second: 0,
+            window: Duration::from_millis(1),
+        });
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(off.end().is_none());
+        off.add(0, &mk_target()).unwrap();
     }
 }

@@ -103,6 +103,25 @@ pub enum RegistryError {
     InvalidResponse { target: Target, reason: String },
     #[error("{target}: response larger than the {limit}-byte limit")]
     TooLarge { target: Target, limit: u64 },
+    /// A tag listing went past one of its bounds ([`super::tags::TagLimits`]).
+    #[error("tag list of {target} exceeds {limit}")]
+    TagListTooLong {
+        target: Target,
+        limit: super::tags::TagLimit,
+    },
+    /// A blob download averaged less than the client's floor over its window. Not retryable:
+    /// the same source at the same pace would only hold a transfer slot again; the next pass
+    /// tries again.
+    #[error(
+        "{target}: transfer too slow: {bytes} bytes in {}s, below the minimum of {floor} bytes/s",
+        window.as_secs_f32()
+    )]
+    TooSlow {
+        target: Target,
+        bytes: u64,
+        window: Duration,
+        floor: u64,
+    },
     /// A tag or digest that cannot be used in a request path.
     #[error("{target}: invalid reference: use a tag or a sha256:/sha512: digest")]
     InvalidReference { target: Target },
@@ -148,6 +167,8 @@ impl RegistryError {
             RegistryError::DigestMismatch { .. } => "digest_mismatch",
             RegistryError::InvalidResponse { .. } => "invalid_response",
             RegistryError::TooLarge { .. } => "too_large",
+            RegistryError::TagListTooLong { .. } => "tag_list_too_long",
+            RegistryError::TooSlow { .. } => "too_slow",
             RegistryError::InvalidReference { .. } => "invalid_reference",
             RegistryError::InvalidDocument { .. } => "invalid_document",
             RegistryError::Credentials { .. } => "credentials",
@@ -208,6 +229,8 @@ impl RegistryError {
             | RegistryError::DigestMismatch { target, .. }
             | RegistryError::InvalidResponse { target, .. }
             | RegistryError::TooLarge { target, .. }
+            | RegistryError::TagListTooLong { target, .. }
+            | RegistryError::TooSlow { target, .. }
             | RegistryError::InvalidReference { target } => Some(target),
             RegistryError::InvalidDocument { .. }
             | RegistryError::Credentials { .. }

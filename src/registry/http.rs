@@ -17,6 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::ClientConfig;
 use super::auth::{self, TokenCache};
+use super::budget;
 use super::credentials::{Credential, CredentialStore, Secret};
 use super::error::{RegistryError, Target, registry_code, registry_message};
 use super::retry::{backoff_delay, parse_retry_after};
@@ -135,6 +136,8 @@ pub(crate) struct Response {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
+    /// What `body` holds of the client's memory budget, released with the last holder.
+    pub held: budget::Held,
     /// With [`Request::stream`] and a success status: the response, its body unread.
     pub stream: Option<reqwest::Response>,
 }
@@ -329,6 +332,8 @@ pub(crate) struct Engine {
     credentials: CredentialStore,
     hosts: Mutex<HashMap<String, Arc<Host>>>,
     tokens: TokenCache,
+    /// The memory budget of bodies read whole.
+    buffered: Arc<Semaphore>,
 }
 
 impl Engine {
@@ -386,6 +391,7 @@ impl Engine {
             credentials: config.credentials,
             hosts: Mutex::new(HashMap::new()),
             tokens: TokenCache::default(),
+            buffered: budget::pool(),
         })
     }
 
@@ -484,6 +490,7 @@ impl Engine {
                     status,
                     headers,
                     body: Vec::new(),
+                    held: budget::Held::default(),
                     stream: Some(response),
                 });
             }
@@ -498,22 +505,47 @@ impl Engine {
                 MAX_ERROR_BODY
             };
             let mut body = Vec::new();
+            // Bodies read whole count against the client's memory budget (see `budget`), by
+            // what they allocate: the body grows as a Vec would, never past its cap, and each
+            // growth is reserved first.
+            let mut reserved = budget::Reservation::default();
+            let out_of_budget = |_| Failure::Invalid("client is shutting down".into());
             if !head {
+                if let Some(len) = declared.and_then(|l| usize::try_from(l).ok()) {
+                    let len = len.min(cap);
+                    reserved
+                        .grow_to(&self.buffered, len)
+                        .await
+                        .map_err(out_of_budget)?;
+                    body.reserve_exact(len);
+                }
                 while let Some(chunk) = response.chunk().await.map_err(classify)? {
-                    if body.len() + chunk.len() > cap {
-                        if status.is_success() {
-                            return Err(Failure::TooLarge);
-                        }
-                        body.extend_from_slice(&chunk[..cap - body.len()]);
+                    let room = cap - body.len();
+                    if chunk.len() > room && status.is_success() {
+                        return Err(Failure::TooLarge);
+                    }
+                    let take = &chunk[..chunk.len().min(room)];
+                    let needed = body.len() + take.len();
+                    if needed > body.capacity() {
+                        let capacity = needed.max(body.capacity() * 2).min(cap);
+                        reserved
+                            .grow_to(&self.buffered, capacity)
+                            .await
+                            .map_err(out_of_budget)?;
+                        body.reserve_exact(capacity - body.len());
+                    }
+                    body.extend_from_slice(take);
+                    if chunk.len() > room {
                         break;
                     }
-                    body.extend_from_slice(&chunk);
                 }
+                reserved.shrink_to(body.capacity());
             }
             Ok(Response {
                 status,
                 headers,
                 body,
+                held: reserved.into_held(),
                 stream: None,
             })
         };
@@ -612,6 +644,7 @@ impl Engine {
                 status,
                 headers,
                 body,
+                held: budget::Held::default(),
                 stream: None,
             })
         };

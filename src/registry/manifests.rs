@@ -82,16 +82,35 @@ impl RegistryClient {
         let (endpoint, base) = self.endpoint(&target, repo, &format!("referrers/{digest}"))?;
         let mut url = base.clone();
         let mut all: Option<ImageIndex> = None;
+        // The pages together are one manifest's worth: their parsed entries are held at once.
+        let mut left = MAX_MANIFEST_BYTES;
         for _ in 0..MAX_REFERRER_PAGES {
+            if left == 0 {
+                return Err(RegistryError::TooLarge {
+                    target,
+                    limit: MAX_MANIFEST_BYTES,
+                });
+            }
             let response = self
                 .request(
                     &endpoint,
                     Method::GET,
                     url.clone(),
                     Some(types::OCI_INDEX),
-                    MAX_MANIFEST_BYTES,
+                    left,
                 )
-                .await?;
+                .await
+                .map_err(|e| match e {
+                    // The listing itself, not a token answer on the way.
+                    RegistryError::TooLarge { target, limit } if limit == left => {
+                        RegistryError::TooLarge {
+                            target,
+                            limit: MAX_MANIFEST_BYTES,
+                        }
+                    }
+                    e => e,
+                })?;
+            left = left.saturating_sub(response.body.len() as u64);
             match response.status {
                 StatusCode::NOT_FOUND if all.is_none() => return Ok(None),
                 status if status.is_success() => {}

@@ -12,10 +12,15 @@
 //! - the write side (`blobs`, `manifests`): blob HEAD, streamed downloads with a start
 //!   offset, cross-repository mounts, streamed uploads (monolithic PUT, chunked PATCH as the
 //!   fallback), raw manifest PUTs and the referrers API. Streamed bodies are bounded by an
-//!   idle timeout per chunk instead of a whole-request timeout.
+//!   idle timeout per chunk instead of a whole-request timeout, and downloads by a minimum
+//!   rate ([`TransferFloor`]);
+//! - whatever a registry answers costs bounded memory: every body read whole has a cap, and
+//!   together they share one budget (`budget`); tag listings are bounded in tags, bytes and
+//!   pages and filtered as they are read ([`tags`]).
 
 mod auth;
 mod blobs;
+mod budget;
 pub mod credentials;
 mod error;
 mod http;
@@ -30,7 +35,6 @@ use std::time::Duration;
 
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LINK};
 use reqwest::{Method, StatusCode, Url};
-use serde::Deserialize;
 
 pub use self::auth::{Challenge, parse_challenges};
 pub use self::blobs::{
@@ -48,8 +52,6 @@ use crate::reference::{Digest, ImageRepo, is_valid_tag};
 
 /// Largest manifest accepted: 4 MiB, the limit registries apply on push (distribution spec).
 pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
-/// Largest tag-list page read.
-const MAX_TAG_PAGE_BYTES: u64 = 16 << 20;
 
 /// Settings of a [`RegistryClient`].
 #[derive(Debug, Clone)]
@@ -75,6 +77,31 @@ pub struct ClientConfig {
     pub backoff_base: Duration,
     /// A `Retry-After` longer than this fails the request instead of waiting. Default 60 s.
     pub max_retry_after: Duration,
+    /// Bounds of one tag listing (tags, bytes, pages).
+    pub tag_limits: tags::TagLimits,
+    /// The slowest a blob download may be on average before it is given up as too slow.
+    pub transfer_floor: TransferFloor,
+}
+
+/// A minimum rate for blob downloads: fewer than `bytes_per_second` on average over any
+/// `window` fails the download with [`RegistryError::TooSlow`]. Besides the idle timeout
+/// (which a source sending a byte now and then never trips), this keeps a trickling source
+/// from holding a transfer slot for hours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransferFloor {
+    /// 0 turns the floor off.
+    pub bytes_per_second: u64,
+    pub window: Duration,
+}
+
+impl Default for TransferFloor {
+    /// 16 KiB/s over 30 s.
+    fn default() -> Self {
+        TransferFloor {
+            bytes_per_second: 16 << 10,
+            window: Duration::from_secs(30),
+        }
+    }
 }
 
 impl Default for ClientConfig {
@@ -89,6 +116,8 @@ impl Default for ClientConfig {
             max_attempts: 5,
             backoff_base: Duration::from_millis(200),
             max_retry_after: Duration::from_secs(60),
+            tag_limits: tags::TagLimits::default(),
+            transfer_floor: TransferFloor::default(),
         }
     }
 }
@@ -107,6 +136,8 @@ pub struct FetchedManifest {
     pub digest: Digest,
     pub media_type: String,
     pub bytes: Vec<u8>,
+    /// `bytes` count against the client's memory budget as long as the manifest is held.
+    held: budget::Held,
 }
 
 impl FetchedManifest {
@@ -120,6 +151,8 @@ impl FetchedManifest {
 #[derive(Clone)]
 pub struct RegistryClient {
     engine: Arc<Engine>,
+    tag_limits: tags::TagLimits,
+    transfer_floor: TransferFloor,
 }
 
 impl std::fmt::Debug for RegistryClient {
@@ -153,16 +186,13 @@ fn parse_reference(target: &Target, reference: &str) -> Result<Reference, Regist
     }
 }
 
-#[derive(Deserialize)]
-struct TagList {
-    #[serde(default)]
-    tags: Option<Vec<String>>,
-}
-
 impl RegistryClient {
     pub fn new(config: ClientConfig) -> Result<Self, RegistryError> {
+        let (tag_limits, transfer_floor) = (config.tag_limits, config.transfer_floor);
         Ok(RegistryClient {
             engine: Arc::new(Engine::new(config)?),
+            tag_limits,
+            transfer_floor,
         })
     }
 
@@ -318,7 +348,7 @@ impl RegistryClient {
             expected,
             actual,
         };
-        let bytes = response.body;
+        let (bytes, held) = (response.body, response.held);
         let digest = match &parsed {
             Reference::Digest(expected) => {
                 if !expected.verifies(&bytes) {
@@ -374,6 +404,7 @@ impl RegistryClient {
             digest,
             media_type,
             bytes,
+            held,
         }))
     }
 
@@ -402,34 +433,45 @@ impl RegistryClient {
         Ok(response.body)
     }
 
-    /// Every tag of `repo`, in the registry's order without duplicates, following pagination:
-    /// `?n=1000`, then `Link: <…>; rel="next"` (relative or absolute), or without a Link after
-    /// a full page `last=<last tag>`; stops on a short or empty page, or on a page with nothing
-    /// new (docker-registry 2.8 ignores `n` and `last`).
-    pub async fn list_tags(&self, repo: &ImageRepo) -> Result<Vec<String>, RegistryError> {
+    /// The tags of `repo` that `keep` accepts (and that are valid tags), in the registry's
+    /// order without duplicates, following pagination: `?n=1000`, then `Link: <…>;
+    /// rel="next"` (relative or absolute), or without a Link after a full page `last=<last
+    /// tag>`; stops on a short or empty page, or on a page with nothing new (docker-registry
+    /// 2.8 ignores `n` and `last`). `keep` runs on each tag as its page is read, so only the
+    /// kept tags are held. A listing past [`ClientConfig::tag_limits`] is
+    /// [`RegistryError::TagListTooLong`].
+    pub async fn list_tags(
+        &self,
+        repo: &ImageRepo,
+        keep: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Vec<String>, RegistryError> {
         let target = Target::new(repo, None);
         let (endpoint, base) = self.endpoint(&target, repo, "tags/list")?;
-        let mut pager = tags::TagPager::new(base.clone());
+        let mut pager = tags::TagPager::new(base.clone(), self.tag_limits, keep);
         let mut url = tags::first_page(&base);
+        let too_long = |limit| RegistryError::TagListTooLong {
+            target: target.clone(),
+            limit,
+        };
         loop {
+            let (cap, cap_limit) = pager.page_cap();
             let response = self
                 .request(
                     &endpoint,
                     Method::GET,
                     url.clone(),
                     Some("application/json"),
-                    MAX_TAG_PAGE_BYTES,
+                    cap,
                 )
-                .await?;
+                .await
+                .map_err(|e| match e {
+                    // The page itself, not a token answer on the way.
+                    RegistryError::TooLarge { limit, .. } if limit == cap => too_long(cap_limit),
+                    e => e,
+                })?;
             if !response.status.is_success() {
                 return Err(status_error(&target, &response));
             }
-            let page: TagList = serde_json::from_slice(&response.body).map_err(|e| {
-                RegistryError::InvalidResponse {
-                    target: target.clone(),
-                    reason: format!("tag list is not JSON {{\"tags\": [...]}}: {e}"),
-                }
-            })?;
             let link = response
                 .headers
                 .get_all(LINK)
@@ -438,7 +480,16 @@ impl RegistryClient {
                 .collect::<Vec<_>>()
                 .join(", ");
             let link = (!link.is_empty()).then_some(link.as_str());
-            match pager.next(&url, page.tags.unwrap_or_default(), link) {
+            let next = pager
+                .next(&url, &response.body, link)
+                .map_err(|e| match e {
+                    tags::PageError::Limit(limit) => too_long(limit),
+                    tags::PageError::Json(e) => RegistryError::InvalidResponse {
+                        target: target.clone(),
+                        reason: format!("tag list is not JSON {{\"tags\": [...]}}: {e}"),
+                    },
+                })?;
+            match next {
                 Some(next) => {
                     // Our credentials go only to the registry itself.
                     if next.origin() != base.origin() {

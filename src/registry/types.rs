@@ -364,4 +364,27 @@ mod tests {
             assert!(MANIFEST_ACCEPT.contains(media_type));
         }
     }
+
+    #[test]
+    fn hostile_manifest_json_is_an_error_not_a_crash() {
+        // Nesting past serde_json's recursion limit (128), in a known field and an unknown
+        // one, and a number of a million digits: errors, never a stack overflow.
+        let deep = |field: &str| {
+            format!(
+                r#"{{"schemaVersion":2,"{field}":{}1{}}}"#,
+                "[".repeat(100_000),
+                "]".repeat(100_000)
+            )
+        };
+        let huge_number = format!(r#"{{"schemaVersion":1{}}}"#, "0".repeat(1 << 20));
+        for body in [
+            deep("manifests"),
+            deep("annotations"),
+            deep("x"),
+            huge_number,
+        ] {
+            assert!(parse_manifest(OCI_INDEX, body.as_bytes()).is_err());
+            assert!(parse_config_platform(body.as_bytes()).is_err());
+        }
+    }
 }

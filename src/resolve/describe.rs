@@ -48,6 +48,10 @@ impl<'a> Describer<'a> {
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("manifest {digest} not found in {}", self.repo))?;
         let parsed = manifest.parse().map_err(|e| e.to_string())?;
+        let (digest, media_type) = (manifest.digest.clone(), manifest.media_type.clone());
+        // The manifest's bytes (up to 4 MiB, counted in the client's memory budget) are not
+        // held while the config is fetched.
+        drop(manifest);
         let mut platforms = BTreeMap::new();
         match parsed {
             ParsedManifest::Index(index) => {
@@ -61,18 +65,21 @@ impl<'a> Describer<'a> {
                 }
             }
             ParsedManifest::Image(image) => {
+                // Only the config's digest is needed from a manifest that may list thousands
+                // of layers.
+                let config_digest = image.config.digest;
                 let config = self
                     .client
-                    .get_blob(self.repo, &image.config.digest, MAX_CONFIG_BYTES)
+                    .get_blob(self.repo, &config_digest, MAX_CONFIG_BYTES)
                     .await
                     .map_err(|e| e.to_string())?;
                 let platform = parse_config_platform(&config).map_err(|e| e.to_string())?;
-                platforms.insert(platform.to_string(), manifest.digest.clone());
+                platforms.insert(platform.to_string(), digest.clone());
             }
         }
         Ok(ResolvedDigest {
-            digest: manifest.digest,
-            media_type: manifest.media_type,
+            digest,
+            media_type,
             platforms,
         })
     }

@@ -32,7 +32,9 @@ pub async fn resolve_image(
 
     let mut wanted: Vec<String> = spec.tags.clone();
     if let Some(matcher) = &spec.matcher {
-        match client.list_tags(&spec.source).await {
+        // Only the tags the pattern can pick are kept while the pages are read.
+        let candidate = |tag: &str| matcher.accepts(tag);
+        match client.list_tags(&spec.source, &candidate).await {
             Ok(all) => wanted.extend(matcher.select(&all)),
             Err(e) => {
                 return ImageObservation {

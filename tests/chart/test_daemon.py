@@ -23,6 +23,8 @@ DAEMON_CONFIG_KEYS = {
     # leader election (podName normally comes from IMAGELOCK_POD_NAME)
     "leaderElection", "leaseName", "leaseNamespace", "podName", "leaseDuration", "leaseRenewDeadline",
     "leaseRetryPeriod",
+    # bounded work
+    "entryTimeout", "mirrorTimeout",
 }
 # Config keys that name a file the daemon reads.
 FILE_KEYS = ["gitTokenFile", "gitSshKey", "gitSshPassphraseFile", "registryConfig", "tlsCert", "tlsKey", "hookSecretFile"]
@@ -140,6 +142,7 @@ def test_config_follows_the_values(render: Callable[..., Render]) -> None:
                 "branch": "prod",
                 "pollInterval": "5m",
                 "pushAttempts": 3,
+                "entryTimeout": "45s",
                 "insecureRegistries": ["registry.internal:5000"],
                 "extra": {"tlsSelfSigned": None, "pollInterval": "10m"},
             },
@@ -149,6 +152,7 @@ def test_config_follows_the_values(render: Callable[..., Render]) -> None:
     config = r.daemon_config
     assert config["branch"] == "prod"
     assert config["pushAttempts"] == 3
+    assert (config["entryTimeout"], config["mirrorTimeout"]) == ("45s", "30m")
     assert config["insecureRegistries"] == ["registry.internal:5000"]
     assert config["pollInterval"] == "10m"  # config.extra wins
     assert config["adminListen"] == "[::]:8081" and config["webhookListen"] == "[::]:8443"

@@ -23,8 +23,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{
-    ConfigRepo, FakeApiServer, Fault, FaultProxy, ImageSpec, PushedImage, PushedIndex,
-    TestRegistry, free_port, git, image_set, push_image, push_index, repo_config, skopeo_digest,
+    ConfigRepo, FakeApiServer, Fault, FaultProxy, HostileRegistry, ImageSpec, PushedImage,
+    PushedIndex, TestRegistry, free_port, git, image_set, push_image, push_index, repo_config,
+    skopeo_digest,
 };
 
 /// Upper bound of every wait: far above what a pass takes, so only a hang reaches it.
@@ -673,6 +674,7 @@ fn a_second_writer_racing_the_push_keeps_both_commits() {
         checkout.worktree(),
         &loaded,
         &|_, _| true,
+        reconcile::Deadlines::default().entry,
     ));
     let now = Utc::now();
 
@@ -901,4 +903,41 @@ async fn losing_the_lease_drops_the_pass_in_flight() {
     daemon.stop().await;
     // Not the holder any more: nothing was released.
     assert_eq!(server.holder(LEASE).as_deref(), Some("replica-a"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_registry_fails_its_entry_at_the_deadline_and_the_pass_commits_the_rest() {
+    let registry = TestRegistry::start();
+    let host = registry.host();
+    let (index, _) = push_web(&host).await;
+    // A tag page every 2 s, each linking to one more: the pass would wait for 1,000 pages.
+    let hostile = HostileRegistry::start(Duration::from_secs(2), Duration::from_secs(3600)).await;
+    let slow = hostile.host();
+    let repo = config_repo(web_manifest(
+        &host,
+        &format!("    - name: slow\n      source: {slow}/slow\n      match: v1.x.x\n"),
+    ));
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let daemon = Daemon::start_with(
+        &repo,
+        &dir.path().join("checkout"),
+        "1s",
+        &[&host, &slow],
+        |config| config.entry_timeout = "3s".to_owned(),
+    )
+    .await;
+    let status = daemon.wait_committed().await;
+
+    let lock = remote_lock(&repo, WEB_LOCK).expect("lock on the remote");
+    assert_eq!(tag(&lock, "web", "latest").digest, index.digest);
+    assert!(!lock.images.contains_key("slow"), "{lock:#?}");
+    let slow_status = image(&status, "slow");
+    assert_eq!(slow_status["success"], false, "{slow_status:#}");
+    let reason = slow_status["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("timed out after 3s resolving {slow}/slow")),
+        "{slow_status:#}"
+    );
+    daemon.stop().await;
 }

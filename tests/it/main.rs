@@ -2,6 +2,7 @@
 //! pushing, a fault-injecting proxy and an in-memory Kubernetes API server (`common`). Add a module per area.
 
 mod admission;
+mod bounded;
 mod common;
 mod daemon;
 mod git;

@@ -155,7 +155,7 @@ async fn missing_tag_is_none_and_missing_repository_an_error_for_tags() {
     );
 
     let err = client
-        .list_tags(&mk_repo(&host, "team/none"))
+        .list_tags(&mk_repo(&host, "team/none"), &|_| true)
         .await
         .unwrap_err();
     assert!(matches!(err, RegistryError::NotFound { .. }), "{err:?}");
@@ -189,7 +189,7 @@ async fn list_tags_over_1200_tags_all_pagination_paths() {
     let plain = FaultProxy::start(&registry.host()).await;
     let client = mk_client(&[&plain.host()]);
     let listed = client
-        .list_tags(&mk_repo(&plain.host(), "team/many"))
+        .list_tags(&mk_repo(&plain.host(), "team/many"), &|_| true)
         .await
         .unwrap();
     assert_eq!(listed.len(), 1200);
@@ -204,7 +204,7 @@ async fn list_tags_over_1200_tags_all_pagination_paths() {
     linked.add_rule("tags/list", Fault::PaginateTags { link: true }, None);
     let client = mk_client(&[&linked.host()]);
     let listed = client
-        .list_tags(&mk_repo(&linked.host(), "team/many"))
+        .list_tags(&mk_repo(&linked.host(), "team/many"), &|_| true)
         .await
         .unwrap();
     let mut sorted = tags.clone();
@@ -224,7 +224,7 @@ async fn list_tags_over_1200_tags_all_pagination_paths() {
     unlinked.add_rule("tags/list", Fault::PaginateTags { link: false }, None);
     let client = mk_client(&[&unlinked.host()]);
     let listed = client
-        .list_tags(&mk_repo(&unlinked.host(), "team/many"))
+        .list_tags(&mk_repo(&unlinked.host(), "team/many"), &|_| true)
         .await
         .unwrap();
     assert_eq!(listed, sorted);
@@ -520,7 +520,7 @@ async fn basic_auth_with_docker_config_credentials() {
         ..mk_config(&[&host])
     })
     .unwrap();
-    let err = client.list_tags(&repo).await.unwrap_err();
+    let err = client.list_tags(&repo, &|_| true).await.unwrap_err();
     assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err:?}");
     assert!(!format!("{err} {err:?}").contains("wrong-password"));
 
@@ -533,7 +533,7 @@ async fn basic_auth_with_docker_config_credentials() {
     .unwrap();
     let head = client.head_manifest(&repo, "1.0").await.unwrap().unwrap();
     assert_eq!(head.digest, pushed.digest);
-    assert_eq!(client.list_tags(&repo).await.unwrap(), ["1.0"]);
+    assert_eq!(client.list_tags(&repo, &|_| true).await.unwrap(), ["1.0"]);
 
     // The same entry chosen by name through RegistrySettings.credential.
     let mut credentials = CredentialStore::empty();
@@ -582,7 +582,7 @@ async fn bearer_token_is_fetched_once_and_reused() {
 
     assert!(client.head_manifest(&repo, "1.0").await.unwrap().is_some());
     assert!(client.get_manifest(&repo, "1.0").await.unwrap().is_some());
-    assert_eq!(client.list_tags(&repo).await.unwrap(), ["1.0"]);
+    assert_eq!(client.list_tags(&repo, &|_| true).await.unwrap(), ["1.0"]);
 
     let seen = proxy.requests();
     let summary: Vec<(String, u16, bool)> = seen
