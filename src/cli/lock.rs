@@ -9,16 +9,25 @@ use anyhow::Context as _;
 use super::RegistryArgs;
 use crate::git::{self, Author};
 use crate::lock::ChangeKind;
-use crate::manifest;
 use crate::mirror::progress::TerminalProgress;
 use crate::mirror::{EngineOptions, MirrorEngine};
+use crate::pins::{self, CheckoutLocks};
 use crate::reconcile::{self, Mode};
+use crate::tenancy::Tenancy;
 
-pub async fn run(dir: &Path, commit: bool, registry: &RegistryArgs) -> anyhow::Result<ExitCode> {
-    let repo = manifest::load_repo(dir)?;
+/// Locks the checkout at `dir`; manifests the operator's `tenancy` refuses are reported and
+/// neither resolved, mirrored nor locked.
+pub async fn run(
+    dir: &Path,
+    commit: bool,
+    registry: &RegistryArgs,
+    tenancy: &Tenancy,
+) -> anyhow::Result<ExitCode> {
+    let repo = pins::load(dir, tenancy)?;
     let config = repo.config.clone().unwrap_or_default();
     let client = registry.client(&config)?;
-    let mut observations = reconcile::observe(&client, dir, &repo, &|_, _| true).await;
+    let mut observations =
+        reconcile::observe(&client, dir, &repo, &CheckoutLocks, &|_, _| true).await;
     if repo
         .sets
         .iter()
@@ -26,12 +35,27 @@ pub async fn run(dir: &Path, commit: bool, registry: &RegistryArgs) -> anyhow::R
     {
         let progress = Arc::new(TerminalProgress::new(0));
         let engine = MirrorEngine::new(client.clone(), EngineOptions::default(), progress.clone());
-        let report =
-            reconcile::mirror(&engine, dir, &repo, &mut observations, chrono::Utc::now()).await;
+        let report = reconcile::mirror(
+            &engine,
+            dir,
+            &repo,
+            &CheckoutLocks,
+            &mut observations,
+            chrono::Utc::now(),
+        )
+        .await;
         progress.finish();
         println!("mirror: {}", super::mirror::summary(&report));
     }
-    let outcome = reconcile::apply(dir, &observations, chrono::Utc::now(), Mode::Write)?;
+    // The manifests as resolved: loading them again could admit a file changed meanwhile.
+    let outcome = reconcile::apply_to(
+        dir,
+        &repo,
+        &CheckoutLocks,
+        &observations,
+        chrono::Utc::now(),
+        Mode::Write,
+    )?;
     let failed = super::plan::report_errors(&outcome);
     for change in &outcome.changes {
         println!("{}: {change}", change.lock);

@@ -18,6 +18,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::manifest::RepoConfig;
 use crate::registry::RegistryClient;
 use crate::telemetry::{self, LogFormat};
+use crate::tenancy::Tenancy;
 
 pub use serve::ServeArgs;
 
@@ -162,17 +163,19 @@ pub fn main() -> ExitCode {
 /// Runs one command. Library entry point for tests.
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Check { dir } => check::run(&dir),
+        // One team until the operator's configuration reaches these commands: every manifest
+        // may declare any namespace (see `crate::tenancy`).
+        Command::Check { dir } => check::run(&dir, &Tenancy::default()),
         Command::Plan {
             dir,
             format,
             registry,
-        } => plan::run(&dir, format, &registry).await,
+        } => plan::run(&dir, format, &registry, &Tenancy::default()).await,
         Command::Lock {
             dir,
             commit,
             registry,
-        } => lock::run(&dir, commit, &registry).await,
+        } => lock::run(&dir, commit, &registry, &Tenancy::default()).await,
         Command::Mirror {
             dir,
             dry_run,

@@ -7,8 +7,9 @@ use serde_json::json;
 
 use super::RegistryArgs;
 use crate::lock::{ChangeKind, PinChange};
-use crate::manifest;
+use crate::pins::{self, CheckoutLocks};
 use crate::reconcile::{self, Mode, Outcome};
+use crate::tenancy::Tenancy;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -17,11 +18,25 @@ pub enum Format {
     Json,
 }
 
-pub async fn run(dir: &Path, format: Format, registry: &RegistryArgs) -> anyhow::Result<ExitCode> {
-    let repo = manifest::load_repo(dir)?;
+/// Plans the checkout at `dir`; manifests the operator's `tenancy` refuses are reported and
+/// neither resolved nor locked.
+pub async fn run(
+    dir: &Path,
+    format: Format,
+    registry: &RegistryArgs,
+    tenancy: &Tenancy,
+) -> anyhow::Result<ExitCode> {
+    let repo = pins::load(dir, tenancy)?;
     let client = registry.client(&repo.config.clone().unwrap_or_default())?;
-    let observations = reconcile::observe(&client, dir, &repo, &|_, _| true).await;
-    let outcome = reconcile::apply(dir, &observations, chrono::Utc::now(), Mode::DryRun)?;
+    let observations = reconcile::observe(&client, dir, &repo, &CheckoutLocks, &|_, _| true).await;
+    let outcome = reconcile::apply_to(
+        dir,
+        &repo,
+        &CheckoutLocks,
+        &observations,
+        chrono::Utc::now(),
+        Mode::DryRun,
+    )?;
     let rendered = match format {
         Format::Text => text(&outcome),
         Format::Markdown => markdown(&outcome),

@@ -200,6 +200,9 @@ impl DaemonConfig {
                 "hooksListen needs hookSecretFile: hooks are never served without a secret".into(),
             ));
         }
+        self.tenancy
+            .validate()
+            .map_err(|e| DaemonError::Config(e.to_string()))?;
         self.lease_settings()?;
         self.webhook_tls().map(|_| ())
     }

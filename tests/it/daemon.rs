@@ -688,7 +688,13 @@ fn a_second_writer_racing_the_push_keeps_both_commits() {
             repo.push_change("README.md", "edited by another writer\n", "docs: readme");
             theirs = Some(git(&repo.bare, &["rev-parse", "main"]).trim().to_owned());
         }
-        let outcome = reconcile::apply(worktree, &observations, now, Mode::Write)?;
+        let outcome = reconcile::apply(
+            worktree,
+            &Default::default(),
+            &observations,
+            now,
+            Mode::Write,
+        )?;
         let message = reconcile::commit_message("chore(images): {count} pin(s)", &outcome.changes);
         Ok::<_, reconcile::ReconcileError>(Some((outcome.touched, message)))
     })
