@@ -282,7 +282,12 @@ fn generate(dir: &Path) -> TlsFiles {
 
 static UID: AtomicUsize = AtomicUsize::new(0);
 
-fn admission_review(operation: &str, namespace: &str, pod: &Value, old: Option<&Value>) -> Value {
+pub(crate) fn admission_review(
+    operation: &str,
+    namespace: &str,
+    pod: &Value,
+    old: Option<&Value>,
+) -> Value {
     json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
@@ -305,7 +310,7 @@ fn admission_review(operation: &str, namespace: &str, pod: &Value, old: Option<&
 }
 
 /// The Pod with the answer's JSONPatch applied (unchanged when there is none).
-fn patched(pod: &Value, response: &Value) -> Value {
+pub(crate) fn patched(pod: &Value, response: &Value) -> Value {
     let mut pod = pod.clone();
     if let Some(patch) = response.get("patch") {
         assert_eq!(response["patchType"], "JSONPatch");

@@ -37,7 +37,7 @@ const WEB_LOCK: &str = "images/team-a/web.lock.yaml";
 // ---- helpers -------------------------------------------------------------------------
 
 /// Polls `check` every [`TICK`] until it yields a value; panics naming `what` after [`WAIT`].
-async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+pub(crate) async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -113,7 +113,7 @@ async fn push_web(host: &str) -> (PushedIndex, PushedImage) {
 }
 
 /// The lock at `path` on the remote's main, parsed.
-fn remote_lock(repo: &ConfigRepo, path: &str) -> Option<LockFile> {
+pub(crate) fn remote_lock(repo: &ConfigRepo, path: &str) -> Option<LockFile> {
     let text = repo.show(path)?;
     Some(imagelock::lock::parse(Path::new(path), &text).expect("lock parses"))
 }
@@ -139,7 +139,7 @@ fn image<'s>(status: &'s Value, name: &str) -> &'s Value {
 
 /// A daemon running in this process, cancelled (not awaited) on drop so a failed test leaves
 /// nothing behind.
-struct Daemon {
+pub(crate) struct Daemon {
     token: CancellationToken,
     handle: Option<JoinHandle<Result<(), DaemonError>>>,
     admin: SocketAddr,
@@ -159,7 +159,7 @@ impl Daemon {
     }
 
     /// [`Daemon::start`] with more configuration.
-    async fn start_with(
+    pub(crate) async fn start_with(
         repo: &ConfigRepo,
         workdir: &Path,
         poll_interval: &str,
@@ -258,7 +258,7 @@ impl Daemon {
         Some(response.status().as_u16())
     }
 
-    async fn status(&self) -> Option<Value> {
+    pub(crate) async fn status(&self) -> Option<Value> {
         let response = self
             .http
             .get(format!("http://{}/status", self.admin))
@@ -270,7 +270,11 @@ impl Daemon {
     }
 
     /// Waits for the status `ready` returns `Some` for.
-    async fn wait_status<T>(&self, what: &str, ready: impl Fn(&Value) -> Option<T>) -> T {
+    pub(crate) async fn wait_status<T>(
+        &self,
+        what: &str,
+        ready: impl Fn(&Value) -> Option<T>,
+    ) -> T {
         wait_for(what, || async {
             self.status().await.as_ref().and_then(&ready)
         })
@@ -278,7 +282,7 @@ impl Daemon {
     }
 
     /// Waits until the daemon has pushed a commit and returns `/status` then.
-    async fn wait_committed(&self) -> Value {
+    pub(crate) async fn wait_committed(&self) -> Value {
         self.wait_status("the daemon to push a lock commit", |s| {
             (!s["lastCommit"].is_null()).then(|| s.clone())
         })
@@ -309,7 +313,7 @@ impl Daemon {
     }
 
     /// Cancels and asserts that `run` returns `Ok` within [`WAIT`].
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.token.cancel();
         let handle = self.handle.take().expect("running");
         match tokio::time::timeout(WAIT, handle).await {
@@ -672,6 +676,7 @@ fn a_second_writer_racing_the_push_keeps_both_commits() {
         &client,
         checkout.worktree(),
         &loaded,
+        &imagelock::pins::CheckoutLocks,
         &|_, _| true,
     ));
     let now = Utc::now();

@@ -10,4 +10,5 @@ mod lock;
 mod mirror;
 mod mirror_engine;
 mod outputs;
+mod pins;
 mod registry;
