@@ -257,6 +257,26 @@ pub async fn mirror(
     report
 }
 
+/// Names the mirror repository of every observed, mirrored entry as [`mirror`] does after
+/// its copies, without copying: a dry run then computes the lock (and the outputs) the
+/// daemon would write.
+pub fn name_mirrors(repo: &LoadedRepo, observations: &mut Observations) {
+    let target = repo.config.as_ref().and_then(|c| c.mirror.as_ref());
+    for set in &repo.sets {
+        for spec in &set.images {
+            let Some(Ok(place)) = plan::placement(target, set, spec) else {
+                continue;
+            };
+            if let Some(entry) = observations
+                .entries
+                .get_mut(&(set.path.clone(), spec.name.clone()))
+            {
+                entry.1.mirror = Some(place.lock_name());
+            }
+        }
+    }
+}
+
 /// Whether [`apply`] writes files or only computes what would change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

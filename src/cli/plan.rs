@@ -28,7 +28,10 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let repo = pins::load(dir, tenancy)?;
     let client = registry.client(&repo.config.clone().unwrap_or_default())?;
-    let observations = reconcile::observe(&client, dir, &repo, &CheckoutLocks, &|_, _| true).await;
+    let mut observations =
+        reconcile::observe(&client, dir, &repo, &CheckoutLocks, &|_, _| true).await;
+    // Nothing is copied, but the lock shown is the one `lock` would write after copying.
+    reconcile::name_mirrors(&repo, &mut observations);
     let outcome = reconcile::apply_to(
         dir,
         &repo,
