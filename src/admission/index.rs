@@ -387,7 +387,13 @@ pub(crate) mod tests {
 
     /// A lock and the manifest it was written for: the entries' sources and tags, mirrored
     /// (under `registry.internal/<namespace>/<alias>`) where a mirror is given.
-    pub(crate) fn mk_lock(images: &[MkImage<'_>]) -> (Vec<ImageSpec>, LockFile) {
+    /// A lock and the entries of the manifest it was written for.
+    pub(crate) type MkLock = (Vec<ImageSpec>, LockFile);
+
+    /// `(manifest path, namespace, lock)`.
+    pub(crate) type MkSet<'a> = (&'a str, &'a str, MkLock);
+
+    pub(crate) fn mk_lock(images: &[MkImage<'_>]) -> MkLock {
         let specs = images
             .iter()
             .map(|(alias, source, mirror, tags)| {
@@ -436,16 +442,13 @@ pub(crate) mod tests {
     }
 
     /// An index from `(manifest path, namespace, lock)` triples, without files.
-    pub(crate) fn mk_index(
-        settings: AdmissionSettings,
-        sets: &[(&str, &str, (Vec<ImageSpec>, LockFile))],
-    ) -> PinIndex {
+    pub(crate) fn mk_index(settings: AdmissionSettings, sets: &[MkSet<'_>]) -> PinIndex {
         mk_index_with(settings, sets, &Tenancy::default())
     }
 
     pub(crate) fn mk_index_with(
         settings: AdmissionSettings,
-        sets: &[(&str, &str, (Vec<ImageSpec>, LockFile))],
+        sets: &[MkSet<'_>],
         tenancy: &Tenancy,
     ) -> PinIndex {
         let target = MirrorTarget {
@@ -495,9 +498,7 @@ pub(crate) mod tests {
         mk_index(AdmissionSettings::default(), &web_sets())
     }
 
-    type MkSet = (&'static str, &'static str, (Vec<ImageSpec>, LockFile));
-
-    fn web_sets() -> Vec<MkSet> {
+    fn web_sets() -> Vec<MkSet<'static>> {
         vec![
             (
                 "images/team-a/web.yaml",
