@@ -102,6 +102,12 @@ fn tags(pins: &Pins, namespace: &str, alias: &str) -> Vec<String> {
         .collect()
 }
 
+/// The digest `image: <alias>` gets in `namespace`.
+fn alias_digest(pins: &Pins, namespace: &str, alias: &str) -> Digest {
+    let alias = pins.alias(namespace, alias).unwrap();
+    alias.alias_pin().unwrap().digest.clone()
+}
+
 fn alias_tag_of(pins: &Pins, namespace: &str, alias: &str) -> Option<String> {
     pins.alias(namespace, alias).unwrap().alias_tag.clone()
 }
@@ -380,14 +386,7 @@ fn aliases_never_cross_namespaces_not_even_from_shared_sets() {
     assert!(pins.alias("team-a", "nginx").is_none());
     assert!(pins.alias("team-a", "busybox").is_none());
     assert!(pins.alias("platform", "nginx").is_some());
-    assert_eq!(
-        pins.alias("team-b", "web")
-            .unwrap()
-            .alias_pin()
-            .unwrap()
-            .digest,
-        mk_digest('b')
-    );
+    assert_eq!(alias_digest(&pins, "team-b", "web"), mk_digest('b'));
 }
 
 #[test]
@@ -421,14 +420,7 @@ fn a_manifest_that_may_not_declare_its_namespace_is_refused_and_serves_nothing()
     // Even handed to the build, it contributes nothing: team-b keeps its own alias.
     let pins = mk_pins_with(&sets, &tenancy);
     assert!(pins.sets.iter().all(|s| s.manifest != evil.path));
-    assert_eq!(
-        pins.alias("team-b", "web")
-            .unwrap()
-            .alias_pin()
-            .unwrap()
-            .digest,
-        mk_digest('b')
-    );
+    assert_eq!(alias_digest(&pins, "team-b", "web"), mk_digest('b'));
 }
 
 #[test]

@@ -107,6 +107,17 @@ fn web_entry(host: &str, tags: &str) -> String {
     format!("    - name: web\n      source: {host}/team-a/web\n      tags: [{tags}]\n")
 }
 
+/// A config repo whose team-a ImageSet follows `latest` of `<host>/team-a/web`.
+fn web_repo(host: &str) -> ConfigRepo {
+    ConfigRepo::new(&[
+        ("imagelock.yaml", repo_config()),
+        (
+            WEB_MANIFEST,
+            image_set("team-a", "web", &web_entry(host, "latest")),
+        ),
+    ])
+}
+
 async fn push_web(host: &str, tag: &str) -> PushedImage {
     push_image(host, "team-a/web", tag, ImageSpec::small("linux/amd64")).await
 }
@@ -120,13 +131,7 @@ async fn a_hand_edited_lock_is_never_served_and_the_next_pass_heals_it() {
     let host = registry.host();
     let old = push_web(&host, "old").await;
     let web = push_web(&host, "latest").await;
-    let repo = ConfigRepo::new(&[
-        ("imagelock.yaml", repo_config()),
-        (
-            WEB_MANIFEST,
-            image_set("team-a", "web", &web_entry(&host, "latest")),
-        ),
-    ]);
+    let repo = web_repo(&host);
     let served = Served::start(&repo, &host, Tenancy::default()).await;
     served.daemon.wait_committed().await;
     let verified = repo.show(WEB_LOCK).expect("the daemon's lock");
@@ -251,13 +256,7 @@ async fn a_lock_of_another_source_is_not_served_and_is_regenerated() {
         ImageSpec::small("linux/amd64"),
     )
     .await;
-    let repo = ConfigRepo::new(&[
-        ("imagelock.yaml", repo_config()),
-        (
-            WEB_MANIFEST,
-            image_set("team-a", "web", &web_entry(&host, "latest")),
-        ),
-    ]);
+    let repo = web_repo(&host);
     let served = Served::start(&repo, &host, Tenancy::default()).await;
     served.daemon.wait_committed().await;
     assert_eq!(
