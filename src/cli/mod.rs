@@ -180,7 +180,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             dir,
             dry_run,
             registry,
-        } => mirror::run(&dir, dry_run, &registry).await,
+        } => mirror::run(&dir, dry_run, &registry, &Tenancy::default()).await,
         Command::Copy {
             source,
             destination,

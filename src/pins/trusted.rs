@@ -149,3 +149,87 @@ fn read_verified(objects: &HeadObjects, lock_path: &Path, id: &str) -> Option<Lo
         )
         .ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pins::tests::{mk_lock, mk_set};
+
+    /// Commits `files` (path, text) on top of HEAD of the repository at `root`.
+    fn commit(root: &Path, files: &[(&str, &str)]) {
+        let repo = git2::Repository::open(root).unwrap();
+        let mut index = repo.index().unwrap();
+        for (path, text) in files {
+            std::fs::create_dir_all(root.join(path).parent().unwrap()).unwrap();
+            std::fs::write(root.join(path), text).unwrap();
+            index.add_path(Path::new(path)).unwrap();
+        }
+        index.write().unwrap();
+        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let who = git2::Signature::now("someone", "someone@example.com").unwrap();
+        let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+        let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+        repo.commit(Some("HEAD"), &who, &who, "change", &tree, &parents)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_lock_someone_else_changed_reads_as_the_version_last_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        git2::Repository::init(root).unwrap();
+        let set = mk_set(
+            "images/team-a/web.yaml",
+            "team-a",
+            "    - {name: web, source: quay.io/company/web, tags: [latest]}\n",
+        );
+        let ours = lock::render(&mk_lock(&set, &[("web", "latest", 'a')]));
+        let lock_path = "images/team-a/web.lock.yaml";
+        commit(root, &[(lock_path, &ours)]);
+        let sets = [set.clone()];
+
+        // A fresh start trusts the checkout and remembers it.
+        let fresh = TrustedLocks::open(root, &sets, None).unwrap();
+        assert_eq!(fresh.replaced().count(), 0);
+        let verified = fresh.as_verified();
+        let read = fresh.read(root, &set.path).unwrap().unwrap();
+        assert_eq!(lock::render(&read), ours);
+
+        // Someone else's commit: the verified version is read instead, from the object store.
+        let theirs = lock::render(&mk_lock(&set, &[("web", "latest", 'e')]));
+        commit(root, &[(lock_path, &theirs)]);
+        let trusted = TrustedLocks::open(root, &sets, Some(&verified)).unwrap();
+        assert_eq!(trusted.replaced().collect::<Vec<_>>(), [set.path.as_path()]);
+        let read = trusted.read(root, &set.path).unwrap().unwrap();
+        assert_eq!(lock::render(&read), ours);
+        // Without the verified memory, the checkout is what is read.
+        let as_is = TrustedLocks::open(root, &sets, None).unwrap();
+        assert_eq!(
+            lock::render(&as_is.read(root, &set.path).unwrap().unwrap()),
+            theirs
+        );
+
+        // What the daemon writes back is verified again.
+        let mut verified = verified;
+        verified.record(&[(
+            PathBuf::from(lock_path),
+            Some(crate::git::blob_id(ours.as_bytes())),
+        )]);
+        commit(root, &[(lock_path, &ours)]);
+        let healed = TrustedLocks::open(root, &sets, Some(&verified)).unwrap();
+        assert_eq!(healed.replaced().count(), 0);
+
+        // A lock committed for a manifest the daemon never locked reads as no lock.
+        let new = mk_set(
+            "images/team-a/api.yaml",
+            "team-a",
+            "    - {name: api, source: quay.io/company/api, tags: [latest]}\n",
+        );
+        let api = lock::render(&mk_lock(&new, &[("api", "latest", 'b')]));
+        commit(root, &[("images/team-a/api.lock.yaml", &api)]);
+        let sets = [set, new.clone()];
+        let trusted = TrustedLocks::open(root, &sets, Some(&verified)).unwrap();
+        assert_eq!(trusted.replaced().collect::<Vec<_>>(), [new.path.as_path()]);
+        assert_eq!(trusted.read(root, &new.path).unwrap(), None);
+    }
+}
