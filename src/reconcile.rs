@@ -302,6 +302,30 @@ pub struct Outcome {
     /// Every lock this pass computed, by repo-relative path, with the git blob id of its
     /// bytes (`None`: removed). Written or already so, these are the pass's own output.
     pub locks: Vec<(PathBuf, Option<String>)>,
+    /// Locks someone else had changed that this pass wrote back from the version last
+    /// verified (see [`crate::pins::trusted`]), by repo-relative path.
+    pub restored: Vec<PathBuf>,
+}
+
+impl Outcome {
+    /// The commit message: [`commit_message`], and a line per restored lock.
+    pub fn commit_message(&self, subject_template: &str) -> String {
+        let mut message = commit_message(subject_template, &self.changes);
+        if !self.restored.is_empty() {
+            message.push_str(if self.changes.is_empty() {
+                "\n\n"
+            } else {
+                "\n"
+            });
+            for lock in &self.restored {
+                message.push_str(&format!(
+                    "{}: restored as imagelock last wrote it (another commit changed it)\n",
+                    lock.display()
+                ));
+            }
+        }
+        message
+    }
 }
 
 /// Applies `observations` to the checkout at `root`, its manifests admitted by `tenancy`
@@ -369,9 +393,12 @@ pub fn apply_to(
         ));
         // The file as it is on disk is not what the pass read as previous when someone else
         // changed it: compare the bytes, so such a lock is always written back.
-        if std::fs::read(&path).ok().as_deref() != Some(rendered.as_bytes()) {
+        if !holds_exactly(&path, rendered.as_bytes()) {
             if mode == Mode::Write {
                 lock::write_atomic(&path, &rendered)?;
+            }
+            if locks.replaced(&set.path) {
+                outcome.restored.push(lock_rel.clone());
             }
             outcome.touched.push(lock_rel);
         }
@@ -395,6 +422,14 @@ pub fn apply_to(
         outcome.diagnostics.extend(report.diagnostics);
     }
     Ok(outcome)
+}
+
+/// Whether `path` is a regular file (not a link) of exactly `bytes`. Read only when its size
+/// matches: a link to `/dev/zero` or a huge file is never read, just replaced.
+fn holds_exactly(path: &Path, bytes: &[u8]) -> bool {
+    let regular_of_same_size = std::fs::symlink_metadata(path)
+        .is_ok_and(|meta| meta.is_file() && meta.len() == bytes.len() as u64);
+    regular_of_same_size && std::fs::read(path).is_ok_and(|found| found == bytes)
 }
 
 /// The lock beside `manifest`. One that does not parse is regenerated from nothing (it is
@@ -529,6 +564,22 @@ mod tests {
             "imagelock: update 1 image pin(s)\n\n\
              images/web.lock.yaml: web:latest sha256:aaaaaaaaaaaa -> sha256:bbbbbbbbbbbb (generation 2)\n"
         );
+    }
+
+    #[test]
+    fn only_a_regular_file_of_the_same_bytes_holds_a_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("web.lock.yaml");
+        std::fs::write(&file, "lock\n").unwrap();
+        assert!(holds_exactly(&file, b"lock\n"));
+        assert!(!holds_exactly(&file, b"lock\n\n"));
+        let link = dir.path().join("api.lock.yaml");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(
+            !holds_exactly(&link, b"lock\n"),
+            "a link is replaced, not followed"
+        );
+        assert!(!holds_exactly(&dir.path().join("none.lock.yaml"), b""));
     }
 
     #[test]

@@ -73,7 +73,7 @@ pub async fn run(
             name: config.git.author_name.clone(),
             email: config.git.author_email.clone(),
         };
-        let message = reconcile::commit_message(&config.git.message, &outcome.changes);
+        let message = outcome.commit_message(&config.git.message);
         match git::commit_in(dir, &outcome.touched, &message, &author)
             .with_context(|| format!("cannot commit in {}", dir.display()))?
         {

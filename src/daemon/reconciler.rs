@@ -462,12 +462,12 @@ impl Reconciler {
                 let outcome =
                     reconcile::apply_to(worktree, &repo, &trusted, &observations, now, Mode::Write);
                 loaded = Some(repo);
-                let outcome = outcome?;
-                written = outcome.locks;
+                let mut outcome = outcome?;
+                written = std::mem::take(&mut outcome.locks);
                 if outcome.touched.is_empty() {
                     return Ok(None);
                 }
-                let message = reconcile::commit_message(&template, &outcome.changes);
+                let message = outcome.commit_message(&template);
                 changes = outcome.changes;
                 Ok::<_, reconcile::ReconcileError>(Some((outcome.touched, message)))
             };

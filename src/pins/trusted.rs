@@ -24,6 +24,12 @@ pub trait LockSource: Sync {
     /// The lock of the manifest at repo-relative `manifest` in the checkout at `root`;
     /// `Ok(None)` when there is none (to be trusted).
     fn read(&self, root: &Path, manifest: &Path) -> Result<Option<LockFile>, LockError>;
+
+    /// Whether [`LockSource::read`] gives another version than the checkout has for
+    /// `manifest`: someone else changed its lock.
+    fn replaced(&self, _manifest: &Path) -> bool {
+        false
+    }
 }
 
 /// The lock files of a checkout as they are (the CLI: the user's own work tree).
@@ -76,6 +82,10 @@ impl LockSource for TrustedLocks {
             Some(verified) => Ok(verified.clone()),
             None => lock::read_beside(root, manifest),
         }
+    }
+
+    fn replaced(&self, manifest: &Path) -> bool {
+        self.replaced.contains_key(manifest)
     }
 }
 

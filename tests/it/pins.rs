@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 
 use crate::admission::{admission_review, patched};
 use crate::common::{
-    ConfigRepo, ImageSpec, PushedImage, TestRegistry, free_port, image_set, push_image, repo_config,
+    ConfigRepo, ImageSpec, PushedImage, TestRegistry, free_port, git, image_set, push_image,
+    repo_config,
 };
 use crate::daemon::{Daemon, remote_lock, wait_for};
 
@@ -240,6 +241,13 @@ async fn edit_until_healed(
     }
     assert!(answers > 0);
     assert_eq!(repo.commit_count(), edit_count + 1, "{:?}", repo.subjects());
+    let message = git(&repo.bare, &["log", "-1", "--format=%B", "main"]);
+    assert!(
+        message.contains(&format!(
+            "{WEB_LOCK}: restored as imagelock last wrote it (another commit changed it)"
+        )),
+        "{message}"
+    );
 }
 
 /// A manifest whose source changed: its old lock entry (another source) is never served for
