@@ -627,6 +627,21 @@ mod tests {
     }
 
     #[test]
+    fn a_tenancy_glob_that_matches_nothing_is_a_config_error() {
+        let config = DaemonConfig {
+            repo: "file:///srv/config".into(),
+            tenancy: Tenancy {
+                shared_sets: vec!["/images/platform/**".into()],
+                ..Tenancy::default()
+            },
+            ..DaemonConfig::default()
+        };
+        assert!(
+            matches!(config.validate(), Err(DaemonError::Config(m)) if m.contains("invalid glob"))
+        );
+    }
+
+    #[test]
     fn generated_certificates_need_kubernetes_names() {
         let config = DaemonConfig {
             repo: "file:///srv/config".into(),
