@@ -14,7 +14,9 @@
 //! manifest) serves nothing, and [`stale_aliases`] names it so that the next pass rebuilds it.
 //!
 //! [`admit`] applies the operator's tenancy to a loaded repo first: a manifest whose path may
-//! not declare its namespace is a diagnostic and contributes nothing. [`trusted`] decides
+//! not declare its namespace is a diagnostic and contributes nothing. An entry whose source
+//! its namespace may not use serves nothing either. A Pod gets the pins of its own
+//! namespace's sets, and the `source:tag` pins of sets the operator shares ([`Pins::source`]). [`trusted`] decides
 //! which version of a lock the daemon may read (the one it wrote or verified).
 
 pub mod trusted;
@@ -330,10 +332,13 @@ fn set_pins(
         .iter()
         .map(|spec| {
             let repository = repository_of(target, set, spec);
+            // A source the namespace may not use is never resolved; a lock pinning it anyway
+            // (written while the daemon was away) is not served either.
+            let may_pull = tenancy.may_pull(&set.namespace, &spec.source).is_ok();
             let locked = lock
                 .images
                 .get(&spec.name)
-                .filter(|_| ours)
+                .filter(|_| ours && may_pull)
                 .filter(|locked| disagreement(target, set, spec, locked).is_none());
             let mut pins: Vec<Pin> = match (locked, &repository) {
                 (Some(locked), Ok(_)) => locked

@@ -424,6 +424,23 @@ fn a_manifest_that_may_not_declare_its_namespace_is_refused_and_serves_nothing()
 }
 
 #[test]
+fn a_source_the_namespace_may_not_use_is_not_served() {
+    let mut tenancy = mk_tenancy();
+    if let Some(policy) = tenancy.namespaces.get_mut("team-a") {
+        policy.sources = vec!["quay.io/company".into()];
+    }
+    let set = mk_set(
+        "images/team-a/web.yaml",
+        "team-a",
+        "    - {name: web, source: quay.io/company/web, tags: [latest]}\n    - {name: other, source: quay.io/other/web, tags: [latest]}\n",
+    );
+    let lock = mk_lock(&set, &[("web", "latest", 'a'), ("other", "latest", 'b')]);
+    let pins = mk_pins_with(&[(set, lock)], &tenancy);
+    assert_eq!(alias_digest(&pins, "team-a", "web"), mk_digest('a'));
+    assert!(pins.alias("team-a", "other").unwrap().pins.is_empty());
+}
+
+#[test]
 fn two_manifests_of_one_lock_file_are_both_refused() {
     let web = "    - {name: web, source: quay.io/company/web, tags: [latest]}\n";
     let yaml = mk_set("images/team-b/app.yaml", "team-b", web);
