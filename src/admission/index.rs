@@ -622,6 +622,55 @@ pub(crate) mod tests {
         assert_eq!(index.alias("team-c", "web", None), None);
     }
 
+    /// The index lays out the pins; it must give every Pod what [`Pins::alias`] and
+    /// [`Pins::source`] say.
+    #[test]
+    fn lookups_agree_with_the_pins_module() {
+        use crate::pins::tests::{mk_pins_with, mk_tenancy, three_teams};
+        let tenancy = mk_tenancy();
+        let unshared = Tenancy {
+            shared_sets: Vec::new(),
+            ..mk_tenancy()
+        };
+        for tenancy in [tenancy, unshared] {
+            let pins = mk_pins_with(&three_teams(), &tenancy);
+            let repo = LoadedRepo {
+                config: Some(RepoConfig::default()),
+                sets: Vec::new(),
+                diagnostics: Vec::new(),
+            };
+            let (index, _) = PinIndex::build(&pins, &repo, None, None);
+            let mut checked = 0;
+            for namespace in ["team-a", "team-b", "team-c", "platform"] {
+                for alias in ["web", "busybox", "nginx"] {
+                    let expected = pins
+                        .alias(namespace, alias)
+                        .and_then(|a| Some(a.reference(a.alias_pin()?)));
+                    let got = match index.alias(namespace, alias, None) {
+                        Some(Lookup::Pinned(target)) => Some(target.to_owned()),
+                        _ => None,
+                    };
+                    assert_eq!(got, expected, "{namespace} alias {alias}");
+                }
+                for source in ["quay.io/company/web", "busybox", "nginx", "redis"] {
+                    let source = ImageRepo::parse(source).unwrap();
+                    for tag in ["latest", "1.36", "1.25"] {
+                        let expected = pins
+                            .source(namespace, &source, tag)
+                            .map(|(alias, pin)| alias.reference(pin));
+                        let got = match index.source(namespace, &source, tag) {
+                            Lookup::Pinned(target) => Some(target.to_owned()),
+                            _ => None,
+                        };
+                        assert_eq!(got, expected, "{namespace} {source}:{tag}");
+                        checked += usize::from(got.is_some());
+                    }
+                }
+            }
+            assert!(checked >= 4, "{checked}");
+        }
+    }
+
     #[test]
     fn handle_swaps_whole_indexes() {
         let handle = IndexHandle::new();

@@ -291,7 +291,7 @@ fn digests_entries_serve_only_the_digest_the_manifest_fixes() {
     );
 }
 
-fn mk_tenancy() -> Tenancy {
+pub(crate) fn mk_tenancy() -> Tenancy {
     let policy = |glob: &str| NamespacePolicy {
         paths: vec![glob.into()],
         ..NamespacePolicy::default()
@@ -310,7 +310,7 @@ fn mk_tenancy() -> Tenancy {
 
 /// team-a, team-b and a shared platform set all pin `quay.io/company/web:latest`;
 /// `busybox:1.36` only team-b and `nginx:1.25` only the platform.
-fn three_teams() -> Vec<(ImageSet, LockFile)> {
+pub(crate) fn three_teams() -> Vec<(ImageSet, LockFile)> {
     let web = "    - {name: web, source: quay.io/company/web, tags: [latest]}\n";
     let a = mk_set_with("images/team-a/web.yaml", "team-a", web, true);
     let b = mk_set_with(
