@@ -250,8 +250,9 @@ async fn edit_until_healed(
     );
 }
 
-/// A manifest whose source changed: its old lock entry (another source) is never served for
-/// the new source, and the next commit rebuilds the entry from the manifest.
+/// A manifest whose source changed: its old lock entry (another source) is never served,
+/// neither for the new source nor from the lock's own, and the next commit rebuilds the entry
+/// from the manifest; also when the daemon starts on such a checkout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lock_of_another_source_is_not_served_and_is_regenerated() {
     let registry = TestRegistry::start();
@@ -295,6 +296,36 @@ async fn a_lock_of_another_source_is_not_served_and_is_regenerated() {
     assert_eq!(web.source, format!("{host}/team-a/web2"));
     assert_eq!(web.tags["latest"].digest, new.digest);
     assert_eq!(web.tags["latest"].generation, 1, "{lock:#?}");
+    served.daemon.stop().await;
+
+    // The manifest moves back while no daemon runs: a fresh start finds a lock of web2 beside
+    // a manifest of web. It trusts the checkout, but the lock's entry disagrees with the
+    // manifest: `web` is never served from web2, and the first pass rebuilds the entry.
+    repo.push_change(
+        WEB_MANIFEST,
+        &image_set("team-a", "web", &web_entry(&host, "latest")),
+        "web moves back",
+    );
+    let served = Served::start(&repo, &host, Tenancy::default()).await;
+    let want = format!("{host}/team-a/web@{}", old.digest);
+    let answers = std::sync::atomic::AtomicUsize::new(0);
+    wait_for("the webhook to serve web's digest again", || async {
+        let (after, _) = served.admit("team-a", "web").await?;
+        answers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            !after.contains("/team-a/web2"),
+            "the lock's source served for the manifest's: {after}"
+        );
+        assert!(
+            !after.contains(new.digest.as_str()),
+            "web2's digest served for web: {after}"
+        );
+        (after == want).then_some(())
+    })
+    .await;
+    assert!(answers.into_inner() > 0);
+    let lock = remote_lock(&repo, WEB_LOCK).expect("lock");
+    assert_eq!(lock.images["web"].source, format!("{host}/team-a/web"));
     served.daemon.stop().await;
 }
 
