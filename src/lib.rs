@@ -13,6 +13,7 @@ pub mod lock;
 pub mod manifest;
 pub mod mirror;
 pub mod outputs;
+pub mod pins;
 pub mod reconcile;
 pub mod reference;
 pub mod registry;

@@ -25,6 +25,7 @@ use crate::lock::{
 use crate::manifest::{self, Diagnostic, ImageSet, ImageSpec, LoadedRepo};
 use crate::mirror::{CopyReport, MirrorEngine, plan};
 use crate::outputs::{self, OutputChange};
+use crate::pins::{Admitted, CheckoutLocks, LockSource, Pins};
 use crate::registry::RegistryClient;
 use crate::resolve::resolve_image;
 
@@ -44,6 +45,8 @@ pub enum ReconcileError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot tell which lock files imagelock wrote: {0}")]
+    Git(#[from] crate::git::GitError),
 }
 
 impl ReconcileError {
@@ -53,6 +56,7 @@ impl ReconcileError {
             ReconcileError::Lock(e) => e.metric_label(),
             ReconcileError::Outputs(e) => e.metric_label(),
             ReconcileError::RemoveOrphan { .. } => "remove_orphan",
+            ReconcileError::Git(e) => e.metric_label(),
         }
     }
 }
@@ -136,17 +140,18 @@ impl Observations {
     }
 }
 
-/// Resolves every entry of `repo` for which `due` says yes, each within `deadline` (from
-/// when it starts; 8 entries run at once).
+/// Resolves every entry of `repo` for which `due` says yes, each from its previous lock as
+/// `locks` gives it and within `deadline` (from when it starts; 8 entries run at once).
 pub async fn observe(
     client: &RegistryClient,
     root: &Path,
     repo: &LoadedRepo,
+    locks: &dyn LockSource,
     due: &(dyn Fn(&ImageSet, &ImageSpec) -> bool + Sync),
     deadline: Duration,
 ) -> Observations {
     let deadline = EntryDeadline::new(deadline);
-    let entries = observe_due(client, root, repo, due, &deadline)
+    let entries = observe_due(client, root, repo, locks, due, &deadline)
         .collect()
         .await;
     Observations { entries }
@@ -215,6 +220,7 @@ impl EntryDeadline {
 fn due_entries<'a>(
     root: &'a Path,
     repo: &'a LoadedRepo,
+    locks: &'a dyn LockSource,
     due: &'a (dyn Fn(&ImageSet, &ImageSpec) -> bool + Sync),
 ) -> impl Iterator<Item = (&'a ImageSet, &'a ImageSpec, Option<Arc<LockFile>>)> + Send + 'a {
     repo.sets.iter().flat_map(move |set| {
@@ -222,7 +228,7 @@ fn due_entries<'a>(
         let previous = if specs.is_empty() {
             None
         } else {
-            read_previous_or_none(root, &set.path).map(Arc::new)
+            read_previous_or_none(locks, root, &set.path).map(Arc::new)
         };
         specs
             .into_iter()
@@ -237,10 +243,11 @@ fn observe_due<'a>(
     client: &'a RegistryClient,
     root: &'a Path,
     repo: &'a LoadedRepo,
+    locks: &'a dyn LockSource,
     due: &'a (dyn Fn(&ImageSet, &ImageSpec) -> bool + Sync),
     deadline: &'a EntryDeadline,
 ) -> impl futures_util::Stream<Item = (EntryKey, (u64, ImageObservation))> + Send + 'a {
-    stream::iter(due_entries(root, repo, due))
+    stream::iter(due_entries(root, repo, locks, due))
         .map(move |(set, spec, previous)| observe_entry(client, set, spec, previous, deadline))
         .buffer_unordered(IMAGE_CONCURRENCY)
 }
@@ -293,12 +300,13 @@ pub async fn mirror(
     engine: &MirrorEngine,
     root: &Path,
     repo: &LoadedRepo,
+    locks: &dyn LockSource,
     observations: &mut Observations,
     now: DateTime<Utc>,
 ) -> CopyReport {
     let target = repo.config.as_ref().and_then(|c| c.mirror.as_ref());
     let mut sets = Vec::new();
-    let mut locks = BTreeMap::new();
+    let mut prospective_locks = BTreeMap::new();
     for set in &repo.sets {
         let mut observed = set.clone();
         observed.images.retain(|spec| {
@@ -320,7 +328,7 @@ pub async fn mirror(
                 Some((spec.name.clone(), observation.clone()))
             })
             .collect();
-        let previous = read_previous_or_none(root, &set.path);
+        let previous = read_previous_or_none(locks, root, &set.path);
         let (prospective, _) = lock::update_lock(previous.as_ref(), &observed, &relevant, now);
         for spec in &observed.images {
             let name = plan::placement(target, &observed, spec).and_then(Result::ok);
@@ -331,11 +339,11 @@ pub async fn mirror(
                 entry.1.mirror = name.map(|p| p.lock_name());
             }
         }
-        locks.insert(set.path.clone(), prospective);
+        prospective_locks.insert(set.path.clone(), prospective);
         sets.push(observed);
     }
 
-    let (wanted, placement_errors) = plan::wanted(target, &sets, &locks);
+    let (wanted, placement_errors) = plan::wanted(target, &sets, &prospective_locks);
     for error in placement_errors {
         let key = (PathBuf::from(&error.manifest), error.alias.clone());
         observations.fail_tags(&key, None, &format!("mirror: {}", error.reason));
@@ -357,6 +365,26 @@ pub async fn mirror(
         }
     }
     report
+}
+
+/// Names the mirror repository of every observed, mirrored entry as [`mirror`] does after
+/// its copies, without copying: a dry run then computes the lock (and the outputs) the
+/// daemon would write.
+pub fn name_mirrors(repo: &LoadedRepo, observations: &mut Observations) {
+    let target = repo.config.as_ref().and_then(|c| c.mirror.as_ref());
+    for set in &repo.sets {
+        for spec in &set.images {
+            let Some(Ok(place)) = plan::placement(target, set, spec) else {
+                continue;
+            };
+            if let Some(entry) = observations
+                .entries
+                .get_mut(&(set.path.clone(), spec.name.clone()))
+            {
+                entry.1.mirror = Some(place.lock_name());
+            }
+        }
+    }
 }
 
 /// Whether [`apply`] writes files or only computes what would change.
@@ -381,28 +409,60 @@ pub struct Outcome {
     pub diagnostics: Vec<Diagnostic>,
     /// True when `imagelock.yaml` is invalid: nothing was locked.
     pub config_invalid: bool,
+    /// Every lock this pass computed, by repo-relative path, with the git blob id of its
+    /// bytes (`None`: removed). Written or already so, these are the pass's own output.
+    pub locks: Vec<(PathBuf, Option<String>)>,
+    /// Locks someone else had changed that this pass wrote back from the version last
+    /// verified (see [`crate::pins::trusted`]), by repo-relative path.
+    pub restored: Vec<PathBuf>,
 }
 
-/// Applies `observations` to the checkout at `root`.
+impl Outcome {
+    /// The commit message: [`commit_message`], and a line per restored lock.
+    pub fn commit_message(&self, subject_template: &str) -> String {
+        let mut message = commit_message(subject_template, &self.changes);
+        if !self.restored.is_empty() {
+            message.push_str(if self.changes.is_empty() {
+                "\n\n"
+            } else {
+                "\n"
+            });
+            for lock in &self.restored {
+                message.push_str(&format!(
+                    "{}: restored as imagelock last wrote it (another commit changed it)\n",
+                    lock.display()
+                ));
+            }
+        }
+        message
+    }
+}
+
+/// Applies `observations` to the checkout at `root`, its manifests admitted by `tenancy`
+/// and its lock files taken as they are.
 pub fn apply(
     root: &Path,
+    tenancy: &crate::tenancy::Tenancy,
     observations: &Observations,
     now: DateTime<Utc>,
     mode: Mode,
 ) -> Result<Outcome, ReconcileError> {
-    apply_to(root, &manifest::load_repo(root)?, observations, now, mode)
+    let repo = crate::pins::load(root, tenancy)?;
+    apply_to(root, &repo, &CheckoutLocks, observations, now, mode)
 }
 
-/// [`apply`] with the manifests of `root` already loaded.
+/// [`apply`] with the manifests of `root` already loaded and admitted, each previous lock
+/// read from `locks`.
 pub fn apply_to(
     root: &Path,
-    repo: &LoadedRepo,
+    repo: &Admitted,
+    locks: &dyn LockSource,
     observations: &Observations,
     now: DateTime<Utc>,
     mode: Mode,
 ) -> Result<Outcome, ReconcileError> {
     let mut outcome = Outcome {
-        diagnostics: repo.diagnostics.clone(),
+        diagnostics: repo.all_diagnostics(),
         config_invalid: repo.config.is_none(),
         ..Outcome::default()
     };
@@ -412,10 +472,10 @@ pub fn apply_to(
     // The new locks are kept for the outputs only: a lock of a few hundred entries holds
     // hundreds of kilobytes, and a repo may have thousands of entries.
     let keep_locks = !config.outputs.is_empty();
-    let mut locks = Vec::new();
+    let mut next_locks = Vec::new();
     for set in &repo.sets {
         let lock_rel = lock::lock_path_for(&set.path);
-        let previous = read_previous(root, &set.path)?;
+        let previous = read_previous(locks, root, &set.path)?;
         // An observation made for another version of the entry (the manifest changed under a
         // retried push) is not applied; the entry is resolved again in the next pass.
         let relevant: BTreeMap<String, ImageObservation> = set
@@ -437,25 +497,31 @@ pub fn apply_to(
         let changes = lock::diff_locks(&lock_label, previous.as_ref(), Some(&next));
         let path = root.join(&lock_rel);
         let rendered = lock::render(&next);
+        outcome.locks.push((
+            lock_rel.clone(),
+            Some(crate::git::blob_id(rendered.as_bytes())),
+        ));
         if !lock::is_unchanged(&path, &rendered) {
             if mode == Mode::Write {
                 lock::write_atomic(&path, &rendered)?;
+            }
+            if locks.replaced(&set.path) {
+                outcome.restored.push(lock_rel.clone());
             }
             outcome.touched.push(lock_rel);
         }
         outcome.changes.extend(changes);
         if keep_locks {
-            locks.push((set, next));
+            next_locks.push((set, next));
         }
     }
     remove_orphans(root, repo, mode, &mut outcome)?;
 
     // Outputs follow the locks as this pass leaves them, written or not.
     if keep_locks {
-        let frozen = outputs::Frozen::of(root, repo)?;
-        let inputs: Vec<_> = locks.iter().map(|(set, lock)| (*set, lock)).collect();
-        let report =
-            outputs::generate(root, &config.outputs, &inputs, &frozen, mode == Mode::Write)?;
+        let frozen = outputs::Frozen::of(root, repo, &repo.tenancy)?;
+        let pins = Pins::build(next_locks, config.mirror.as_ref(), &repo.tenancy);
+        let report = outputs::generate(root, &config.outputs, &pins, &frozen, mode == Mode::Write)?;
         outcome
             .touched
             .extend(report.changes.iter().map(|c| c.path.clone()));
@@ -469,8 +535,12 @@ pub fn apply_to(
 /// The lock beside `manifest`. One that does not parse is regenerated from nothing (it is
 /// not a lock imagelock wrote); one that cannot be read is an error, so that a passing I/O
 /// fault never rewrites a lock without its history.
-fn read_previous(root: &Path, manifest: &Path) -> Result<Option<LockFile>, lock::LockError> {
-    match lock::read_beside(root, manifest) {
+fn read_previous(
+    locks: &dyn LockSource,
+    root: &Path,
+    manifest: &Path,
+) -> Result<Option<LockFile>, lock::LockError> {
+    match locks.read(root, manifest) {
         Err(e @ lock::LockError::Parse { .. }) => {
             tracing::warn!(error = %e, "previous lock is not valid; it is regenerated");
             Ok(None)
@@ -481,8 +551,8 @@ fn read_previous(root: &Path, manifest: &Path) -> Result<Option<LockFile>, lock:
 
 /// [`read_previous`] for what only reads: resolution and mirroring go on without the
 /// previous pins, which only save requests there.
-fn read_previous_or_none(root: &Path, manifest: &Path) -> Option<LockFile> {
-    read_previous(root, manifest).unwrap_or_else(|e| {
+fn read_previous_or_none(locks: &dyn LockSource, root: &Path, manifest: &Path) -> Option<LockFile> {
+    read_previous(locks, root, manifest).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "previous lock unreadable; resolving without it");
         None
     })
@@ -521,6 +591,7 @@ fn remove_orphans(
             std::fs::remove_file(&path)
                 .map_err(|source| ReconcileError::RemoveOrphan { path, source })?;
         }
+        outcome.locks.push((rel.clone(), None));
         outcome.touched.push(rel);
     }
     outcome.touched.sort();
@@ -597,6 +668,7 @@ mod tests {
     fn apply_now(root: &Path) -> Result<Outcome, ReconcileError> {
         apply(
             root,
+            &crate::tenancy::Tenancy::default(),
             &Observations::default(),
             chrono::Utc::now(),
             Mode::Write,

@@ -1,8 +1,10 @@
 //! Every pin of one revision of the config repo, in hash maps, for answers from memory.
 //!
-//! The reconcile loop is the only writer: it builds a whole new [`PinIndex`] from its checkout
-//! after each pass and swaps it into the [`IndexHandle`]. A request loads the handle once and
-//! answers from that one snapshot, so it sees the old pins or the new ones, never a mix.
+//! The pins come from [`crate::pins`], the one derivation the outputs and `/status` use too;
+//! this index only lays them out for lookups. The reconcile loop is the only writer: it
+//! builds a whole new [`PinIndex`] after each pass and swaps it into the [`IndexHandle`]. A
+//! request loads the handle once and answers from that one snapshot, so it sees the old pins
+//! or the new ones, never a mix.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -12,11 +14,13 @@ use arc_swap::ArcSwapOption;
 use serde::Serialize;
 
 use super::AdmissionError;
-use crate::lock::{self, LockError, LockFile};
-use crate::manifest::{self, AdmissionMode, AdmissionSettings, ImageSet, LoadedRepo};
+use crate::manifest::{AdmissionMode, AdmissionSettings, LoadedRepo};
+use crate::pins::{self, CheckoutLocks, Pins};
 use crate::reference::ImageRepo;
+use crate::tenancy::Tenancy;
 
-/// The tag a bare alias (`image: web`) or a bare name (`image: nginx`) stands for.
+/// The tag a bare image name (`image: nginx`) stands for, as for any container runtime.
+/// An alias alone means the tag [`crate::pins::alias_tag`] chooses.
 pub const DEFAULT_TAG: &str = "latest";
 
 /// The pins and namespace modes of one revision of the config repo.
@@ -46,31 +50,35 @@ type TagPins = Arc<[(Arc<str>, Arc<str>)]>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct SetPins {
     namespace: Arc<str>,
+    /// Its `source:tag` pins serve Pods of every namespace.
+    shared: bool,
     images: Vec<ImagePins>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ImagePins {
     alias: Arc<str>,
-    source: Option<Arc<ImageRepo>>,
+    source: Arc<ImageRepo>,
     tags: TagPins,
+    /// The tag the alias alone means.
+    alias_tag: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
 struct AliasPins {
     tags: TagPins,
-    /// Where in `tags` is the tag `image: <alias>` means: `latest` when pinned, else the only
-    /// tag, else none.
-    default_tag: Option<usize>,
+    /// The tag `image: <alias>` means ([`crate::pins::alias_tag`]); `None` while nothing is
+    /// pinned.
+    alias_tag: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
 struct SourcePins {
     tag: Arc<str>,
-    /// The first pin per namespace, preferred for Pods of that namespace (its mirror
-    /// repository is the one the namespace's pull secrets are for). The first of all, from
-    /// the first manifest (by path) that pins this source and tag, serves other namespaces.
+    /// The first pin per namespace (by manifest path): Pods of that namespace get it.
     by_namespace: Vec<(Arc<str>, Arc<str>)>,
+    /// The first pin of a shared set: Pods of a namespace without its own pin get it.
+    shared: Option<Arc<str>>,
 }
 
 /// What an image of a Pod resolves to.
@@ -78,11 +86,14 @@ struct SourcePins {
 pub enum Lookup<'a> {
     /// A lock pins it: the reference to run.
     Pinned(&'a str),
-    /// An alias of the namespace, but which of its tags is meant cannot be told.
-    AmbiguousAlias { tags: Vec<&'a str> },
-    /// An alias of the namespace whose lock has no pin for this tag.
-    UnpinnedAliasTag { tags: Vec<&'a str> },
-    /// No lock pins it.
+    /// An alias of the namespace without a pin for the tag meant (the one named, or the
+    /// one the alias alone means, then given as `alias_tag`; `None` there while the alias
+    /// has no tag yet), and what is pinned.
+    UnpinnedAliasTag {
+        alias_tag: Option<&'a str>,
+        tags: Vec<&'a str>,
+    },
+    /// No pin its namespace or a shared set declares.
     Unpinned,
 }
 
@@ -98,48 +109,26 @@ pub struct IndexSummary {
     pub default_mode: String,
 }
 
-/// The lock of each manifest of `repo` under `root`, read as the iterator is advanced: one
-/// lock in memory at a time, however many manifests there are.
-pub fn locks_of<'a>(
-    root: &'a Path,
-    repo: &'a LoadedRepo,
-) -> impl Iterator<Item = (&'a ImageSet, Result<Option<LockFile>, LockError>)> + 'a {
-    repo.sets
-        .iter()
-        .map(move |set| (set, lock::read_beside(root, &set.path)))
-}
-
 impl PinIndex {
-    /// Builds the index of the checkout at `root` from its loaded manifests: for every valid
-    /// ImageSet, the lock beside it. Lock files are the only I/O.
+    /// Builds the index from `pins` (of the admitted sets of `repo`).
     ///
     /// A manifest with errors is not in `repo.sets`; if `previous` has pins from it, they are
     /// kept (the daemon keeps that manifest's last good lock too), so that a typo in one file
-    /// does not unpin a namespace. An invalid `imagelock.yaml` keeps the previous namespace
-    /// modes (the defaults at first). Problems are returned as messages for the log.
-    pub fn build<'a>(
-        locks: impl IntoIterator<Item = (&'a ImageSet, Result<Option<LockFile>, LockError>)>,
+    /// does not unpin a namespace. A manifest refused by tenancy is no such diagnostic: it
+    /// keeps nothing. An invalid `imagelock.yaml` keeps the previous namespace modes (the
+    /// defaults at first). Problems are returned as messages for the log.
+    pub fn build(
+        pins: &Pins,
         repo: &LoadedRepo,
         revision: Option<String>,
         previous: Option<&PinIndex>,
     ) -> (PinIndex, Vec<String>) {
         let mut problems = Vec::new();
-        let mut sets: BTreeMap<PathBuf, Arc<SetPins>> = BTreeMap::new();
-        for (set, lock) in locks {
-            let lock = match lock {
-                Ok(Some(lock)) => lock,
-                Ok(None) => continue,
-                Err(e) => {
-                    problems.push(format!("{e}; its pins are not served until it is fixed"));
-                    continue;
-                }
-            };
-            let aliases: Vec<&str> = set.images.iter().map(|spec| spec.name.as_str()).collect();
-            sets.insert(
-                set.path.clone(),
-                Arc::new(set_pins(&set.namespace, &aliases, &lock)),
-            );
-        }
+        let mut sets: BTreeMap<PathBuf, Arc<SetPins>> = pins
+            .sets
+            .iter()
+            .map(|set| (set.manifest.clone(), Arc::new(SetPins::from(set))))
+            .collect();
         if let Some(previous) = previous {
             for diagnostic in &repo.diagnostics {
                 if sets.contains_key(&diagnostic.path) {
@@ -170,15 +159,24 @@ impl PinIndex {
         (PinIndex::from_sets(revision, settings, sets), problems)
     }
 
-    /// Loads the checkout at `root` and builds its index (for tools and tests; the daemon
-    /// reuses the repo it has loaded anyway).
+    /// Loads the checkout at `root` as the operator's `tenancy` admits it, its lock files
+    /// as they are, and builds its index (for tools and tests; the daemon reads the locks it
+    /// verified).
+    pub fn load_admitted(
+        root: &Path,
+        tenancy: &Tenancy,
+    ) -> Result<(PinIndex, Vec<String>), AdmissionError> {
+        let repo = pins::load(root, tenancy).map_err(|e| AdmissionError::Load(e.to_string()))?;
+        let read = pins::read(root, &repo, &CheckoutLocks);
+        let (index, mut problems) = PinIndex::build(&read.pins, &repo, None, None);
+        problems.extend(read.problems);
+        problems.extend(repo.all_diagnostics().iter().map(ToString::to_string));
+        Ok((index, problems))
+    }
+
+    /// [`PinIndex::load_admitted`] for one team (no tenancy configured).
     pub fn load(root: &Path) -> Result<(PinIndex, Vec<String>), AdmissionError> {
-        let repo = manifest::load_repo(root).map_err(|e| AdmissionError::Load(e.to_string()))?;
-        let mut built = PinIndex::build(locks_of(root, &repo), &repo, None, None);
-        built
-            .1
-            .extend(repo.diagnostics.iter().map(ToString::to_string));
-        Ok(built)
+        PinIndex::load_admitted(root, &Tenancy::default())
     }
 
     fn from_sets(
@@ -197,11 +195,11 @@ impl PinIndex {
                 let namespace = aliases.entry(set.namespace.clone()).or_default();
                 namespace
                     .entry(image.alias.clone())
-                    .or_insert_with(|| AliasPins::new(image.tags.clone()));
-                let Some(source) = &image.source else {
-                    continue;
-                };
-                let by_tag = sources.entry(source.clone()).or_default();
+                    .or_insert_with(|| AliasPins {
+                        tags: image.tags.clone(),
+                        alias_tag: image.alias_tag.clone(),
+                    });
+                let by_tag = sources.entry(image.source.clone()).or_default();
                 for (tag, target) in image.tags.iter() {
                     let at = match by_tag.binary_search_by(|pins| pins.tag.cmp(tag)) {
                         Ok(at) => at,
@@ -209,6 +207,7 @@ impl PinIndex {
                             let pins = SourcePins {
                                 tag: tag.clone(),
                                 by_namespace: Vec::new(),
+                                shared: None,
                             };
                             by_tag.insert(at, pins);
                             at
@@ -218,6 +217,9 @@ impl PinIndex {
                     if !pins.by_namespace.iter().any(|(ns, _)| *ns == set.namespace) {
                         pins.by_namespace
                             .push((set.namespace.clone(), target.clone()));
+                    }
+                    if set.shared && pins.shared.is_none() {
+                        pins.shared = Some(target.clone());
                     }
                 }
             }
@@ -252,28 +254,30 @@ impl PinIndex {
             .is_some_and(|aliases| aliases.contains_key(name))
     }
 
-    /// The pin of alias `alias` of `namespace`, for `tag` or (`None`) the alias's default tag.
-    /// `None` when `alias` is not an alias of `namespace`.
+    /// The pin of alias `alias` of `namespace`, for `tag` or (`None`) the tag the alias alone
+    /// means. `None` when `alias` is not an alias of `namespace`.
     pub fn alias(&self, namespace: &str, alias: &str, tag: Option<&str>) -> Option<Lookup<'_>> {
         let pins = self.aliases.get(namespace)?.get(alias)?;
-        let found = match tag {
-            Some(tag) => pins.tags.binary_search_by(|(t, _)| (**t).cmp(tag)).ok(),
-            None if pins.default_tag.is_none() => {
-                return Some(Lookup::AmbiguousAlias {
-                    tags: pins.sorted_tags(),
-                });
-            }
-            None => pins.default_tag,
+        let meant: Option<&str> = match tag {
+            Some(tag) => Some(tag),
+            None => pins.alias_tag.as_deref(),
         };
+        let found =
+            meant.and_then(|meant| pins.tags.binary_search_by(|(t, _)| (**t).cmp(meant)).ok());
         Some(match found {
             Some(at) => Lookup::Pinned(&pins.tags[at].1),
             None => Lookup::UnpinnedAliasTag {
+                alias_tag: match tag {
+                    Some(_) => None,
+                    None => pins.alias_tag.as_deref(),
+                },
                 tags: pins.sorted_tags(),
             },
         })
     }
 
-    /// The pin of `source:tag`, preferring one made by an ImageSet of `namespace`.
+    /// The pin of `source:tag` for a Pod of `namespace`: one made by an ImageSet of
+    /// `namespace`, else one of a shared set; never another namespace's.
     pub fn source(&self, namespace: &str, source: &ImageRepo, tag: &str) -> Lookup<'_> {
         let Some(pins) = self.sources.get(source).and_then(|by_tag| {
             let at = by_tag.binary_search_by(|pins| (*pins.tag).cmp(tag)).ok()?;
@@ -281,15 +285,15 @@ impl PinIndex {
         }) else {
             return Lookup::Unpinned;
         };
-        let Some((_, first)) = pins.by_namespace.first() else {
-            return Lookup::Unpinned;
-        };
-        let target = pins
+        let own = pins
             .by_namespace
             .iter()
             .find(|(ns, _)| **ns == *namespace)
-            .map_or(first, |(_, target)| target);
-        Lookup::Pinned(target)
+            .map(|(_, target)| target);
+        match own.or(pins.shared.as_ref()) {
+            Some(target) => Lookup::Pinned(target),
+            None => Lookup::Unpinned,
+        }
     }
 
     pub fn summary(&self) -> IndexSummary {
@@ -305,47 +309,32 @@ impl PinIndex {
 }
 
 impl AliasPins {
-    fn new(tags: TagPins) -> Self {
-        let default_tag = match tags.binary_search_by(|(tag, _)| (**tag).cmp(DEFAULT_TAG)) {
-            Ok(at) => Some(at),
-            Err(_) if tags.len() == 1 => Some(0),
-            Err(_) => None,
-        };
-        AliasPins { tags, default_tag }
-    }
-
     fn sorted_tags(&self) -> Vec<&str> {
         self.tags.iter().map(|(tag, _)| &**tag).collect()
     }
 }
 
-/// The pins of the aliases the manifest declares (the manifest says which aliases exist; the
-/// lock, what they point to).
-fn set_pins(namespace: &str, aliases: &[&str], lock: &LockFile) -> SetPins {
-    let images = aliases
-        .iter()
-        .filter_map(|alias| {
-            let locked = lock.images.get(*alias)?;
-            let repository = locked.mirror.as_deref().unwrap_or(&locked.source);
-            // In tag order: the lock's tags are a sorted map.
-            let tags = locked
-                .tags
+impl From<&pins::SetPins> for SetPins {
+    fn from(set: &pins::SetPins) -> Self {
+        SetPins {
+            namespace: Arc::from(set.namespace.as_str()),
+            shared: set.shared,
+            images: set
+                .aliases
                 .iter()
-                .map(|(tag, pin)| {
-                    let target: Arc<str> = format!("{repository}@{}", pin.digest).into();
-                    (Arc::from(tag.as_str()), target)
+                .map(|alias| ImagePins {
+                    alias: Arc::from(alias.alias.as_str()),
+                    source: Arc::new(alias.source.clone()),
+                    // In tag order: the pins are sorted by tag.
+                    tags: alias
+                        .pins
+                        .iter()
+                        .map(|pin| (Arc::from(pin.tag.as_str()), alias.reference(pin).into()))
+                        .collect(),
+                    alias_tag: alias.alias_tag.as_deref().map(Arc::from),
                 })
-                .collect();
-            Some(ImagePins {
-                alias: Arc::from(*alias),
-                source: ImageRepo::parse(&locked.source).ok().map(Arc::new),
-                tags,
-            })
-        })
-        .collect();
-    SetPins {
-        namespace: Arc::from(namespace),
-        images,
+                .collect(),
+        }
     }
 }
 
@@ -384,24 +373,45 @@ impl IndexHandle {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::lock::{LockedImage, LockedTag};
+    use crate::lock::{LockFile, LockedImage, LockedTag};
+    use crate::manifest::{self, ImageSet, ImageSpec, MirrorLayout, MirrorTarget, RepoConfig};
     use crate::reference::Digest;
 
     pub(crate) fn mk_digest(seed: &str) -> Digest {
         Digest::sha256_of(seed.as_bytes())
     }
 
-    /// `(alias, source, mirror, [(tag, digest seed)])`.
+    /// `(alias, source, mirror, [(tag, digest seed)])`. A tag with an empty seed is one the
+    /// manifest follows that has no pin yet.
     pub(crate) type MkImage<'a> = (&'a str, &'a str, Option<&'a str>, &'a [(&'a str, &'a str)]);
 
-    pub(crate) fn mk_lock(images: &[MkImage<'_>]) -> LockFile {
-        LockFile {
-            source: "set.yaml".into(),
+    /// A lock and the manifest it was written for: the entries' sources and tags, mirrored
+    /// (under `registry.internal/<namespace>/<alias>`) where a mirror is given.
+    /// A lock and the entries of the manifest it was written for.
+    pub(crate) type MkLock = (Vec<ImageSpec>, LockFile);
+
+    /// `(manifest path, namespace, lock)`.
+    pub(crate) type MkSet<'a> = (&'a str, &'a str, MkLock);
+
+    pub(crate) fn mk_lock(images: &[MkImage<'_>]) -> MkLock {
+        let specs = images
+            .iter()
+            .map(|(alias, source, mirror, tags)| {
+                let declared: Vec<&str> = tags.iter().map(|(tag, _)| *tag).collect();
+                ImageSpec {
+                    mirror: mirror.is_some(),
+                    ..manifest::mk_image_spec(alias, source, &declared)
+                }
+            })
+            .collect();
+        let lock = LockFile {
+            source: String::new(),
             images: images
                 .iter()
                 .map(|(alias, source, mirror, tags)| {
                     let tags = tags
                         .iter()
+                        .filter(|(_, seed)| !seed.is_empty())
                         .map(|(tag, seed)| {
                             (
                                 (*tag).to_owned(),
@@ -420,32 +430,64 @@ pub(crate) mod tests {
                     (
                         (*alias).to_owned(),
                         LockedImage {
-                            source: (*source).to_owned(),
+                            source: ImageRepo::parse(source).unwrap().to_string(),
                             mirror: mirror.map(str::to_owned),
                             tags,
                         },
                     )
                 })
                 .collect(),
-        }
+        };
+        (specs, lock)
     }
 
     /// An index from `(manifest path, namespace, lock)` triples, without files.
-    pub(crate) fn mk_index(
+    pub(crate) fn mk_index(settings: AdmissionSettings, sets: &[MkSet<'_>]) -> PinIndex {
+        mk_index_with(settings, sets, &Tenancy::default())
+    }
+
+    pub(crate) fn mk_index_with(
         settings: AdmissionSettings,
-        sets: &[(&str, &str, LockFile)],
+        sets: &[MkSet<'_>],
+        tenancy: &Tenancy,
     ) -> PinIndex {
-        let sets = sets
+        let target = MirrorTarget {
+            registry: "registry.internal".into(),
+            layout: MirrorLayout::PerImage {
+                template: "{namespace}/{name}".into(),
+            },
+        };
+        let sets: Vec<(ImageSet, LockFile)> = sets
             .iter()
-            .map(|(path, namespace, lock)| {
-                let aliases: Vec<&str> = lock.images.keys().map(String::as_str).collect();
-                (
-                    PathBuf::from(path),
-                    Arc::new(set_pins(namespace, &aliases, lock)),
-                )
+            .map(|(path, namespace, (specs, lock))| {
+                let path = PathBuf::from(path);
+                let mut lock = lock.clone();
+                lock.source = path.file_name().unwrap().to_string_lossy().into_owned();
+                let set = ImageSet {
+                    path,
+                    name: "set".into(),
+                    namespace: (*namespace).to_owned(),
+                    mirror: false,
+                    images: specs.clone(),
+                };
+                (set, lock)
             })
             .collect();
-        PinIndex::from_sets(Some("rev".into()), settings, sets)
+        let pins = Pins::build(
+            sets.iter().map(|(set, lock)| (set, lock.clone())),
+            Some(&target),
+            tenancy,
+        );
+        let repo = LoadedRepo {
+            config: Some(RepoConfig {
+                admission: settings,
+                mirror: Some(target),
+                ..RepoConfig::default()
+            }),
+            sets: Vec::new(),
+            diagnostics: Vec::new(),
+        };
+        PinIndex::build(&pins, &repo, Some("rev".into()), None).0
     }
 
     fn target(mirror: &str, seed: &str) -> String {
@@ -453,45 +495,52 @@ pub(crate) mod tests {
     }
 
     fn web_index() -> PinIndex {
-        mk_index(
-            AdmissionSettings::default(),
-            &[
-                (
-                    "images/team-a/web.yaml",
-                    "team-a",
-                    mk_lock(&[
-                        (
-                            "web",
-                            "quay.io/company/web",
-                            Some("registry.internal/team-a/web"),
-                            &[("latest", "a-latest"), ("1.4", "a-1.4")],
-                        ),
-                        (
-                            "api",
-                            "quay.io/company/api",
-                            None,
-                            &[("v1", "api-v1"), ("v2", "api-v2")],
-                        ),
-                        (
-                            "nginx",
-                            "docker.io/library/nginx",
-                            None,
-                            &[("1.25", "nginx")],
-                        ),
-                    ]),
-                ),
-                (
-                    "images/team-b/web.yaml",
-                    "team-b",
-                    mk_lock(&[(
+        mk_index(AdmissionSettings::default(), &web_sets())
+    }
+
+    fn web_sets() -> Vec<MkSet<'static>> {
+        vec![
+            (
+                "images/team-a/web.yaml",
+                "team-a",
+                mk_lock(&[
+                    (
                         "web",
                         "quay.io/company/web",
-                        Some("registry.internal/team-b/web"),
-                        &[("latest", "b-latest")],
-                    )]),
-                ),
-            ],
-        )
+                        Some("registry.internal/team-a/web"),
+                        &[("latest", "a-latest"), ("1.4", "a-1.4")],
+                    ),
+                    (
+                        "api",
+                        "quay.io/company/api",
+                        None,
+                        &[("v1", "api-v1"), ("v2", "api-v2")],
+                    ),
+                    (
+                        "nginx",
+                        "docker.io/library/nginx",
+                        None,
+                        &[("1.25", "nginx")],
+                    ),
+                    (
+                        "worker",
+                        "quay.io/company/worker",
+                        None,
+                        &[("1.0", "worker-1.0"), ("latest", "")],
+                    ),
+                ]),
+            ),
+            (
+                "images/team-b/web.yaml",
+                "team-b",
+                mk_lock(&[(
+                    "web",
+                    "quay.io/company/web",
+                    Some("registry.internal/team-b/web"),
+                    &[("latest", "b-latest")],
+                )]),
+            ),
+        ]
     }
 
     #[test]
@@ -509,7 +558,7 @@ pub(crate) mod tests {
                 target("registry.internal/team-a/web", "a-1.4").as_str()
             ))
         );
-        // The only tag is the default when there is no `latest`.
+        // Without `latest`, the first tag of `tags:`.
         assert_eq!(
             index.alias("team-a", "nginx", None),
             Some(Lookup::Pinned(
@@ -518,14 +567,23 @@ pub(crate) mod tests {
         );
         assert_eq!(
             index.alias("team-a", "api", None),
-            Some(Lookup::AmbiguousAlias {
-                tags: vec!["v1", "v2"]
-            })
+            Some(Lookup::Pinned(
+                target("quay.io/company/api", "api-v1").as_str()
+            ))
         );
         assert_eq!(
             index.alias("team-a", "web", Some("2.0")),
             Some(Lookup::UnpinnedAliasTag {
+                alias_tag: None,
                 tags: vec!["1.4", "latest"]
+            })
+        );
+        // `worker` follows `latest`, which has no pin yet: it means nothing else meanwhile.
+        assert_eq!(
+            index.alias("team-a", "worker", None),
+            Some(Lookup::UnpinnedAliasTag {
+                alias_tag: Some("latest"),
+                tags: vec!["1.0"]
             })
         );
         assert_eq!(index.alias("team-c", "web", None), None);
@@ -534,21 +592,83 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn sources_prefer_the_pods_namespace() {
+    fn sources_serve_their_own_namespace_and_shared_sets_only() {
         let index = web_index();
         let web = ImageRepo::parse("quay.io/company/web").unwrap();
+        let api = ImageRepo::parse("quay.io/company/api").unwrap();
         let a = target("registry.internal/team-a/web", "a-latest");
         let b = target("registry.internal/team-b/web", "b-latest");
         assert_eq!(index.source("team-a", &web, "latest"), Lookup::Pinned(&a));
         assert_eq!(index.source("team-b", &web, "latest"), Lookup::Pinned(&b));
-        // Elsewhere: the first manifest by path.
-        assert_eq!(index.source("team-c", &web, "latest"), Lookup::Pinned(&a));
+        // Another namespace's pin is never used: nothing is shared by default.
+        assert_eq!(index.source("team-c", &web, "latest"), Lookup::Unpinned);
+        assert_eq!(index.source("team-b", &api, "v1"), Lookup::Unpinned);
         assert_eq!(index.source("team-a", &web, "2.0"), Lookup::Unpinned);
         let summary = index.summary();
-        assert_eq!(summary.pinned_tags, 6);
+        assert_eq!(summary.pinned_tags, 7);
         assert_eq!(summary.namespaces, 2);
-        assert_eq!(summary.aliases, 4);
-        assert_eq!(summary.sources, 3);
+        assert_eq!(summary.aliases, 5);
+        assert_eq!(summary.sources, 4);
+
+        // team-b's set shared by the operator: its `source:tag` pins serve namespaces
+        // without their own; team-a keeps its own; aliases stay in team-b.
+        let shared = crate::tenancy::Tenancy {
+            shared_sets: vec!["images/team-b/**".into()],
+            ..crate::tenancy::Tenancy::default()
+        };
+        let index = mk_index_with(AdmissionSettings::default(), &web_sets(), &shared);
+        assert_eq!(index.source("team-c", &web, "latest"), Lookup::Pinned(&b));
+        assert_eq!(index.source("team-a", &web, "latest"), Lookup::Pinned(&a));
+        assert_eq!(index.alias("team-c", "web", None), None);
+    }
+
+    /// The index lays out the pins; it must give every Pod what [`Pins::alias`] and
+    /// [`Pins::source`] say.
+    #[test]
+    fn lookups_agree_with_the_pins_module() {
+        use crate::pins::tests::{mk_pins_with, mk_tenancy, three_teams};
+        let tenancy = mk_tenancy();
+        let unshared = Tenancy {
+            shared_sets: Vec::new(),
+            ..mk_tenancy()
+        };
+        for tenancy in [tenancy, unshared] {
+            let pins = mk_pins_with(&three_teams(), &tenancy);
+            let repo = LoadedRepo {
+                config: Some(RepoConfig::default()),
+                sets: Vec::new(),
+                diagnostics: Vec::new(),
+            };
+            let (index, _) = PinIndex::build(&pins, &repo, None, None);
+            let mut checked = 0;
+            for namespace in ["team-a", "team-b", "team-c", "platform"] {
+                for alias in ["web", "busybox", "nginx"] {
+                    let expected = pins
+                        .alias(namespace, alias)
+                        .and_then(|a| Some(a.reference(a.alias_pin()?)));
+                    let got = match index.alias(namespace, alias, None) {
+                        Some(Lookup::Pinned(target)) => Some(target.to_owned()),
+                        _ => None,
+                    };
+                    assert_eq!(got, expected, "{namespace} alias {alias}");
+                }
+                for source in ["quay.io/company/web", "busybox", "nginx", "redis"] {
+                    let source = ImageRepo::parse(source).unwrap();
+                    for tag in ["latest", "1.36", "1.25"] {
+                        let expected = pins
+                            .source(namespace, &source, tag)
+                            .map(|(alias, pin)| alias.reference(pin));
+                        let got = match index.source(namespace, &source, tag) {
+                            Lookup::Pinned(target) => Some(target.to_owned()),
+                            _ => None,
+                        };
+                        assert_eq!(got, expected, "{namespace} {source}:{tag}");
+                        checked += usize::from(got.is_some());
+                    }
+                }
+            }
+            assert!(checked >= 4, "{checked}");
+        }
     }
 
     #[test]
@@ -560,7 +680,7 @@ pub(crate) mod tests {
         let held = handle.load().unwrap();
         handle.store(PinIndex::default());
         // A reader keeps the snapshot it loaded.
-        assert_eq!(held.summary().pinned_tags, 6);
+        assert_eq!(held.summary().pinned_tags, 7);
         assert_eq!(handle.load().unwrap().summary().pinned_tags, 0);
     }
 
@@ -582,12 +702,8 @@ pub(crate) mod tests {
             "apiVersion: imagelock.dev/v1alpha1\nkind: Config\nadmission: {namespaces: {team-a: enforce}}\n",
         );
         write(root, "images/team-a/web.yaml", WEB_SET);
-        let lock = mk_lock(&[(
-            "web",
-            "quay.io/company/web",
-            Some("registry.internal/team-a/web"),
-            &[("latest", "v1")],
-        )]);
+        let (_, mut lock) = mk_lock(&[("web", "quay.io/company/web", None, &[("latest", "v1")])]);
+        lock.source = "web.yaml".into();
         write(
             root,
             "images/team-a/web.lock.yaml",
@@ -596,7 +712,7 @@ pub(crate) mod tests {
         let (first, problems) = PinIndex::load(root).unwrap();
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(first.mode_for("team-a"), AdmissionMode::Enforce);
-        let expected = target("registry.internal/team-a/web", "v1");
+        let expected = target("quay.io/company/web", "v1");
         assert_eq!(
             first.alias("team-a", "web", None),
             Some(Lookup::Pinned(expected.as_str()))
@@ -605,8 +721,9 @@ pub(crate) mod tests {
         // The manifest breaks and imagelock.yaml too: the last good pins and modes stay.
         write(root, "images/team-a/web.yaml", "kind: ImageSet\nspec: [\n");
         write(root, "imagelock.yaml", "kind: Config\nadmission: 3\n");
-        let repo = manifest::load_repo(root).unwrap();
-        let (second, problems) = PinIndex::build(locks_of(root, &repo), &repo, None, Some(&first));
+        let repo = pins::load(root, &Tenancy::default()).unwrap();
+        let read = pins::read(root, &repo, &CheckoutLocks);
+        let (second, problems) = PinIndex::build(&read.pins, &repo, None, Some(&first));
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(second.mode_for("team-a"), AdmissionMode::Enforce);
         assert_eq!(
@@ -614,7 +731,7 @@ pub(crate) mod tests {
             Some(Lookup::Pinned(expected.as_str()))
         );
         // Without a previous index there is nothing to keep.
-        let (fresh, _) = PinIndex::build(locks_of(root, &repo), &repo, None, None);
+        let (fresh, _) = PinIndex::build(&read.pins, &repo, None, None);
         assert_eq!(fresh.alias("team-a", "web", None), None);
         assert_eq!(fresh.mode_for("team-a"), AdmissionMode::Rewrite);
     }

@@ -2,8 +2,9 @@
 //!
 //! Three layers, from the inside out:
 //! - [`index`]: every pin of one revision of the config repo in hash maps (alias per namespace;
-//!   source repository and tag), built from a checkout by [`PinIndex::build`] and published
-//!   through an [`IndexHandle`] that the reconcile loop swaps whole.
+//!   source repository and tag), laid out by [`PinIndex::build`] from the pins
+//!   [`crate::pins`] derives, and published through an [`IndexHandle`] that the reconcile
+//!   loop swaps whole.
 //! - [`mutate`]: the pure decision. An `AdmissionReview` and an index in, an
 //!   `AdmissionReview` (JSONPatch, denial or warnings) out; no I/O, no clock.
 //! - [`server`] and [`tls`]: the HTTPS shell (`POST /mutate`) with body limits and timeouts,
@@ -18,7 +19,7 @@ pub mod tls;
 
 use std::path::PathBuf;
 
-pub use index::{IndexHandle, IndexSummary, PinIndex, locks_of};
+pub use index::{IndexHandle, IndexSummary, PinIndex};
 pub use mutate::{Answer, REWRITTEN_ANNOTATION, ReviewError, review, review_body};
 pub use server::{RequestObserver, ServerOptions, serve};
 pub use tls::{CertReloader, SelfSigned, TlsFiles};

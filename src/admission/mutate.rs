@@ -298,14 +298,9 @@ fn resolve_alias<'i>(index: &'i PinIndex, namespace: &str, image: &str) -> Optio
     };
     Some(match index.alias(namespace, alias, tag)? {
         Lookup::Pinned(target) => Verdict::Rewrite(target),
-        Lookup::AmbiguousAlias { tags } => Verdict::Problem(format!(
-            "alias {alias} pins several tags ({}); name one, like {alias}:{}",
-            tags.join(", "),
-            tags.first().copied().unwrap_or(DEFAULT_TAG)
-        )),
-        Lookup::UnpinnedAliasTag { tags } => Verdict::Problem(format!(
+        Lookup::UnpinnedAliasTag { alias_tag, tags } => Verdict::Problem(format!(
             "alias {alias} has no pinned tag {}; pinned: {}",
-            tag.unwrap_or(DEFAULT_TAG),
+            tag.or(alias_tag).unwrap_or("yet"),
             if tags.is_empty() {
                 "none yet".to_owned()
             } else {
@@ -513,11 +508,12 @@ mod tests {
                         None,
                         &[("1.25", "nginx-1.25")],
                     ),
+                    // Follows `latest`, which is not pinned yet: `api` alone means nothing.
                     (
                         "api",
                         "quay.io/company/api",
                         None,
-                        &[("v1", "v1"), ("v2", "v2")],
+                        &[("latest", ""), ("v1", "v1"), ("v2", "v2")],
                     ),
                 ]),
             )],
@@ -693,8 +689,28 @@ mod tests {
         assert_eq!(response["allowed"], true);
         // `web` in team-b is Docker Hub's library/web, which no lock pins.
         assert_eq!(pod["spec"]["containers"][0]["image"], "web");
-        // A source and tag a lock pins is pinned in every namespace.
-        assert_eq!(pod["spec"]["containers"][1]["image"], web("web-1.4"));
+        // team-a's pin of the source and tag is team-a's: team-b declares none and nothing
+        // is shared, so the image is left as it is.
+        assert_eq!(
+            pod["spec"]["containers"][1]["image"],
+            "quay.io/company/web:1.4"
+        );
+    }
+
+    #[test]
+    fn another_namespaces_pin_is_denied_in_enforce() {
+        let index = mk_pins(mk_settings(AdmissionMode::Enforce, &[]));
+        let pod = mk_pod(
+            "team-b",
+            json!({"containers": [{"name": "src", "image": "quay.io/company/web:1.4"}]}),
+        );
+        let (response, _) = run(&index, &mk_request("CREATE", "team-b", pod, None));
+        assert_eq!(response["allowed"], false);
+        let message = response["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("image \"quay.io/company/web:1.4\" is not pinned by a lock"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -726,7 +742,7 @@ mod tests {
             "{message}"
         );
         assert!(
-            message.contains("container \"api\" image \"api\": alias api pins several tags (v1, v2); name one, like api:v1"),
+            message.contains("container \"api\" image \"api\": alias api has no pinned tag latest; pinned: v1, v2"),
             "{message}"
         );
         assert!(
@@ -797,7 +813,7 @@ mod tests {
         assert_eq!(after, pod);
         assert_eq!(
             response["warnings"][0],
-            "imagelock: container \"api\" image \"api\" left unchanged: alias api pins several tags (v1, v2); name one, like api:v1"
+            "imagelock: container \"api\" image \"api\" left unchanged: alias api has no pinned tag latest; pinned: v1, v2"
         );
     }
 

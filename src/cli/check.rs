@@ -3,18 +3,22 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::manifest;
+use crate::pins;
+use crate::tenancy::Tenancy;
 
-pub fn run(dir: &Path) -> anyhow::Result<ExitCode> {
-    let repo = manifest::load_repo(dir)?;
-    for diagnostic in &repo.diagnostics {
+/// Validates the checkout at `dir`; a manifest that may not declare its namespace under the
+/// operator's `tenancy` is an error like any other.
+pub fn run(dir: &Path, tenancy: &Tenancy) -> anyhow::Result<ExitCode> {
+    let repo = pins::load(dir, tenancy)?;
+    let diagnostics = repo.all_diagnostics();
+    for diagnostic in &diagnostics {
         eprintln!("{diagnostic}");
     }
     let images: usize = repo.sets.iter().map(|s| s.images.len()).sum();
-    if repo.diagnostics.is_empty() {
+    if diagnostics.is_empty() {
         println!("ok: {} manifest(s), {images} image(s)", repo.sets.len());
     } else {
-        eprintln!("{} error(s)", repo.diagnostics.len());
+        eprintln!("{} error(s)", diagnostics.len());
     }
-    Ok(super::exit_code(!repo.diagnostics.is_empty()))
+    Ok(super::exit_code(!diagnostics.is_empty()))
 }

@@ -9,22 +9,33 @@ use anyhow::Context as _;
 use super::RegistryArgs;
 use crate::git::{self, Author};
 use crate::lock::ChangeKind;
-use crate::manifest;
 use crate::mirror::progress::TerminalProgress;
 use crate::mirror::{EngineOptions, MirrorEngine};
+use crate::pins::{self, CheckoutLocks};
 use crate::reconcile::{self, Deadlines, Mode};
+use crate::tenancy::Tenancy;
 
+/// Locks the checkout at `dir`; manifests the operator's `tenancy` refuses are reported and
+/// neither resolved, mirrored nor locked.
 pub async fn run(
     dir: &Path,
     commit: bool,
     registry: &RegistryArgs,
     deadlines: Deadlines,
+    tenancy: &Tenancy,
 ) -> anyhow::Result<ExitCode> {
-    let repo = manifest::load_repo(dir)?;
+    let repo = pins::load(dir, tenancy)?;
     let config = repo.config.clone().unwrap_or_default();
     let client = registry.client(&config)?;
-    let mut observations =
-        reconcile::observe(&client, dir, &repo, &|_, _| true, deadlines.entry).await;
+    let mut observations = reconcile::observe(
+        &client,
+        dir,
+        &repo,
+        &CheckoutLocks,
+        &|_, _| true,
+        deadlines.entry,
+    )
+    .await;
     if repo
         .sets
         .iter()
@@ -36,12 +47,27 @@ pub async fn run(
             ..EngineOptions::default()
         };
         let engine = MirrorEngine::new(client.clone(), options, progress.clone());
-        let report =
-            reconcile::mirror(&engine, dir, &repo, &mut observations, chrono::Utc::now()).await;
+        let report = reconcile::mirror(
+            &engine,
+            dir,
+            &repo,
+            &CheckoutLocks,
+            &mut observations,
+            chrono::Utc::now(),
+        )
+        .await;
         progress.finish();
         println!("mirror: {}", super::mirror::summary(&report));
     }
-    let outcome = reconcile::apply(dir, &observations, chrono::Utc::now(), Mode::Write)?;
+    // The manifests as resolved: loading them again could admit a file changed meanwhile.
+    let outcome = reconcile::apply_to(
+        dir,
+        &repo,
+        &CheckoutLocks,
+        &observations,
+        chrono::Utc::now(),
+        Mode::Write,
+    )?;
     let failed = super::plan::report_errors(&outcome);
     for change in &outcome.changes {
         println!("{}: {change}", change.lock);
@@ -59,7 +85,7 @@ pub async fn run(
             name: config.git.author_name.clone(),
             email: config.git.author_email.clone(),
         };
-        let message = reconcile::commit_message(&config.git.message, &outcome.changes);
+        let message = outcome.commit_message(&config.git.message);
         match git::commit_in(dir, &outcome.touched, &message, &author)
             .with_context(|| format!("cannot commit in {}", dir.display()))?
         {

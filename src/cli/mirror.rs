@@ -10,17 +10,27 @@ use futures_util::StreamExt as _;
 
 use super::RegistryArgs;
 use crate::lock;
-use crate::manifest;
 use crate::mirror::plan::{self, MirrorPlan, Standing};
 use crate::mirror::progress::TerminalProgress;
 use crate::mirror::{self as mirroring, CopyOutcome, CopyReport, EngineOptions, MirrorEngine};
+use crate::pins;
+use crate::tenancy::Tenancy;
 
 /// Presence checks in flight at once.
 const CHECKS_IN_FLIGHT: usize = 32;
 
-pub async fn run(dir: &Path, dry_run: bool, registry: &RegistryArgs) -> anyhow::Result<ExitCode> {
-    let repo = manifest::load_repo(dir)?;
-    for diagnostic in &repo.diagnostics {
+/// Mirrors what the locks of the manifests the operator's `tenancy` admits pin: a manifest
+/// that may not declare its namespace never gets anything copied into that namespace's
+/// place in the mirror.
+pub async fn run(
+    dir: &Path,
+    dry_run: bool,
+    registry: &RegistryArgs,
+    tenancy: &Tenancy,
+) -> anyhow::Result<ExitCode> {
+    let repo = pins::load(dir, tenancy)?;
+    let diagnostics = repo.all_diagnostics();
+    for diagnostic in &diagnostics {
         eprintln!("{diagnostic}");
     }
     let config = repo
@@ -34,7 +44,7 @@ pub async fn run(dir: &Path, dry_run: bool, registry: &RegistryArgs) -> anyhow::
         }
     }
     let (wanted, placement_errors) = plan::wanted(config.mirror.as_ref(), &repo.sets, &locks);
-    let mut failed = !repo.diagnostics.is_empty() || !placement_errors.is_empty();
+    let mut failed = !diagnostics.is_empty() || !placement_errors.is_empty();
     for error in &placement_errors {
         eprintln!("{}: {}: {}", error.manifest, error.alias, error.reason);
     }

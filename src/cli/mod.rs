@@ -19,6 +19,7 @@ use crate::manifest::RepoConfig;
 use crate::reconcile::Deadlines;
 use crate::registry::RegistryClient;
 use crate::telemetry::{self, LogFormat};
+use crate::tenancy::Tenancy;
 
 pub use serve::ServeArgs;
 
@@ -210,7 +211,9 @@ pub fn main() -> ExitCode {
 /// Runs one command. Library entry point for tests.
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Check { dir } => check::run(&dir),
+        // One team until the operator's configuration reaches these commands: every manifest
+        // may declare any namespace (see `crate::tenancy`).
+        Command::Check { dir } => check::run(&dir, &Tenancy::default()),
         Command::Plan {
             dir,
             format,
@@ -221,19 +224,35 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 entry: entry_timeout,
                 ..DeadlineArgs::default()
             };
-            plan::run(&dir, format, &registry, deadlines.deadlines()?.entry).await
+            plan::run(
+                &dir,
+                format,
+                &registry,
+                deadlines.deadlines()?.entry,
+                &Tenancy::default(),
+            )
+            .await
         }
         Command::Lock {
             dir,
             commit,
             registry,
             deadlines,
-        } => lock::run(&dir, commit, &registry, deadlines.deadlines()?).await,
+        } => {
+            lock::run(
+                &dir,
+                commit,
+                &registry,
+                deadlines.deadlines()?,
+                &Tenancy::default(),
+            )
+            .await
+        }
         Command::Mirror {
             dir,
             dry_run,
             registry,
-        } => mirror::run(&dir, dry_run, &registry).await,
+        } => mirror::run(&dir, dry_run, &registry, &Tenancy::default()).await,
         Command::Copy {
             source,
             destination,

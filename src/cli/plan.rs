@@ -8,8 +8,9 @@ use serde_json::json;
 
 use super::RegistryArgs;
 use crate::lock::{ChangeKind, PinChange};
-use crate::manifest;
+use crate::pins::{self, CheckoutLocks};
 use crate::reconcile::{self, Mode, Outcome};
+use crate::tenancy::Tenancy;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -18,16 +19,36 @@ pub enum Format {
     Json,
 }
 
+/// Plans the checkout at `dir`; manifests the operator's `tenancy` refuses are reported and
+/// neither resolved nor locked.
 pub async fn run(
     dir: &Path,
     format: Format,
     registry: &RegistryArgs,
     entry_timeout: Duration,
+    tenancy: &Tenancy,
 ) -> anyhow::Result<ExitCode> {
-    let repo = manifest::load_repo(dir)?;
+    let repo = pins::load(dir, tenancy)?;
     let client = registry.client(&repo.config.clone().unwrap_or_default())?;
-    let observations = reconcile::observe(&client, dir, &repo, &|_, _| true, entry_timeout).await;
-    let outcome = reconcile::apply(dir, &observations, chrono::Utc::now(), Mode::DryRun)?;
+    let mut observations = reconcile::observe(
+        &client,
+        dir,
+        &repo,
+        &CheckoutLocks,
+        &|_, _| true,
+        entry_timeout,
+    )
+    .await;
+    // Nothing is copied, but the lock shown is the one `lock` would write after copying.
+    reconcile::name_mirrors(&repo, &mut observations);
+    let outcome = reconcile::apply_to(
+        dir,
+        &repo,
+        &CheckoutLocks,
+        &observations,
+        chrono::Utc::now(),
+        Mode::DryRun,
+    )?;
     let rendered = match format {
         Format::Text => text(&outcome),
         Format::Markdown => markdown(&outcome),

@@ -243,6 +243,9 @@ impl DaemonConfig {
                 return Err(DaemonError::Config(format!("{key} must be at least 1")));
             }
         }
+        self.tenancy
+            .validate()
+            .map_err(|e| DaemonError::Config(e.to_string()))?;
         self.lease_settings()?;
         self.deadlines()?;
         self.webhook_tls().map(|_| ())
@@ -736,6 +739,21 @@ mod tests {
             }
             other => panic!("expected a config error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_tenancy_glob_that_matches_nothing_is_a_config_error() {
+        let config = DaemonConfig {
+            repo: "file:///srv/config".into(),
+            tenancy: Tenancy {
+                shared_sets: vec!["/images/platform/**".into()],
+                ..Tenancy::default()
+            },
+            ..DaemonConfig::default()
+        };
+        assert!(
+            matches!(config.validate(), Err(DaemonError::Config(m)) if m.contains("invalid glob"))
+        );
     }
 
     #[test]

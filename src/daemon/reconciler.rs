@@ -17,21 +17,25 @@ use super::leader::Leadership;
 use super::schedule::Scheduler;
 use super::status::{EntryLog, Pins, Status};
 use super::{DaemonConfig, DaemonError, Trigger};
-use crate::admission::{self, IndexHandle, PinIndex};
+use crate::admission::{IndexHandle, PinIndex};
 use crate::git::{self, Author, Checkout, GitAuth, GitTimeouts, PushResult, RemoteSpec};
-use crate::lock;
-use crate::manifest::{self, LoadedRepo, RegistrySettings, RepoConfig};
+use crate::manifest::{self, RegistrySettings, RepoConfig};
 use crate::mirror::progress::Silent;
 use crate::mirror::{EngineOptions, MirrorEngine};
+use crate::pins::{self, Admitted, TrustedLocks, VerifiedLocks};
 use crate::reconcile::{self, Deadlines, EntryKey, Mode, Observations};
 use crate::reference::ImageRepo;
 use crate::registry::{RegistryClient, RegistryError};
+use crate::tenancy::Tenancy;
 
-/// Loads the checkout on a blocking thread: parsing thousands of entries takes long enough to
-/// hold up the webhook's requests on the runtime.
-async fn load_repo(worktree: PathBuf) -> Result<Arc<LoadedRepo>, manifest::ManifestError> {
+/// Loads the checkout on a blocking thread (parsing thousands of entries takes long enough to
+/// hold up the webhook's requests on the runtime), its manifests admitted by `tenancy`.
+async fn load_repo(
+    worktree: PathBuf,
+    tenancy: Tenancy,
+) -> Result<Arc<Admitted>, manifest::ManifestError> {
     let path = worktree.clone();
-    match tokio::task::spawn_blocking(move || manifest::load_repo(&worktree)).await {
+    match tokio::task::spawn_blocking(move || pins::load(&worktree, &tenancy)).await {
         Ok(loaded) => loaded.map(Arc::new),
         Err(e) => Err(manifest::ManifestError::Io {
             path,
@@ -65,6 +69,15 @@ pub struct Reconciler {
     /// The head whose lock files gave `entries` and the webhook's index their pins: they are
     /// read once per head rather than on every pass.
     pins_revision: Option<String>,
+    /// The blob ids of the lock files this daemon wrote or verified; `None` until the first
+    /// checkout, which is trusted as it is (nothing else is known then).
+    verified: Option<Arc<VerifiedLocks>>,
+    /// The locks of `pins_revision` as this daemon trusts them; `None` when they could not
+    /// be told apart (nothing is resolved then).
+    trusted: Option<Arc<TrustedLocks>>,
+    /// Entries to resolve in the next pass whatever their schedule: their lock was changed by
+    /// someone else, or disagrees with their manifest.
+    untrusted: std::collections::BTreeSet<EntryKey>,
     /// Whether this replica may resolve, mirror and push.
     leadership: Leadership,
     /// How long one entry may take to resolve, and one image to copy.
@@ -115,6 +128,9 @@ impl Reconciler {
             status,
             index,
             pins_revision: None,
+            verified: None,
+            trusted: None,
+            untrusted: std::collections::BTreeSet::new(),
             leadership,
         })
     }
@@ -182,8 +198,29 @@ impl Reconciler {
         }
     }
 
+    /// Makes the entries whose lock someone else changed, or whose lock disagrees with the
+    /// manifest, due now: their lock is rebuilt from the manifest and the registries.
+    fn apply_untrusted(&mut self, repo: &Admitted, now: DateTime<Utc>) {
+        let untrusted = std::mem::take(&mut self.untrusted);
+        if untrusted.is_empty() {
+            return;
+        }
+        let mut count = 0;
+        for set in &repo.sets {
+            count += self.scheduler.trigger(
+                std::slice::from_ref(set),
+                |spec| untrusted.contains(&(set.path.clone(), spec.name.clone())),
+                now,
+            );
+        }
+        tracing::info!(
+            entries = count,
+            "entries with untrusted or stale locks: due now"
+        );
+    }
+
     /// Makes the entries that the pushes since the last pass affect due now.
-    fn apply_pushes(&mut self, repo: &LoadedRepo, now: DateTime<Utc>) {
+    fn apply_pushes(&mut self, repo: &Admitted, now: DateTime<Utc>) {
         for (source, tags) in std::mem::take(&mut self.pushes) {
             let count = self.scheduler.trigger(
                 &repo.sets,
@@ -216,6 +253,9 @@ impl Reconciler {
         for diagnostic in &repo.diagnostics {
             tracing::warn!(%diagnostic, "manifest error; its last good lock stays");
         }
+        for diagnostic in &repo.refused {
+            tracing::warn!(%diagnostic, "manifest refused; none of its pins is served or written");
+        }
         // The webhook gets the pins as they are now, before any slow resolving.
         self.update_pins(&repo).await;
         let Some(config) = repo.config.clone() else {
@@ -230,11 +270,20 @@ impl Reconciler {
             // Hooks reach every replica; a follower's pushes would only pile up (when it takes
             // over, everything is due anyway).
             self.pushes.clear();
+            self.untrusted.clear();
             self.publish(Some(&repo));
             return;
         }
         let entries_changed = self.scheduler.refresh(&repo.sets, now);
         self.apply_pushes(&repo, now);
+        self.apply_untrusted(&repo, now);
+        let Some(trusted) = self.trusted.clone() else {
+            tracing::warn!(
+                "the lock files of this head could not be checked; nothing is resolved until they can"
+            );
+            self.publish(Some(&repo));
+            return;
+        };
         let due = self.scheduler.due(now);
         if due.is_empty() && !entries_changed && !moved {
             self.publish(Some(&repo));
@@ -257,7 +306,7 @@ impl Reconciler {
         // Resolving has no side effects: on shutdown, drop it rather than wait for slow
         // registries (`run` waits for this loop to end).
         let mut observations = tokio::select! {
-            observations = reconcile::observe(&client, &worktree, &repo, &in_due, self.deadlines.entry) => observations,
+            observations = reconcile::observe(&client, &worktree, &repo, trusted.as_ref(), &in_due, self.deadlines.entry) => observations,
             _ = shutdown.cancelled() => return,
             _ = leadership.lost() => return self.drop_pass(&repo),
         };
@@ -274,7 +323,7 @@ impl Reconciler {
             };
             let engine = MirrorEngine::new(client.clone(), options, Arc::new(Silent));
             let report = tokio::select! {
-                report = reconcile::mirror(&engine, &worktree, &repo, &mut observations, now) => report,
+                report = reconcile::mirror(&engine, &worktree, &repo, trusted.as_ref(), &mut observations, now) => report,
                 _ = shutdown.cancelled() => return,
                 _ = leadership.lost() => return self.drop_pass(&repo),
             };
@@ -300,6 +349,7 @@ impl Reconciler {
         // back: the status and the webhook then show that head. Two copies of the repo at
         // once would double its memory (thousands of entries), so this one goes first.
         drop(repo);
+        drop(trusted);
         let repo = match self.commit(observations, &config, now).await {
             Some(repo) => repo,
             None => match self.load(worktree).await {
@@ -313,14 +363,14 @@ impl Reconciler {
 
     /// Ends a pass whose replica lost the Lease: nothing of it is written; the new leader
     /// resolves for itself.
-    fn drop_pass(&mut self, repo: &LoadedRepo) {
+    fn drop_pass(&mut self, repo: &Admitted) {
         tracing::info!("leadership lost: the pass in flight stops before writing");
         self.publish(Some(repo));
     }
 
     /// Loads the manifests of the checkout; a failure is logged and published.
-    async fn load(&mut self, worktree: PathBuf) -> Option<Arc<LoadedRepo>> {
-        match load_repo(worktree).await {
+    async fn load(&mut self, worktree: PathBuf) -> Option<Arc<Admitted>> {
+        match load_repo(worktree, self.config.tenancy.clone()).await {
             Ok(repo) => Some(repo),
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the config repo");
@@ -392,7 +442,7 @@ impl Reconciler {
         observations: Observations,
         config: &RepoConfig,
         now: DateTime<Utc>,
-    ) -> Option<Arc<LoadedRepo>> {
+    ) -> Option<Arc<Admitted>> {
         let mut checkout = self.checkout.take()?;
         let author = Author {
             name: config.git.author_name.clone(),
@@ -401,20 +451,29 @@ impl Reconciler {
         let template = config.git.message.clone();
         let attempts = self.config.push_attempts;
         let leadership = self.leadership.clone();
+        let tenancy = self.config.tenancy.clone();
+        let verified = self.verified.clone().unwrap_or_default();
         let joined = tokio::task::spawn_blocking(move || {
             let mut changes = Vec::new();
             let mut loaded = None;
+            let mut written = Vec::new();
             let apply = |worktree: &std::path::Path| {
                 // The previous attempt's manifests go before these are read.
                 loaded = None;
-                let repo = Arc::new(manifest::load_repo(worktree)?);
-                let outcome = reconcile::apply_to(worktree, &repo, &observations, now, Mode::Write);
+                written.clear();
+                let repo = Arc::new(pins::load(worktree, &tenancy)?);
+                // The head this attempt is made on may bring locks someone else changed: the
+                // locks are computed from the versions this daemon verified.
+                let trusted = TrustedLocks::open(worktree, &repo.sets, Some(&verified))?;
+                let outcome =
+                    reconcile::apply_to(worktree, &repo, &trusted, &observations, now, Mode::Write);
                 loaded = Some(repo);
-                let outcome = outcome?;
+                let mut outcome = outcome?;
+                written = std::mem::take(&mut outcome.locks);
                 if outcome.touched.is_empty() {
                     return Ok(None);
                 }
-                let message = reconcile::commit_message(&template, &outcome.changes);
+                let message = outcome.commit_message(&template);
                 changes = outcome.changes;
                 Ok::<_, reconcile::ReconcileError>(Some((outcome.touched, message)))
             };
@@ -432,10 +491,10 @@ impl Reconciler {
                     tracing::warn!(error = %e, "cannot drop the unpushed lock commit");
                 }
             }
-            (checkout, result, changes, loaded)
+            (checkout, result, changes, loaded, written)
         })
         .await;
-        let (checkout, result, changes, loaded) = match joined {
+        let (checkout, result, changes, loaded, written) = match joined {
             Ok(joined) => joined,
             Err(e) => {
                 // The checkout went with the failed task; the next pass clones or reopens it.
@@ -445,6 +504,12 @@ impl Reconciler {
             }
         };
         self.checkout = Some(checkout);
+        // What the remote has now is what this pass computed: its own locks.
+        if result.is_ok() {
+            let mut verified = self.verified.take().unwrap_or_default();
+            Arc::make_mut(&mut verified).record(&written);
+            self.verified = Some(verified);
+        }
         match result {
             Ok(PushResult::NothingToCommit) => {
                 tracing::debug!("locks unchanged; nothing to commit");
@@ -477,10 +542,12 @@ impl Reconciler {
     }
 
     /// Reads the lock files of the checkout once per head, on a blocking thread (thousands of
-    /// entries would hold up the webhook), and gives their pins to `/status` and, when the
-    /// webhook runs, to a new index swapped in for the old one. Readers holding the old index
-    /// finish with it.
-    async fn update_pins(&mut self, repo: &Arc<LoadedRepo>) {
+    /// entries would hold up the webhook), as this daemon trusts them (see
+    /// [`crate::pins::trusted`]), and gives their pins to `/status` and, when the webhook
+    /// runs, to a new index swapped in for the old one. Readers holding the old index finish
+    /// with it. Entries whose lock someone else changed, or whose lock disagrees with the
+    /// manifest, are due in the next pass.
+    async fn update_pins(&mut self, repo: &Arc<Admitted>) {
         if self.pins_revision.is_some() && self.pins_revision == self.status.head {
             return;
         }
@@ -489,32 +556,60 @@ impl Reconciler {
         };
         let current = self.index.as_ref().map(IndexHandle::load);
         let revision = self.status.head.clone();
-        let repo = repo.clone();
+        let loaded = repo.clone();
+        // A replica that does not write cannot tell the leader's commits from others': it
+        // trusts the checkout as it is, as a fresh start does.
+        let verified = self
+            .verified
+            .clone()
+            .filter(|_| self.leadership.is_leader());
         let built = tokio::task::spawn_blocking(move || {
-            let mut pins = Vec::new();
-            let locks = admission::locks_of(&root, &repo).inspect(|(set, lock)| {
-                if let Ok(Some(lock)) = lock {
-                    add_entry_pins(set, lock, &mut pins);
-                }
+            let trusted = TrustedLocks::open(&root, &loaded.sets, verified.as_deref())?;
+            let read = pins::read(&root, &loaded, &trusted);
+            let status_pins = entry_pins(&read.pins);
+            let index = current.map(|current| {
+                let (index, mut problems) =
+                    PinIndex::build(&read.pins, &loaded, revision, current.as_deref());
+                problems.extend(read.problems);
+                (index, problems)
             });
-            let index = match current {
-                Some(current) => Some(PinIndex::build(locks, &repo, revision, current.as_deref())),
-                None => {
-                    // Without a webhook only the status wants the pins.
-                    locks.for_each(drop);
-                    None
-                }
-            };
-            (pins, index)
+            Ok::<_, git::GitError>((trusted, read.stale, status_pins, index))
         })
         .await;
-        let (pins, index) = match built {
-            Ok(built) => built,
+        let (trusted, stale, pins, index) = match built {
+            Ok(Ok(built)) => built,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot tell which lock files this daemon wrote; the current pins stay");
+                self.trusted = None;
+                return;
+            }
             Err(e) => {
                 tracing::error!(error = %e, "reading the pins failed; the current ones stay");
+                self.trusted = None;
                 return;
             }
         };
+        for (manifest, alias, why) in &stale {
+            tracing::warn!(manifest = %manifest.display(), %alias, %why, "lock entry disagrees with its manifest: not served, resolved again");
+        }
+        self.untrusted.extend(
+            stale
+                .into_iter()
+                .map(|(manifest, alias, _)| (manifest, alias)),
+        );
+        for manifest in trusted.replaced() {
+            if let Some(set) = repo.sets.iter().find(|s| s.path == manifest) {
+                self.untrusted.extend(
+                    set.images
+                        .iter()
+                        .map(|spec| (set.path.clone(), spec.name.clone())),
+                );
+            }
+        }
+        if self.verified.is_none() || !self.leadership.is_leader() {
+            self.verified = Some(Arc::new(trusted.as_verified()));
+        }
+        self.trusted = Some(Arc::new(trusted));
         self.entries.replace_pins(pins);
         self.pins_revision = self.status.head.clone();
         let (Some(handle), Some((index, problems))) = (&self.index, index) else {
@@ -536,11 +631,14 @@ impl Reconciler {
 
     /// Publishes a status snapshot for the admin endpoints (the pins as of the last
     /// [`Self::update_pins`]).
-    fn publish(&mut self, repo: Option<&LoadedRepo>) {
+    fn publish(&mut self, repo: Option<&Admitted>) {
         if let Some(repo) = repo {
             self.status.ready = true;
-            self.status.manifest_errors =
-                repo.diagnostics.iter().map(ToString::to_string).collect();
+            self.status.manifest_errors = repo
+                .all_diagnostics()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
             let scheduler = &self.scheduler;
             self.status.images = self
                 .entries
@@ -551,20 +649,24 @@ impl Reconciler {
     }
 }
 
-/// Adds the pinned digests of the entries of `set`, from its lock.
-fn add_entry_pins(
-    set: &manifest::ImageSet,
-    lock: &lock::LockFile,
-    pins: &mut Vec<(EntryKey, Pins)>,
-) {
-    for (alias, image) in &lock.images {
-        let tags = image
-            .tags
-            .iter()
-            .map(|(tag, pin)| (tag.clone(), Arc::from(pin.digest.as_str())))
-            .collect();
-        pins.push(((set.path.clone(), alias.clone()), tags));
-    }
+/// The pins `/status` shows, per entry: the tags the pins module serves and their digests.
+fn entry_pins(pins: &pins::Pins) -> Vec<(EntryKey, Pins)> {
+    pins.sets
+        .iter()
+        .flat_map(|set| {
+            set.aliases
+                .iter()
+                .filter(|alias| !alias.pins.is_empty())
+                .map(|alias| {
+                    let tags = alias
+                        .pins
+                        .iter()
+                        .map(|pin| (pin.tag.clone(), Arc::from(pin.digest.as_str())))
+                        .collect();
+                    ((set.manifest.clone(), alias.alias.clone()), tags)
+                })
+        })
+        .collect()
 }
 
 /// The `operation` label of a failed commit step: the Git operation that failed, `apply` when

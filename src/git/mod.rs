@@ -7,6 +7,7 @@
 
 mod checkout;
 mod error;
+mod objects;
 mod paths;
 mod remote;
 mod retry;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 pub use checkout::{Checkout, commit_in};
 pub use error::{GitError, Operation, redact_url};
+pub use objects::{HeadObjects, blob_id};
 pub use paths::{MAX_NAME_LEN, MAX_PATH_LEN, check_component, join_repo_path, normalize_repo_path};
 pub use retry::{PushResult, RetryError, commit_and_push_guarded, commit_and_push_with_retry};
 

@@ -1,7 +1,8 @@
 //! One Helm values file per ImageSet: `<alias>: {image: {repository, digest, tag}}`.
 //!
 //! `repository` is where the pin is pulled from (the mirror when the image is mirrored),
-//! `digest` the pin of the alias's primary tag, and `tag` that tag's name. The tag is for
+//! `digest` the pin of the tag the alias alone means ([`crate::pins::alias_tag`], as for
+//! `image: <alias>` in the webhook), and `tag` that tag's name. The tag is for
 //! reading only: in the mirror's single-repository layout the tag is stored under a prefix, so
 //! charts should pull by digest (`{{ .repository }}@{{ .digest }}`, or `repository:tag@digest`,
 //! where the runtime ignores the tag).
@@ -10,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::GENERATED_HEADER;
-use super::pins::{AliasPins, SetPins};
+use crate::pins::{AliasPins, SetPins};
 use crate::yaml_scalar::scalar;
 
 /// The values of the sets named `name` in `namespace` (usually one; sets that share a name
@@ -34,7 +35,7 @@ pub fn render<'p>(
     );
     let mut empty = true;
     for (alias, pins) in aliases {
-        let Some(primary) = pins.primary() else {
+        let Some(primary) = pins.alias_pin() else {
             continue;
         };
         empty = false;
@@ -53,29 +54,30 @@ pub fn render<'p>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outputs::pins::tests::{mk_digest, mk_lock, mk_pins, mk_set};
+    use crate::pins::tests::{mk_digest, mk_lock, mk_pins, mk_set, mk_set_with};
 
     #[test]
-    fn values_per_alias_with_the_primary_tag() {
-        let set = mk_set(
+    fn values_per_alias_with_the_tag_the_alias_means() {
+        let set = mk_set_with(
             "images/team-a/web.yaml",
             "team-a",
             "    - {name: web, source: quay.io/company/web, tags: [\"1.4\", latest]}
-    - {name: api, source: quay.io/company/api, tags: [latest]}
+    - {name: api, source: quay.io/company/api, tags: [\"2.0\", \"1.0\"]}
     - {name: failing, source: quay.io/company/failing, tags: [latest]}
 ",
+            true,
         );
         let lock = mk_lock(
             &set,
             &[
                 ("web", "latest", 'a'),
                 ("web", "1.4", 'b'),
-                ("api", "latest", 'c'),
+                ("api", "1.0", 'b'),
+                ("api", "2.0", 'c'),
             ],
-            true,
         );
         let pins = mk_pins(&[(set, lock)]);
-        let (b, c) = (mk_digest('b'), mk_digest('c'));
+        let (a, c) = (mk_digest('a'), mk_digest('c'));
         let rendered = render("team-a", "web", pins.in_namespace("team-a"));
         assert_eq!(
             rendered,
@@ -86,18 +88,18 @@ api:
   image:
     repository: mirror.internal/team-a/api
     digest: {c}
-    tag: latest
+    tag: \"2.0\"
 web:
   image:
     repository: mirror.internal/team-a/web
-    digest: {b}
-    tag: \"1.4\"
+    digest: {a}
+    tag: latest
 "
             )
         );
         // Any YAML reader gets the same data back.
         let parsed: serde_json::Value = serde_saphyr::from_str(&rendered).unwrap();
-        assert_eq!(parsed["web"]["image"]["tag"], "1.4");
+        assert_eq!(parsed["web"]["image"]["tag"], "latest");
         assert_eq!(parsed["api"]["image"]["digest"], c.as_str());
     }
 
@@ -108,7 +110,7 @@ web:
             "team-a",
             "    - {name: web, source: quay.io/company/web, tags: [latest]}\n",
         );
-        let lock = mk_lock(&set, &[], false);
+        let lock = mk_lock(&set, &[]);
         let pins = mk_pins(&[(set, lock)]);
         let rendered = render("team-a", "web", pins.in_namespace("team-a"));
         assert!(rendered.ends_with("team-a.\n{}\n"), "{rendered}");

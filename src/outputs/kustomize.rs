@@ -10,12 +10,14 @@
 //!   also a Docker Hub short name (`nginx`) would otherwise capture `nginx:1.24` too.
 //! - A name two aliases give (one source under two aliases of a namespace) pins what the
 //!   first alias in manifest order pins.
+//! - The alias entry pins the tag the alias alone means ([`crate::pins::alias_tag`]), the
+//!   same tag the webhook gives `image: <alias>`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::GENERATED_HEADER;
-use super::pins::SetPins;
+use crate::pins::SetPins;
 use crate::reference::Digest;
 use crate::yaml_scalar::scalar;
 
@@ -28,10 +30,10 @@ pub fn render<'p>(namespace: &str, sets: impl IntoIterator<Item = &'p SetPins>) 
     let mut aliases: BTreeMap<String, (&str, &Digest)> = BTreeMap::new();
     for set in sets {
         for alias in &set.aliases {
-            if let Some(primary) = alias.primary() {
+            if let Some(pin) = alias.alias_pin() {
                 aliases
                     .entry(alias.alias.clone())
-                    .or_insert((&alias.repository, &primary.digest));
+                    .or_insert((&alias.repository, &pin.digest));
             }
             let names = alias.source_names();
             for pin in &alias.pins {
@@ -68,17 +70,18 @@ pub fn render<'p>(namespace: &str, sets: impl IntoIterator<Item = &'p SetPins>) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outputs::pins::tests::{mk_digest, mk_lock, mk_pins, mk_set};
+    use crate::pins::tests::{mk_digest, mk_lock, mk_pins, mk_set, mk_set_with};
 
     #[test]
     fn tagged_source_entries_first_then_aliases() {
-        let web = mk_set(
+        let web = mk_set_with(
             "images/team-a/web.yaml",
             "team-a",
             "    - {name: web, source: quay.io/company/web, tags: [latest, \"1.4\"]}
     - {name: nginx, source: nginx, tags: [\"1.25\"]}
     - {name: failing, source: quay.io/company/failing, tags: [latest]}
 ",
+            true,
         );
         let web_lock = mk_lock(
             &web,
@@ -87,7 +90,6 @@ mod tests {
                 ("web", "1.4", 'b'),
                 ("nginx", "1.25", 'c'),
             ],
-            true,
         );
         // A second set with the same source under another alias: the first set (by path) wins
         // the shared name, its own alias entry is still there.
@@ -96,7 +98,7 @@ mod tests {
             "team-a",
             "    - {name: web-too, source: quay.io/company/web, tags: [latest]}\n",
         );
-        let other_lock = mk_lock(&other, &[("web-too", "latest", 'd')], false);
+        let other_lock = mk_lock(&other, &[("web-too", "latest", 'd')]);
         let pins = mk_pins(&[(other, other_lock), (web, web_lock)]);
         let (a, b, c, d) = (
             mk_digest('a'),
@@ -145,7 +147,7 @@ images:
             "team-a",
             "    - {name: web, source: quay.io/company/web, tags: [latest]}\n",
         );
-        let lock = mk_lock(&set, &[], false);
+        let lock = mk_lock(&set, &[]);
         let pins = mk_pins(&[(set, lock)]);
         let rendered = render("team-a", pins.in_namespace("team-a"));
         assert!(

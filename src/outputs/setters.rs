@@ -4,7 +4,7 @@
 //! order, line endings, the quoting style of the value (a plain value whose new text could be
 //! misread when written plain is double-quoted instead; see [`stays_plain`]).
 //!
-//! The marker is JSON: `{"imagelock": "team-a:web"}` pins to the alias's primary tag,
+//! The marker is JSON: `{"imagelock": "team-a:web"}` pins to the tag the alias means,
 //! `{"imagelock": "team-a:web:1.4"}` to tag `1.4`. An optional `"part"` picks what is written:
 //! `image` (default, `<repository>@<digest>`), `repository`, `digest` or `tag`, for values
 //! files that keep them apart.
@@ -27,7 +27,7 @@ pub const MARKER_KEY: &str = "imagelock";
 pub struct Marker {
     pub namespace: String,
     pub alias: String,
-    /// `None`: the alias's primary tag.
+    /// `None`: the tag the alias means ([`crate::pins::alias_tag`]).
     pub tag: Option<String>,
     pub part: Part,
 }

@@ -38,7 +38,7 @@ const WEB_LOCK: &str = "images/team-a/web.lock.yaml";
 // ---- helpers -------------------------------------------------------------------------
 
 /// Polls `check` every [`TICK`] until it yields a value; panics naming `what` after [`WAIT`].
-async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+pub(crate) async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -114,7 +114,7 @@ async fn push_web(host: &str) -> (PushedIndex, PushedImage) {
 }
 
 /// The lock at `path` on the remote's main, parsed.
-fn remote_lock(repo: &ConfigRepo, path: &str) -> Option<LockFile> {
+pub(crate) fn remote_lock(repo: &ConfigRepo, path: &str) -> Option<LockFile> {
     let text = repo.show(path)?;
     Some(imagelock::lock::parse(Path::new(path), &text).expect("lock parses"))
 }
@@ -140,7 +140,7 @@ fn image<'s>(status: &'s Value, name: &str) -> &'s Value {
 
 /// A daemon running in this process, cancelled (not awaited) on drop so a failed test leaves
 /// nothing behind.
-struct Daemon {
+pub(crate) struct Daemon {
     token: CancellationToken,
     handle: Option<JoinHandle<Result<(), DaemonError>>>,
     admin: SocketAddr,
@@ -160,7 +160,7 @@ impl Daemon {
     }
 
     /// [`Daemon::start`] with more configuration.
-    async fn start_with(
+    pub(crate) async fn start_with(
         repo: &ConfigRepo,
         workdir: &Path,
         poll_interval: &str,
@@ -259,7 +259,7 @@ impl Daemon {
         Some(response.status().as_u16())
     }
 
-    async fn status(&self) -> Option<Value> {
+    pub(crate) async fn status(&self) -> Option<Value> {
         let response = self
             .http
             .get(format!("http://{}/status", self.admin))
@@ -271,7 +271,11 @@ impl Daemon {
     }
 
     /// Waits for the status `ready` returns `Some` for.
-    async fn wait_status<T>(&self, what: &str, ready: impl Fn(&Value) -> Option<T>) -> T {
+    pub(crate) async fn wait_status<T>(
+        &self,
+        what: &str,
+        ready: impl Fn(&Value) -> Option<T>,
+    ) -> T {
         wait_for(what, || async {
             self.status().await.as_ref().and_then(&ready)
         })
@@ -279,7 +283,7 @@ impl Daemon {
     }
 
     /// Waits until the daemon has pushed a commit and returns `/status` then.
-    async fn wait_committed(&self) -> Value {
+    pub(crate) async fn wait_committed(&self) -> Value {
         self.wait_status("the daemon to push a lock commit", |s| {
             (!s["lastCommit"].is_null()).then(|| s.clone())
         })
@@ -310,7 +314,7 @@ impl Daemon {
     }
 
     /// Cancels and asserts that `run` returns `Ok` within [`WAIT`].
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.token.cancel();
         let handle = self.handle.take().expect("running");
         match tokio::time::timeout(WAIT, handle).await {
@@ -673,6 +677,7 @@ fn a_second_writer_racing_the_push_keeps_both_commits() {
         &client,
         checkout.worktree(),
         &loaded,
+        &imagelock::pins::CheckoutLocks,
         &|_, _| true,
         reconcile::Deadlines::default().entry,
     ));
@@ -690,7 +695,13 @@ fn a_second_writer_racing_the_push_keeps_both_commits() {
             repo.push_change("README.md", "edited by another writer\n", "docs: readme");
             theirs = Some(git(&repo.bare, &["rev-parse", "main"]).trim().to_owned());
         }
-        let outcome = reconcile::apply(worktree, &observations, now, Mode::Write)?;
+        let outcome = reconcile::apply(
+            worktree,
+            &Default::default(),
+            &observations,
+            now,
+            Mode::Write,
+        )?;
         let message = reconcile::commit_message("chore(images): {count} pin(s)", &outcome.changes);
         Ok::<_, reconcile::ReconcileError>(Some((outcome.touched, message)))
     })

@@ -11,6 +11,7 @@ mod lock;
 mod mirror;
 mod mirror_engine;
 mod outputs;
+mod pins;
 mod registry;
 mod repo_content;
 mod servers;

@@ -448,8 +448,14 @@ fn setter_golden_files() {
             std::fs::write(target, bytes).expect("write");
         }
 
-        let outcome = reconcile::apply(root, &Observations::default(), now, Mode::Write)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let outcome = reconcile::apply(
+            root,
+            &Default::default(),
+            &Observations::default(),
+            now,
+            Mode::Write,
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
         let problems: Vec<String> = outcome
             .diagnostics
             .iter()
@@ -500,8 +506,14 @@ fn setter_golden_files() {
         assert_eq!(outcome.touched, changed, "{name}: touched");
 
         // A second pass changes nothing.
-        let again = reconcile::apply(root, &Observations::default(), now, Mode::Write)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let again = reconcile::apply(
+            root,
+            &Default::default(),
+            &Observations::default(),
+            now,
+            Mode::Write,
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(again.touched.is_empty(), "{name}: {:?}", again.touched);
     }
 }
