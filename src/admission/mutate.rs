@@ -885,10 +885,7 @@ mod tests {
 
     #[test]
     fn update_judges_changed_images_as_create_does() {
-        let index = mk_pins(mk_settings(
-            AdmissionMode::Rewrite,
-            &[("team-b", AdmissionMode::Enforce)],
-        ));
+        let index = mk_pins(AdmissionSettings::default());
         let old = |ns: &str| {
             mk_pod(
                 ns,
@@ -918,17 +915,19 @@ mod tests {
             format!("web:1.4 -> {}", web("web-1.4"))
         );
 
-        // enforce: an unpinned new image is denied, naming only that container.
+        // enforce: an unpinned new image is denied, naming only that container. (team-a's own
+        // pins: another namespace's are never used.)
+        let index = mk_pins(mk_settings(AdmissionMode::Enforce, &[]));
         for (list, position, image) in [
             ("containers", 0, "busybox:latest"),
             ("containers", 1, "busybox:1.37"),
             ("initContainers", 0, "alpine"),
         ] {
-            let mut new = old("team-b");
+            let mut new = old("team-a");
             new["spec"][list][position]["image"] = json!(image);
             let (response, after) = run(
                 &index,
-                &mk_request("UPDATE", "team-b", new.clone(), Some(old("team-b"))),
+                &mk_request("UPDATE", "team-a", new.clone(), Some(old("team-a"))),
             );
             assert_eq!(response["allowed"], false, "{list}: {response}");
             let message = response["status"]["message"].as_str().unwrap();
@@ -940,29 +939,29 @@ mod tests {
             assert_eq!(after, new, "a denied update is not patched");
         }
         // enforce: a pinned new image is rewritten; a digest is kept.
-        let mut new = old("team-b");
+        let mut new = old("team-a");
         new["spec"]["containers"][1]["image"] = json!("nginx:1.25");
         new["spec"]["initContainers"][0]["image"] = json!(format!("busybox@{}", mk_digest("bb")));
         let (response, after) = run(
             &index,
-            &mk_request("UPDATE", "team-b", new, Some(old("team-b"))),
+            &mk_request("UPDATE", "team-a", new, Some(old("team-a"))),
         );
         assert_eq!(response["allowed"], true, "{response}");
         assert_eq!(after["spec"]["containers"][1]["image"], nginx());
 
         // An update that changes no image passes untouched, even with unpinned images in it.
-        let mut relabelled = old("team-b");
+        let mut relabelled = old("team-a");
         relabelled["metadata"]["labels"] = json!({"tier": "web"});
         let (response, after) = run(
             &index,
-            &mk_request("UPDATE", "team-b", relabelled.clone(), Some(old("team-b"))),
+            &mk_request("UPDATE", "team-a", relabelled.clone(), Some(old("team-a"))),
         );
         assert_eq!(response["allowed"], true);
         assert!(response.get("patch").is_none() && response.get("warnings").is_none());
         assert_eq!(after, relabelled);
 
         // Without the old Pod, every image counts as changed.
-        let (response, _) = run(&index, &mk_request("UPDATE", "team-b", old("team-b"), None));
+        let (response, _) = run(&index, &mk_request("UPDATE", "team-a", old("team-a"), None));
         assert_eq!(response["allowed"], false);
     }
 
