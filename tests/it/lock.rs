@@ -404,7 +404,9 @@ async fn plan_formats_and_usage_errors() {
 
     let markdown = imagelock(&repo.work, &["plan", "--format", "markdown"], &[&host]).await;
     assert!(
-        stdout(&markdown).contains("| + | `images/web.lock.yaml` | `web` | `latest` |"),
+        stdout(&markdown).contains(
+            "| + | <code>images/web\\.lock\\.yaml</code> | <code>web</code> | <code>latest</code> |"
+        ),
         "{}",
         stdout(&markdown)
     );
