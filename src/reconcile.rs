@@ -20,9 +20,10 @@ use futures_util::stream;
 
 use crate::lock::{self, ImageObservation, LockFile, PinChange, Problem, TagObservation};
 use crate::manifest::{self, Diagnostic, ImageSet, ImageSpec, LoadedRepo};
-use crate::mirror::{CopyReport, MirrorEngine, plan};
+use crate::mirror::progress::Progress;
+use crate::mirror::{CopyReport, EngineOptions, MirrorEngine, plan};
 use crate::outputs::{self, OutputChange};
-use crate::registry::RegistryClient;
+use crate::registry::{RegistryAccess, RegistryPolicy};
 use crate::resolve::resolve_image;
 
 /// Image entries resolved at once across a pass.
@@ -98,14 +99,34 @@ impl Observations {
     }
 }
 
-/// Resolves every entry of `repo` for which `due` says yes.
+/// Applies the operator's mirror rule to a loaded repo: a `mirror.registry` that is not among
+/// the operator's `mirrorRegistries` makes `imagelock.yaml` invalid, with a diagnostic at its
+/// `registry:`, so nothing is mirrored there and no lock or pin is written pointing there.
+pub fn vet_repo(repo: &mut LoadedRepo, policy: &RegistryPolicy) {
+    let Some(target) = repo.config.as_ref().and_then(|c| c.mirror.as_ref()) else {
+        return;
+    };
+    if let Err(reason) = policy.check_mirror(&target.registry) {
+        repo.diagnostics.push(Diagnostic {
+            path: PathBuf::from(manifest::CONFIG_FILE),
+            position: target.position,
+            message: reason,
+        });
+        repo.diagnostics
+            .sort_by(|a, b| (&a.path, a.position).cmp(&(&b.path, b.position)));
+        repo.config = None;
+    }
+}
+
+/// Resolves every entry of `repo` for which `due` says yes, each with its namespace's client.
+/// An entry whose namespace may not pull its source fails with the reason.
 pub async fn observe(
-    client: &RegistryClient,
+    access: &RegistryAccess,
     root: &Path,
     repo: &LoadedRepo,
     due: &(dyn Fn(&ImageSet, &ImageSpec) -> bool + Sync),
 ) -> Observations {
-    let entries = observe_due(client, root, repo, due).collect().await;
+    let entries = observe_due(access, root, repo, due).collect().await;
     Observations { entries }
 }
 
@@ -135,24 +156,39 @@ fn due_entries<'a>(
 /// the lifetimes of the items, which the daemon's task needs to be `Send` (the same closure
 /// inside the async fn is not general enough for the compiler).
 fn observe_due<'a>(
-    client: &'a RegistryClient,
+    access: &'a RegistryAccess,
     root: &'a Path,
     repo: &'a LoadedRepo,
     due: &'a (dyn Fn(&ImageSet, &ImageSpec) -> bool + Sync),
 ) -> impl futures_util::Stream<Item = (EntryKey, (u64, ImageObservation))> + Send + 'a {
     stream::iter(due_entries(root, repo, due))
-        .map(move |(set, spec, previous)| observe_entry(client, set, spec, previous))
+        .map(move |(set, spec, previous)| observe_entry(access, set, spec, previous))
         .buffer_unordered(IMAGE_CONCURRENCY)
 }
 
 async fn observe_entry(
-    client: &RegistryClient,
+    access: &RegistryAccess,
     set: &ImageSet,
     spec: &ImageSpec,
     previous: Option<Arc<LockFile>>,
 ) -> (EntryKey, (u64, ImageObservation)) {
     let previous = previous.as_ref().and_then(|p| p.images.get(&spec.name));
-    let observation = resolve_image(client, spec, previous).await;
+    let clients = access
+        .may_pull(&set.namespace, &spec.source)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            access
+                .for_namespace(&set.namespace)
+                .map_err(|e| format!("namespace {}: {e}", set.namespace))
+        });
+    let observation = match clients {
+        Ok(clients) => resolve_image(&clients.pull, spec, previous).await,
+        Err(reason) => ImageObservation {
+            tags: Err(reason),
+            pinned: BTreeMap::new(),
+            mirror: None,
+        },
+    };
     count_resolutions(spec, &observation);
     (
         (set.path.clone(), spec.name.clone()),
@@ -178,14 +214,37 @@ fn count_resolutions(spec: &ImageSpec, observation: &ImageObservation) {
 /// Copies into the mirror every pin that the observed, mirrored entries would get. Tags whose
 /// copy fails (or whose entry has no valid mirror placement) become failures with the reason,
 /// so [`apply`] keeps their previous pins. Sets each mirrored observation's `mirror` name.
+///
+/// A mirror registry the operator does not allow (`mirrorRegistries`) fails every mirrored
+/// entry and copies nothing. Each namespace's images are copied by an engine of its own, with
+/// its client: blobs are shared within a namespace, never mounted across namespaces.
 pub async fn mirror(
-    engine: &MirrorEngine,
+    access: &RegistryAccess,
+    progress: Arc<dyn Progress>,
     root: &Path,
     repo: &LoadedRepo,
     observations: &mut Observations,
     now: DateTime<Utc>,
 ) -> CopyReport {
     let target = repo.config.as_ref().and_then(|c| c.mirror.as_ref());
+    if let Some(refused) =
+        target.and_then(|t| access.operator().policy().check_mirror(&t.registry).err())
+    {
+        let mirrored: Vec<EntryKey> = repo
+            .sets
+            .iter()
+            .flat_map(|set| {
+                set.images
+                    .iter()
+                    .filter(|spec| spec.mirror)
+                    .map(|spec| (set.path.clone(), spec.name.clone()))
+            })
+            .collect();
+        for key in mirrored {
+            observations.fail_tags(&key, None, &refused);
+        }
+        return CopyReport::default();
+    }
     let mut sets = Vec::new();
     let mut locks = BTreeMap::new();
     for set in &repo.sets {
@@ -229,19 +288,51 @@ pub async fn mirror(
         let key = (PathBuf::from(&error.manifest), error.alias.clone());
         observations.fail_tags(&key, None, &format!("mirror: {}", error.reason));
     }
-    let requests = wanted.iter().map(|w| w.request.clone()).collect();
+    // Per namespace (one group for a one-team repo): its copies and its engine.
+    let enforced = access.tenancy().is_enforced();
+    let mut groups: BTreeMap<&str, Vec<&plan::WantedCopy>> = BTreeMap::new();
+    for copy in &wanted {
+        let namespace = repo
+            .sets
+            .iter()
+            .find(|set| set.path == copy.manifest)
+            .map_or("", |set| set.namespace.as_str());
+        let key = (copy.manifest.clone(), copy.alias.clone());
+        if let Some(reason) = access.mirror_source_refusal(namespace, &copy.request.source) {
+            observations.fail_tags(&key, Some(&copy.source_tags), &reason);
+            continue;
+        }
+        groups
+            .entry(if enforced { namespace } else { "" })
+            .or_default()
+            .push(copy);
+    }
     let mut report = CopyReport::default();
-    for (copy, (request, result)) in wanted.iter().zip(engine.copy_all(requests).await) {
-        match result {
-            Ok(copied) => report.add(&copied),
+    for (namespace, copies) in groups {
+        let engine = match access.for_namespace(namespace) {
+            Ok(clients) => MirrorEngine::new(clients.mirror, EngineOptions::default(), progress.clone()),
             Err(e) => {
-                tracing::warn!(image = %request.source, digest = %request.digest, error = %e, "mirror copy failed; the pin stays where it was");
-                let reason = format!("mirror to {}: {e}", request.destination);
-                observations.fail_tags(
-                    &(copy.manifest.clone(), copy.alias.clone()),
-                    Some(&copy.source_tags),
-                    &reason,
-                );
+                let reason = format!("namespace {namespace}: {e}");
+                for copy in copies {
+                    let key = (copy.manifest.clone(), copy.alias.clone());
+                    observations.fail_tags(&key, Some(&copy.source_tags), &reason);
+                }
+                continue;
+            }
+        };
+        let requests = copies.iter().map(|w| w.request.clone()).collect();
+        for (copy, (request, result)) in copies.iter().zip(engine.copy_all(requests).await) {
+            match result {
+                Ok(copied) => report.add(&copied),
+                Err(e) => {
+                    tracing::warn!(image = %request.source, digest = %request.digest, error = %e, "mirror copy failed; the pin stays where it was");
+                    let reason = format!("mirror to {}: {e}", request.destination);
+                    observations.fail_tags(
+                        &(copy.manifest.clone(), copy.alias.clone()),
+                        Some(&copy.source_tags),
+                        &reason,
+                    );
+                }
             }
         }
     }

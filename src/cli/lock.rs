@@ -11,27 +11,33 @@ use crate::git::{self, Author};
 use crate::lock::ChangeKind;
 use crate::manifest;
 use crate::mirror::progress::TerminalProgress;
-use crate::mirror::{EngineOptions, MirrorEngine};
 use crate::reconcile::{self, Mode};
 
 pub async fn run(dir: &Path, commit: bool, registry: &RegistryArgs) -> anyhow::Result<ExitCode> {
-    let repo = manifest::load_repo(dir)?;
+    let mut repo = manifest::load_repo(dir)?;
     let config = repo.config.clone().unwrap_or_default();
-    let client = registry.client(&config)?;
-    let mut observations = reconcile::observe(&client, dir, &repo, &|_, _| true).await;
+    let access = registry.access(&config)?;
+    reconcile::vet_repo(&mut repo, access.operator().policy());
+    let mut observations = reconcile::observe(&access, dir, &repo, &|_, _| true).await;
     if repo
         .sets
         .iter()
         .any(|set| set.images.iter().any(|spec| spec.mirror))
     {
         let progress = Arc::new(TerminalProgress::new(0));
-        let engine = MirrorEngine::new(client.clone(), EngineOptions::default(), progress.clone());
-        let report =
-            reconcile::mirror(&engine, dir, &repo, &mut observations, chrono::Utc::now()).await;
+        let report = reconcile::mirror(
+            &access,
+            progress.clone(),
+            dir,
+            &repo,
+            &mut observations,
+            chrono::Utc::now(),
+        )
+        .await;
         progress.finish();
         println!("mirror: {}", super::mirror::summary(&report));
     }
-    let outcome = reconcile::apply(dir, &observations, chrono::Utc::now(), Mode::Write)?;
+    let outcome = reconcile::apply_to(dir, &repo, &observations, chrono::Utc::now(), Mode::Write)?;
     let failed = super::plan::report_errors(&outcome);
     for change in &outcome.changes {
         println!("{}: {change}", change.lock);

@@ -11,15 +11,19 @@ use futures_util::StreamExt as _;
 use super::RegistryArgs;
 use crate::lock;
 use crate::manifest;
-use crate::mirror::plan::{self, MirrorPlan, Standing};
+use crate::mirror::plan::{self, MirrorPlan, Standing, WantedCopy};
 use crate::mirror::progress::TerminalProgress;
 use crate::mirror::{self as mirroring, CopyOutcome, CopyReport, EngineOptions, MirrorEngine};
+use crate::reconcile;
+use crate::registry::RegistryClient;
 
 /// Presence checks in flight at once.
 const CHECKS_IN_FLIGHT: usize = 32;
 
 pub async fn run(dir: &Path, dry_run: bool, registry: &RegistryArgs) -> anyhow::Result<ExitCode> {
-    let repo = manifest::load_repo(dir)?;
+    let mut repo = manifest::load_repo(dir)?;
+    let access = registry.access(&repo.config.clone().unwrap_or_default())?;
+    reconcile::vet_repo(&mut repo, access.operator().policy());
     for diagnostic in &repo.diagnostics {
         eprintln!("{diagnostic}");
     }
@@ -39,7 +43,44 @@ pub async fn run(dir: &Path, dry_run: bool, registry: &RegistryArgs) -> anyhow::
         eprintln!("{}: {}: {}", error.manifest, error.alias, error.reason);
     }
 
-    let client = registry.client(&config)?;
+    // Each namespace's copies with its own client (one group for a one-team repo); a source
+    // its namespace may not use is an error, not a copy.
+    let enforced = access.tenancy().is_enforced();
+    let mut groups: BTreeMap<&str, Vec<WantedCopy>> = BTreeMap::new();
+    for copy in wanted {
+        let namespace = repo
+            .sets
+            .iter()
+            .find(|set| set.path == copy.manifest)
+            .map_or("", |set| set.namespace.as_str());
+        let refusal = match access.may_pull(namespace, &copy.request.source) {
+            Err(e) => Some(e.to_string()),
+            Ok(()) => access.mirror_source_refusal(namespace, &copy.request.source),
+        };
+        if let Some(reason) = refusal {
+            eprintln!("{}: {}: {reason}", copy.manifest.display(), copy.alias);
+            failed = true;
+            continue;
+        }
+        groups
+            .entry(if enforced { namespace } else { "" })
+            .or_default()
+            .push(copy);
+    }
+    for (namespace, copies) in groups {
+        let client = access.for_namespace(namespace)?.mirror;
+        mirror_group(client, copies, dry_run, &mut failed).await;
+    }
+    Ok(super::exit_code(failed))
+}
+
+/// Checks and (unless `dry_run`) copies one namespace's images with its client.
+async fn mirror_group(
+    client: RegistryClient,
+    wanted: Vec<WantedCopy>,
+    dry_run: bool,
+    failed: &mut bool,
+) {
     let standings: Vec<_> = futures_util::stream::iter(wanted)
         .map(|w| {
             let client = &client;
@@ -68,9 +109,9 @@ pub async fn run(dir: &Path, dry_run: bool, registry: &RegistryArgs) -> anyhow::
     }
     let plan = MirrorPlan::from_standings(checked);
     print!("{}", plan.render());
-    failed |= !plan.missing_at_source.is_empty();
+    *failed |= !plan.missing_at_source.is_empty();
     if dry_run {
-        return Ok(super::exit_code(failed));
+        return;
     }
 
     let progress = Arc::new(TerminalProgress::new(plan.to_copy.len() as u64));
@@ -85,7 +126,7 @@ pub async fn run(dir: &Path, dry_run: bool, registry: &RegistryArgs) -> anyhow::
     };
     progress.finish();
     if !results.is_empty() {
-        let (done, total) = tally(&results, &mut failed);
+        let (done, total) = tally(&results, failed);
         println!(
             "copied {done}/{} image(s): {}",
             results.len(),
@@ -95,7 +136,7 @@ pub async fn run(dir: &Path, dry_run: bool, registry: &RegistryArgs) -> anyhow::
     // An image copied earlier may have been signed or attested at the source since.
     if !plan.present.is_empty() {
         let results = engine.copy_referrers_of(plan.present.clone()).await;
-        let (done, total) = tally(&results, &mut failed);
+        let (done, total) = tally(&results, failed);
         println!(
             "checked the referrers of {done}/{} present image(s): {} referrer(s), {} manifest(s) pushed",
             results.len(),
@@ -103,7 +144,6 @@ pub async fn run(dir: &Path, dry_run: bool, registry: &RegistryArgs) -> anyhow::
             total.manifests_pushed
         );
     }
-    Ok(super::exit_code(failed))
 }
 
 /// Prints each failure of `results` (and sets `failed`); returns how many succeeded and the

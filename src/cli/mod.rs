@@ -12,11 +12,16 @@ mod serve;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::collections::BTreeMap;
+
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use figment::Figment;
+use figment::providers::{Format as _, Serialized};
 
+use crate::daemon::DaemonConfig;
 use crate::manifest::RepoConfig;
-use crate::registry::RegistryClient;
+use crate::registry::{RegistryAccess, RegistryLimits};
 use crate::telemetry::{self, LogFormat};
 
 pub use serve::ServeArgs;
@@ -100,11 +105,19 @@ pub enum Command {
     Serve(Box<ServeArgs>),
 }
 
-/// How to reach registries: credentials and plain-HTTP hosts. Serialized (camelCase, unset
-/// fields skipped) so `serve` can merge it over its config file.
+/// The operator's registry settings, the same for `serve` and the commands that reach
+/// registries (`plan`, `lock`, `mirror`, `copy`): a config file in the daemon's format (one
+/// ConfigMap serves the daemon and a pull request check), then these flags and their
+/// `IMAGELOCK_*` variables. Serialized (camelCase, unset fields skipped) so flags merge over
+/// the file.
 #[derive(Debug, Clone, Default, Args, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RegistryArgs {
+    /// YAML file with the daemon configuration (keys as the flags, in camelCase); the
+    /// registry commands read its registry and tenancy settings.
+    #[arg(long, env = "IMAGELOCK_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
     /// Docker config.json (or kubernetes.io/dockerconfigjson) file with registry credentials.
     #[arg(long, env = "IMAGELOCK_REGISTRY_CONFIG")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -118,17 +131,182 @@ pub struct RegistryArgs {
     )]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub insecure_registries: Vec<String>,
+    /// Only these registry hosts (and the insecure and mirror ones) may be reached, for
+    /// sources, token realms and redirects (repeatable; `*.example.com` for subdomains).
+    /// Default: any public host.
+    #[arg(
+        long = "allowed-registry",
+        value_name = "HOST",
+        env = "IMAGELOCK_ALLOWED_REGISTRIES",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_registries: Vec<String>,
+    /// A registry the repo's `mirror.registry` may name (repeatable). Default: none, so no
+    /// mirroring.
+    #[arg(
+        long = "mirror-registry",
+        value_name = "HOST",
+        env = "IMAGELOCK_MIRROR_REGISTRIES",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirror_registries: Vec<String>,
+    /// The registry config `auths` entry that serves a host, HOST=ENTRY (repeatable).
+    /// Default: the entry named after the host.
+    #[arg(
+        long = "registry-credential",
+        value_name = "HOST=ENTRY",
+        env = "IMAGELOCK_REGISTRY_CREDENTIALS",
+        value_delimiter = ',',
+        value_parser = host_pair
+    )]
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "serialize_pairs_as_map"
+    )]
+    pub registry_credentials: Vec<(String, String)>,
+    /// A token realm host on another host that a registry's login may be sent to,
+    /// HOST=REALM_HOST (repeatable).
+    #[arg(
+        long = "token-realm",
+        value_name = "HOST=REALM_HOST",
+        env = "IMAGELOCK_TOKEN_REALMS",
+        value_delimiter = ',',
+        value_parser = host_pair
+    )]
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "serialize_pairs_as_lists"
+    )]
+    pub token_realms: Vec<(String, String)>,
+    #[command(flatten)]
+    #[serde(skip_serializing_if = "LimitArgs::is_empty")]
+    pub registry_limits: LimitArgs,
+}
+
+/// The operator's per-registry ceilings; `imagelock.yaml` may only lower them. Serialized as
+/// the config file's `registryLimits: {HOST: {rateLimit, concurrency}}`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct LimitArgs {
+    /// Requests per second at most for a registry, HOST=N (repeatable).
+    #[arg(
+        long = "registry-rate-limit",
+        value_name = "HOST=N",
+        env = "IMAGELOCK_REGISTRY_RATE_LIMITS",
+        value_delimiter = ',',
+        value_parser = host_number
+    )]
+    pub rate_limits: Vec<(String, u32)>,
+    /// Requests in flight at most for a registry, HOST=N (repeatable) [default: 8].
+    #[arg(
+        long = "registry-concurrency",
+        value_name = "HOST=N",
+        env = "IMAGELOCK_REGISTRY_CONCURRENCY",
+        value_delimiter = ',',
+        value_parser = host_number
+    )]
+    pub concurrency: Vec<(String, u32)>,
+}
+
+impl LimitArgs {
+    fn is_empty(&self) -> bool {
+        self.rate_limits.is_empty() && self.concurrency.is_empty()
+    }
+}
+
+impl serde::Serialize for LimitArgs {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut limits: BTreeMap<&str, RegistryLimits> = BTreeMap::new();
+        for (host, n) in &self.rate_limits {
+            limits.entry(host).or_default().rate_limit = Some(*n);
+        }
+        for (host, n) in &self.concurrency {
+            limits.entry(host).or_default().concurrency = Some(*n as usize);
+        }
+        limits.serialize(serializer)
+    }
+}
+
+/// `HOST=VALUE`, split at the first `=` (hosts have none).
+fn host_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((host, value)) if !host.trim().is_empty() && !value.trim().is_empty() => {
+            Ok((host.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!("expected HOST=VALUE, got {text:?}")),
+    }
+}
+
+fn host_number(text: &str) -> Result<(String, u32), String> {
+    let (host, value) = host_pair(text)?;
+    match value.parse::<u32>() {
+        Ok(n) if n > 0 => Ok((host, n)),
+        _ => Err(format!("expected HOST=N with N at least 1, got {text:?}")),
+    }
+}
+
+fn serialize_pairs_as_map<S: serde::Serializer>(
+    pairs: &[(String, String)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::Serialize as _;
+    let map: BTreeMap<&str, &str> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    map.serialize(serializer)
+}
+
+fn serialize_pairs_as_lists<S: serde::Serializer>(
+    pairs: &[(String, String)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::Serialize as _;
+    let mut map: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (key, value) in pairs {
+        map.entry(key).or_default().push(value);
+    }
+    map.serialize(serializer)
 }
 
 impl RegistryArgs {
-    /// A registry client for the repo's per-registry settings.
-    pub fn client(&self, config: &RepoConfig) -> anyhow::Result<RegistryClient> {
-        RegistryClient::with_settings(
-            &config.registries,
-            self.registry_config.as_deref(),
-            &self.insecure_registries,
-        )
-        .context("cannot create the registry client")
+    /// Defaults, then the config file (`--config`), ready for flags to be merged over.
+    pub fn figment(&self) -> anyhow::Result<Figment> {
+        let mut figment = Figment::from(Serialized::defaults(DaemonConfig::default()));
+        if let Some(file) = &self.config {
+            anyhow::ensure!(
+                file.is_file(),
+                "config file {} does not exist",
+                file.display()
+            );
+            figment = figment.merge(serde_saphyr::figment::Yaml::file_exact(file));
+        }
+        Ok(figment)
+    }
+
+    /// The daemon configuration these settings give: the file, then the flags. Only its
+    /// registry and tenancy settings matter to the registry commands.
+    pub fn settings(&self) -> anyhow::Result<DaemonConfig> {
+        let config: DaemonConfig = self
+            .figment()?
+            .merge(Serialized::defaults(self))
+            .extract()
+            .context("invalid configuration")?;
+        config
+            .tenancy
+            .validate()
+            .context("invalid tenancy configuration")?;
+        Ok(config)
+    }
+
+    /// The registry clients for a config repo's per-registry settings, under the operator's
+    /// policy and tenancy.
+    pub fn access(&self, config: &RepoConfig) -> anyhow::Result<RegistryAccess> {
+        let settings = self.settings()?;
+        settings
+            .registry_access(&config.registries)
+            .context("cannot create the registry client")
     }
 }
 

@@ -18,10 +18,12 @@ pub enum Format {
 }
 
 pub async fn run(dir: &Path, format: Format, registry: &RegistryArgs) -> anyhow::Result<ExitCode> {
-    let repo = manifest::load_repo(dir)?;
-    let client = registry.client(&repo.config.clone().unwrap_or_default())?;
-    let observations = reconcile::observe(&client, dir, &repo, &|_, _| true).await;
-    let outcome = reconcile::apply(dir, &observations, chrono::Utc::now(), Mode::DryRun)?;
+    let mut repo = manifest::load_repo(dir)?;
+    let access = registry.access(&repo.config.clone().unwrap_or_default())?;
+    reconcile::vet_repo(&mut repo, access.operator().policy());
+    let observations = reconcile::observe(&access, dir, &repo, &|_, _| true).await;
+    let outcome =
+        reconcile::apply_to(dir, &repo, &observations, chrono::Utc::now(), Mode::DryRun)?;
     let rendered = match format {
         Format::Text => text(&outcome),
         Format::Markdown => markdown(&outcome),

@@ -22,22 +22,35 @@ use crate::git::{self, Author, Checkout, GitAuth, GitTimeouts, PushResult, Remot
 use crate::lock;
 use crate::manifest::{self, LoadedRepo, RegistrySettings, RepoConfig};
 use crate::mirror::progress::Silent;
-use crate::mirror::{EngineOptions, MirrorEngine};
 use crate::reconcile::{self, EntryKey, Mode, Observations};
 use crate::reference::ImageRepo;
-use crate::registry::{RegistryClient, RegistryError};
+use crate::registry::{RegistryAccess, RegistryError, RegistryPolicy};
 
-/// Loads the checkout on a blocking thread: parsing thousands of entries takes long enough to
-/// hold up the webhook's requests on the runtime.
-async fn load_repo(worktree: PathBuf) -> Result<Arc<LoadedRepo>, manifest::ManifestError> {
+/// Loads the checkout on a blocking thread (parsing thousands of entries takes long enough to
+/// hold up the webhook's requests on the runtime), under the operator's registry policy.
+async fn load_repo(
+    worktree: PathBuf,
+    policy: Arc<RegistryPolicy>,
+) -> Result<Arc<LoadedRepo>, manifest::ManifestError> {
     let path = worktree.clone();
-    match tokio::task::spawn_blocking(move || manifest::load_repo(&worktree)).await {
+    match tokio::task::spawn_blocking(move || load_vetted(&worktree, &policy)).await {
         Ok(loaded) => loaded.map(Arc::new),
         Err(e) => Err(manifest::ManifestError::Io {
             path,
             source: std::io::Error::other(format!("the loading task failed: {e}")),
         }),
     }
+}
+
+/// The manifests of `worktree`, with what the operator's policy refuses in them reported
+/// ([`reconcile::vet_repo`]).
+fn load_vetted(
+    worktree: &std::path::Path,
+    policy: &RegistryPolicy,
+) -> Result<LoadedRepo, manifest::ManifestError> {
+    let mut repo = manifest::load_repo(worktree)?;
+    reconcile::vet_repo(&mut repo, policy);
+    Ok(repo)
 }
 
 /// Pushes remembered between two passes at most; a pass normally follows at once.
@@ -53,10 +66,13 @@ pub struct Reconciler {
     entries: EntryLog,
     /// Image pushes (repository, tags) that hooks reported since the last pass.
     pushes: Vec<(ImageRepo, Vec<String>)>,
-    /// The client and the registry settings it was built for; rebuilt when they change.
-    client: Option<(
+    /// The operator's registry policy (checked at start).
+    policy: Arc<RegistryPolicy>,
+    /// The registry clients and the repo's registry settings they were built for; rebuilt
+    /// when those change.
+    access: Option<(
         std::collections::BTreeMap<String, RegistrySettings>,
-        RegistryClient,
+        Arc<RegistryAccess>,
     )>,
     status_tx: watch::Sender<Arc<Status>>,
     status: Status,
@@ -101,13 +117,14 @@ impl Reconciler {
         };
         Ok(Reconciler {
             poll_interval: config.poll_interval()?,
+            policy: Arc::new(config.registry_policy()?),
             config,
             remote,
             checkout: None,
             scheduler: Scheduler::default(),
             entries: EntryLog::default(),
             pushes: Vec::new(),
-            client: None,
+            access: None,
             status_tx,
             status,
             index,
@@ -238,8 +255,8 @@ impl Reconciler {
             return;
         }
 
-        let client = match self.client(&config) {
-            Ok(client) => client,
+        let access = match self.access(&config) {
+            Ok(access) => access,
             Err(e) => {
                 tracing::error!(error = %e, "cannot build the registry client");
                 self.status.last_commit_error =
@@ -254,7 +271,7 @@ impl Reconciler {
         // Resolving has no side effects: on shutdown, drop it rather than wait for slow
         // registries (`run` waits for this loop to end).
         let mut observations = tokio::select! {
-            observations = reconcile::observe(&client, &worktree, &repo, &in_due) => observations,
+            observations = reconcile::observe(&access, &worktree, &repo, &in_due) => observations,
             _ = shutdown.cancelled() => return,
             _ = leadership.lost() => return self.drop_pass(&repo),
         };
@@ -263,12 +280,11 @@ impl Reconciler {
             .iter()
             .any(|set| set.images.iter().any(|spec| spec.mirror))
         {
-            // One engine per pass: blobs shared by images are copied once. Dropping a copy
-            // on shutdown is safe: the registry keeps only complete, verified content.
-            let engine =
-                MirrorEngine::new(client.clone(), EngineOptions::default(), Arc::new(Silent));
+            // One engine per pass (per namespace under tenancy): blobs shared by images are
+            // copied once. Dropping a copy on shutdown is safe: the registry keeps only
+            // complete, verified content.
             let report = tokio::select! {
-                report = reconcile::mirror(&engine, &worktree, &repo, &mut observations, now) => report,
+                report = reconcile::mirror(&access, Arc::new(Silent), &worktree, &repo, &mut observations, now) => report,
                 _ = shutdown.cancelled() => return,
                 _ = leadership.lost() => return self.drop_pass(&repo),
             };
@@ -314,7 +330,7 @@ impl Reconciler {
 
     /// Loads the manifests of the checkout; a failure is logged and published.
     async fn load(&mut self, worktree: PathBuf) -> Option<Arc<LoadedRepo>> {
-        match load_repo(worktree).await {
+        match load_repo(worktree, self.policy.clone()).await {
             Ok(repo) => Some(repo),
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the config repo");
@@ -363,19 +379,15 @@ impl Reconciler {
         Ok(outcome.moved)
     }
 
-    fn client(&mut self, config: &RepoConfig) -> Result<RegistryClient, RegistryError> {
-        if let Some((settings, client)) = &self.client
+    fn access(&mut self, config: &RepoConfig) -> Result<Arc<RegistryAccess>, RegistryError> {
+        if let Some((settings, access)) = &self.access
             && *settings == config.registries
         {
-            return Ok(client.clone());
+            return Ok(access.clone());
         }
-        let client = RegistryClient::with_settings(
-            &config.registries,
-            self.config.registry_config.as_deref(),
-            &self.config.insecure_registries,
-        )?;
-        self.client = Some((config.registries.clone(), client.clone()));
-        Ok(client)
+        let access = Arc::new(self.config.registry_access(&config.registries)?);
+        self.access = Some((config.registries.clone(), access.clone()));
+        Ok(access)
     }
 
     /// Applies the observations on the current head, commits and pushes; on a rejected push,
@@ -395,13 +407,14 @@ impl Reconciler {
         let template = config.git.message.clone();
         let attempts = self.config.push_attempts;
         let leadership = self.leadership.clone();
+        let policy = self.policy.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let mut changes = Vec::new();
             let mut loaded = None;
             let apply = |worktree: &std::path::Path| {
                 // The previous attempt's manifests go before these are read.
                 loaded = None;
-                let repo = Arc::new(manifest::load_repo(worktree)?);
+                let repo = Arc::new(load_vetted(worktree, &policy)?);
                 let outcome = reconcile::apply_to(worktree, &repo, &observations, now, Mode::Write);
                 loaded = Some(repo);
                 let outcome = outcome?;

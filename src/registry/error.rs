@@ -119,6 +119,10 @@ pub enum RegistryError {
     /// Client settings that cannot work.
     #[error("registry client configuration: {reason}")]
     Config { reason: String },
+    /// The operator's registry policy forbids the request (an unlisted or internal host, a
+    /// token realm the login may not go to).
+    #[error("{target}: refused: {reason}")]
+    Refused { target: Target, reason: String },
 }
 
 fn detail(message: &str) -> String {
@@ -152,6 +156,7 @@ impl RegistryError {
             RegistryError::InvalidDocument { .. } => "invalid_document",
             RegistryError::Credentials { .. } => "credentials",
             RegistryError::Config { .. } => "config",
+            RegistryError::Refused { .. } => "refused",
         }
     }
 
@@ -208,6 +213,7 @@ impl RegistryError {
             | RegistryError::DigestMismatch { target, .. }
             | RegistryError::InvalidResponse { target, .. }
             | RegistryError::TooLarge { target, .. }
+            | RegistryError::Refused { target, .. }
             | RegistryError::InvalidReference { target } => Some(target),
             RegistryError::InvalidDocument { .. }
             | RegistryError::Credentials { .. }

@@ -14,17 +14,19 @@
 //!   fallback), raw manifest PUTs and the referrers API. Streamed bodies are bounded by an
 //!   idle timeout per chunk instead of a whole-request timeout.
 
+mod access;
 mod auth;
 mod blobs;
 pub mod credentials;
 mod error;
 mod http;
 mod manifests;
+pub mod policy;
 pub mod retry;
 pub mod tags;
 pub mod types;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,14 +34,15 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LINK};
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 
+pub use self::access::{NamespaceClients, RegistryAccess};
 pub use self::auth::{Challenge, parse_challenges};
 pub use self::blobs::{
     BlobStream, TransferSlots, UPLOAD_CHUNK_BYTES, UploadMode, UploadSession, UploadStart,
 };
-pub use self::credentials::{Credential, CredentialStore, Secret};
+pub use self::credentials::{Credential, CredentialStore, Logins, Secret};
 pub use self::error::{RegistryError, Target};
-pub use self::http::DEFAULT_CONCURRENCY;
 use self::http::{Engine, Host, Request, Response, status_error};
+pub use self::policy::{DEFAULT_CONCURRENCY, RegistryLimits, RegistryPolicy};
 pub use self::types::{
     Descriptor, ImageIndex, ImageManifest, ParsedManifest, parse_config_platform, parse_manifest,
 };
@@ -54,11 +57,13 @@ const MAX_TAG_PAGE_BYTES: u64 = 16 << 20;
 /// Settings of a [`RegistryClient`].
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Hosts reached over plain HTTP. Never implied, not even for localhost.
-    pub insecure_hosts: BTreeSet<String>,
-    /// Per registry host: concurrency (default 8), rate limit (requests/s), insecure, and
-    /// which credential to use.
+    /// The operator's trust settings: plain-HTTP hosts (never implied, not even for
+    /// localhost), allowed hosts, which login serves which host, token realms, ceilings.
+    pub policy: RegistryPolicy,
+    /// Per registry host, from the repo: concurrency and rate limit, each only lowering the
+    /// operator's ceiling (`policy.limits`).
     pub registries: BTreeMap<String, RegistrySettings>,
+    /// The daemon's logins (its Docker config).
     pub credentials: CredentialStore,
     /// Per request, including reading the whole (small) body. Default 30 s.
     pub request_timeout: Duration,
@@ -80,7 +85,7 @@ pub struct ClientConfig {
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
-            insecure_hosts: BTreeSet::new(),
+            policy: RegistryPolicy::default(),
             registries: BTreeMap::new(),
             credentials: CredentialStore::empty(),
             request_timeout: Duration::from_secs(30),
@@ -117,6 +122,8 @@ impl FetchedManifest {
 }
 
 /// The OCI distribution client. Cheap to clone: clones share connections, limits and tokens.
+/// [`RegistryClient::with_logins`] makes another credential scope over the same connections
+/// and limits, with tokens of its own.
 #[derive(Clone)]
 pub struct RegistryClient {
     engine: Arc<Engine>,
@@ -167,22 +174,35 @@ impl RegistryClient {
     }
 
     /// A client with a config repo's per-registry `settings`, the credentials of a Docker
-    /// config file (none without one) and the hosts reached over plain HTTP.
+    /// config file (none without one) and the operator's `policy`.
     pub fn with_settings(
         settings: &BTreeMap<String, RegistrySettings>,
         docker_config: Option<&std::path::Path>,
-        insecure_hosts: &[String],
+        policy: RegistryPolicy,
     ) -> Result<Self, RegistryError> {
         let credentials = match docker_config {
             Some(path) => CredentialStore::from_docker_config_file(path)?,
             None => CredentialStore::empty(),
         };
         RegistryClient::new(ClientConfig {
-            insecure_hosts: insecure_hosts.iter().cloned().collect(),
+            policy,
             registries: settings.clone(),
             credentials,
             ..ClientConfig::default()
         })
+    }
+
+    /// A client over the same connections, hosts and limits that logs in with `logins` only,
+    /// with a token cache of its own (one per namespace, so no token crosses namespaces).
+    pub fn with_logins(&self, logins: Logins) -> Self {
+        RegistryClient {
+            engine: Arc::new(self.engine.with_logins(logins)),
+        }
+    }
+
+    /// The operator's registry policy this client applies.
+    pub fn policy(&self) -> &RegistryPolicy {
+        self.engine.policy()
     }
 
     /// Where requests about `target` go, and `base/v2/<repository>/<tail>`.

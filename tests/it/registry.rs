@@ -6,7 +6,7 @@ use std::time::Duration;
 use imagelock::manifest::RegistrySettings;
 use imagelock::reference::{Digest, ImageRepo};
 use imagelock::registry::{
-    ClientConfig, CredentialStore, ParsedManifest, RegistryClient, RegistryError,
+    ClientConfig, CredentialStore, ParsedManifest, RegistryClient, RegistryError, RegistryPolicy,
     parse_config_platform,
 };
 
@@ -22,7 +22,7 @@ fn mk_client(hosts: &[&str]) -> RegistryClient {
 
 fn mk_config(hosts: &[&str]) -> ClientConfig {
     ClientConfig {
-        insecure_hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+        policy: RegistryPolicy::insecure(hosts.iter().map(|h| (*h).to_owned())),
         backoff_base: Duration::from_millis(10),
         request_timeout: Duration::from_secs(10),
         ..ClientConfig::default()
@@ -383,12 +383,11 @@ async fn concurrency_per_registry_is_bounded() {
             proxy.host(),
             RegistrySettings {
                 concurrency: Some(2),
-                insecure: true,
                 ..RegistrySettings::default()
             },
         )]
         .into(),
-        ..mk_config(&[])
+        ..mk_config(&[&proxy.host()])
     })
     .unwrap();
     let repo = mk_repo(&proxy.host(), "team/web");
@@ -535,7 +534,7 @@ async fn basic_auth_with_docker_config_credentials() {
     assert_eq!(head.digest, pushed.digest);
     assert_eq!(client.list_tags(&repo).await.unwrap(), ["1.0"]);
 
-    // The same entry chosen by name through RegistrySettings.credential.
+    // The same entry chosen by name through the operator's registryCredentials.
     let mut credentials = CredentialStore::empty();
     let named = CredentialStore::from_docker_config_file(&config).unwrap();
     if let Some(login) = named.for_registry(&host) {
@@ -543,15 +542,10 @@ async fn basic_auth_with_docker_config_credentials() {
     }
     let client = RegistryClient::new(ClientConfig {
         credentials,
-        registries: [(
-            host.clone(),
-            RegistrySettings {
-                credential: Some("ci-robot".into()),
-                insecure: true,
-                ..RegistrySettings::default()
-            },
-        )]
-        .into(),
+        policy: RegistryPolicy {
+            credential_names: [(host.clone(), "ci-robot".to_owned())].into(),
+            ..RegistryPolicy::insecure([host.clone()])
+        },
         ..mk_config(&[])
     })
     .unwrap();
