@@ -240,10 +240,14 @@ impl Logins {
                 (key, credential)
             }
         };
+        // Tenancy names an entry (`quay-robot`) or a host (`quay.io`: whichever login serves it).
         let permitted = operator_host
             || self.permitted.as_ref().is_none_or(|permitted| {
                 permitted.iter().any(|p| {
-                    p == name || normalize_registry_key(p) == normalize_registry_key(name)
+                    let p_host = normalize_registry_key(p);
+                    p == name
+                        || p_host == normalize_registry_key(name)
+                        || p_host == normalize_registry_key(registry)
                 })
             });
         permitted.then_some(credential)
@@ -412,6 +416,94 @@ mod tests {
             b64("u:p")
         ));
         assert!(store.for_registry("docker.io").is_some());
+    }
+
+    fn mk_logins_store() -> Arc<CredentialStore> {
+        Arc::new(mk_store(&format!(
+            r#"{{"auths":{{
+                "quay.io":{{"auth":"{}"}},
+                "quay-robot":{{"auth":"{}"}},
+                "ghcr.io":{{"auth":"{}"}},
+                "registry.internal":{{"auth":"{}"}}
+            }}}}"#,
+            b64("quay-user:a"),
+            b64("robot:b"),
+            b64("gh:c"),
+            b64("mirror:d")
+        )))
+    }
+
+    fn user(credential: Option<&Credential>) -> Option<&str> {
+        match credential? {
+            Credential::Basic { username, .. } | Credential::IdentityToken { username, .. } => {
+                Some(username.as_str())
+            }
+        }
+    }
+
+    #[test]
+    fn a_login_serves_only_its_own_host() {
+        let daemon = mk_logins_store();
+        let none = RegistryPolicy::default();
+        let all = Logins::all(daemon.clone());
+        assert_eq!(user(all.for_registry("quay.io", &none)), Some("quay-user"));
+        assert_eq!(user(all.for_registry("attacker.example", &none)), None);
+        // The operator maps quay.io to the robot: the entry named quay.io then serves nothing,
+        // and the robot serves only quay.io.
+        let mapped = RegistryPolicy {
+            credential_names: [("quay.io".to_owned(), "quay-robot".to_owned())].into(),
+            ..RegistryPolicy::default()
+        };
+        assert_eq!(user(all.for_registry("quay.io", &mapped)), Some("robot"));
+        assert_eq!(user(all.for_registry("quay-robot", &mapped)), None);
+        let elsewhere = RegistryPolicy {
+            credential_names: [("mirror.example".to_owned(), "quay.io".to_owned())].into(),
+            ..RegistryPolicy::default()
+        };
+        assert_eq!(user(all.for_registry("quay.io", &elsewhere)), None);
+        assert_eq!(
+            user(all.for_registry("mirror.example", &elsewhere)),
+            Some("quay-user")
+        );
+    }
+
+    #[test]
+    fn a_namespace_gets_only_its_permitted_logins_and_its_own() {
+        let daemon = mk_logins_store();
+        let policy = RegistryPolicy {
+            credential_names: [("quay.io".to_owned(), "quay-robot".to_owned())].into(),
+            mirrors: ["registry.internal".to_owned()].into(),
+            ..RegistryPolicy::default()
+        };
+        let team_a = Logins::restricted(daemon.clone(), &["quay-robot".to_owned()], None);
+        assert_eq!(user(team_a.for_registry("quay.io", &policy)), Some("robot"));
+        assert_eq!(user(team_a.for_registry("ghcr.io", &policy)), None);
+        assert_eq!(user(team_a.for_registry("registry.internal", &policy)), None);
+        // Permitting a host permits whichever login serves that host, and no other.
+        let by_host = Logins::restricted(daemon.clone(), &["quay.io".to_owned()], None);
+        assert_eq!(user(by_host.for_registry("quay.io", &policy)), Some("robot"));
+        assert_eq!(user(by_host.for_registry("ghcr.io", &policy)), None);
+        // Nothing permitted: anonymous everywhere, except the operator's login at the mirror
+        // for the mirror client.
+        let team_b = Logins::restricted(daemon.clone(), &[], None);
+        assert_eq!(user(team_b.for_registry("quay.io", &policy)), None);
+        let team_b_mirror = team_b.with_operator_hosts(policy.mirrors.iter().cloned());
+        assert_eq!(
+            user(team_b_mirror.for_registry("registry.internal", &policy)),
+            Some("mirror")
+        );
+        assert_eq!(user(team_b_mirror.for_registry("quay.io", &policy)), None);
+        // A namespace's own Docker config comes first, for its own hosts.
+        let own = Arc::new(mk_store(&format!(
+            r#"{{"auths":{{"ghcr.io":{{"auth":"{}"}}}}}}"#,
+            b64("team-b-bot:e")
+        )));
+        let with_own = Logins::restricted(daemon, &[], Some(own));
+        assert_eq!(
+            user(with_own.for_registry("ghcr.io", &policy)),
+            Some("team-b-bot")
+        );
+        assert_eq!(user(with_own.for_registry("quay.io", &policy)), None);
     }
 
     #[test]

@@ -305,6 +305,9 @@ pub(crate) fn classify_error(
 fn classify(error: reqwest::Error) -> Failure {
     if error.is_timeout() {
         Failure::Timeout
+    } else if error.is_redirect() {
+        // A redirect the policy refused (or a loop): the same answer on every attempt.
+        Failure::Invalid(describe(error))
     } else if error.is_connect() {
         Failure::Connect(describe(error))
     } else if error.is_builder() {

@@ -215,6 +215,8 @@ impl Daemon {
                 workdir: workdir.to_owned(),
                 poll_interval: poll_interval.to_owned(),
                 insecure_registries: insecure.iter().map(|h| (*h).to_owned()).collect(),
+                // The tests' registries are the operator's own: allowed as mirrors too.
+                mirror_registries: insecure.iter().map(|h| (*h).to_owned()).collect(),
                 admin_listen: admin,
                 ..DaemonConfig::default()
             };

@@ -11,3 +11,4 @@ mod mirror;
 mod mirror_engine;
 mod outputs;
 mod registry;
+mod trust;

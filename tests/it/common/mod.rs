@@ -6,6 +6,8 @@
 //! - [`Pusher`] and the `push_*` functions: images, indexes and many tags pushed through the
 //!   registry API with plain reqwest, independent of the code under test.
 //! - [`FaultProxy`]: a scripted proxy for the faults a real registry will not produce.
+//! - [`HostileRegistry`]: a malicious registry or token realm that records every
+//!   `Authorization` header it is sent.
 //! - [`FakeApiServer`]: Leases in memory behind a `kube::Client`, with faulty links.
 //! - [`imagelock`]: the real binary.
 
@@ -14,13 +16,15 @@
 mod apiserver;
 mod cli;
 mod gitops;
+mod hostile;
 mod proxy;
 mod push;
 mod registry;
 
 pub use apiserver::{FakeApiServer, Link, LinkFault};
-pub use cli::imagelock;
+pub use cli::{OPERATOR_VARIABLES, imagelock, operator_command};
 pub use gitops::{ConfigRepo, git, image_set, repo_config, write};
+pub use hostile::{HostileRegistry, Recorded, Script};
 pub use proxy::{Fault, FaultProxy, Seen};
 pub use push::{
     ImageSpec, PushedImage, PushedIndex, Pusher, push_blob, push_image, push_index, push_many_tags,
