@@ -67,6 +67,10 @@ pub async fn run(dir: &Path, dry_run: bool, registry: &RegistryArgs) -> anyhow::
             .or_default()
             .push(copy);
     }
+    if groups.is_empty() {
+        // Nothing wanted: the three sets are still printed, all empty.
+        groups.insert("", Vec::new());
+    }
     for (namespace, copies) in groups {
         let client = access.for_namespace(namespace)?.mirror;
         mirror_group(client, copies, dry_run, &mut failed).await;

@@ -6,7 +6,8 @@ use std::time::Duration;
 use imagelock::manifest::RegistrySettings;
 use imagelock::reference::{Digest, ImageRepo};
 use imagelock::registry::{
-    ClientConfig, CredentialStore, ParsedManifest, RegistryClient, RegistryError, RegistryPolicy,
+    ClientConfig, CredentialStore, Logins, ParsedManifest, RegistryClient, RegistryError,
+    RegistryLimits, RegistryPolicy,
     parse_config_platform,
 };
 
@@ -445,6 +446,88 @@ async fn rate_limit_spaces_request_starts() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn the_repo_cannot_raise_the_operators_concurrency_ceiling() {
+    let registry = TestRegistry::start();
+    push_image(
+        &registry.host(),
+        "team/web",
+        "1.0",
+        ImageSpec::small("linux/amd64"),
+    )
+    .await;
+    let proxy = FaultProxy::start(&registry.host()).await;
+    proxy.add_rule("manifests", Fault::Delay(Duration::from_millis(100)), None);
+    let client = RegistryClient::new(ClientConfig {
+        // The repo asks for 8 at once; the operator allows 1.
+        registries: [(
+            proxy.host(),
+            RegistrySettings {
+                concurrency: Some(8),
+                ..RegistrySettings::default()
+            },
+        )]
+        .into(),
+        policy: RegistryPolicy {
+            limits: [(
+                proxy.host(),
+                RegistryLimits {
+                    concurrency: Some(1),
+                    rate_limit: None,
+                },
+            )]
+            .into(),
+            ..RegistryPolicy::insecure([proxy.host()])
+        },
+        ..mk_config(&[])
+    })
+    .unwrap();
+    let repo = mk_repo(&proxy.host(), "team/web");
+    let lookups: Vec<_> = (0..4)
+        .map(|_| {
+            let client = client.clone();
+            let repo = repo.clone();
+            tokio::spawn(async move { client.head_manifest(&repo, "1.0").await })
+        })
+        .collect();
+    for lookup in lookups {
+        assert!(lookup.await.unwrap().unwrap().is_some());
+    }
+    assert_eq!(proxy.count("manifests"), 4);
+    assert_eq!(proxy.max_in_flight(), 1);
+}
+
+#[tokio::test]
+async fn credential_scopes_never_share_tokens() {
+    let registry = TestRegistry::start();
+    push_image(
+        &registry.host(),
+        "team/web",
+        "1.0",
+        ImageSpec::small("linux/amd64"),
+    )
+    .await;
+    let proxy = FaultProxy::start(&registry.host()).await;
+    proxy.add_rule(
+        ".*",
+        Fault::RequireBearer {
+            token: "tok-123".into(),
+            expires_in: 300,
+        },
+        None,
+    );
+    let operator = mk_client(&[&proxy.host()]);
+    let team_a = operator.with_logins(Logins::default());
+    let team_b = operator.with_logins(Logins::default());
+    let repo = mk_repo(&proxy.host(), "team/web");
+    for client in [&team_a, &team_a, &team_b, &team_b] {
+        assert!(client.head_manifest(&repo, "1.0").await.unwrap().is_some());
+    }
+    // One token per scope: team-b's first request was not sent with team-a's token.
+    assert_eq!(proxy.count("GET /token"), 2, "{:#?}", proxy.requests());
+    assert_eq!(proxy.statuses("HEAD "), [401, 200, 200, 401, 200, 200]);
 }
 
 #[tokio::test]
