@@ -375,3 +375,95 @@ fn exit_code(failed: bool) -> ExitCode {
         ExitCode::SUCCESS
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_commands_read_the_daemons_config_file_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        std::fs::write(
+            &file,
+            "repo: file:///srv/config\nmirrorRegistries: [registry.internal]\nregistryCredentials: {quay.io: quay-robot}\nregistryLimits: {quay.io: {concurrency: 4}}\ntenancy:\n  namespaces:\n    team-a: {paths: [\"images/team-a/**\"]}\n",
+        )
+        .unwrap();
+        let args = RegistryArgs {
+            config: Some(file),
+            insecure_registries: vec!["127.0.0.1:5000".into()],
+            registry_credentials: vec![("ghcr.io".into(), "gh-bot".into())],
+            token_realms: vec![
+                ("quay.io".into(), "auth.quay.io".into()),
+                ("quay.io".into(), "auth2.quay.io".into()),
+            ],
+            registry_limits: LimitArgs {
+                rate_limits: vec![("quay.io".into(), 10)],
+                concurrency: Vec::new(),
+            },
+            ..RegistryArgs::default()
+        };
+        let settings = args.settings().unwrap();
+        assert_eq!(settings.mirror_registries, ["registry.internal"]);
+        assert_eq!(settings.insecure_registries, ["127.0.0.1:5000"]);
+        // Maps merge key by key: the file's entry stays beside the flag's.
+        assert_eq!(settings.registry_credentials.len(), 2);
+        assert_eq!(
+            settings.token_realms["quay.io"],
+            ["auth.quay.io", "auth2.quay.io"]
+        );
+        assert_eq!(
+            settings.registry_limits["quay.io"],
+            RegistryLimits {
+                rate_limit: Some(10),
+                concurrency: Some(4)
+            }
+        );
+        assert!(settings.tenancy.is_enforced());
+        let policy = settings.registry_policy().unwrap();
+        assert!(policy.check_mirror("registry.internal").is_ok());
+    }
+
+    #[test]
+    fn bad_settings_fail_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        std::fs::write(
+            &file,
+            "tenancy:\n  namespaces:\n    team-a: {paths: [\"/etc/**\"]}\n",
+        )
+        .unwrap();
+        let args = RegistryArgs {
+            config: Some(file),
+            ..RegistryArgs::default()
+        };
+        let err = format!("{:#}", args.settings().unwrap_err());
+        assert!(err.contains("/etc/**"), "{err}");
+        assert!(host_pair("quay.io").is_err());
+        assert_eq!(
+            host_number("quay.io=3").unwrap(),
+            ("quay.io".to_owned(), 3)
+        );
+        assert!(host_number("quay.io=0").is_err());
+    }
+
+    #[test]
+    fn the_example_operator_config_is_valid() {
+        let args = RegistryArgs {
+            config: Some(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("examples/operator-config.yaml"),
+            ),
+            ..RegistryArgs::default()
+        };
+        let config = args.settings().unwrap();
+        assert!(config.tenancy.is_enforced());
+        assert!(
+            config
+                .registry_policy()
+                .unwrap()
+                .check_mirror("registry.internal:5000")
+                .is_ok()
+        );
+    }
+}

@@ -16,6 +16,8 @@ from chartlib import NAMESPACE, REPO, VALUE_SETS, Render, values_for
 DAEMON_CONFIG_KEYS = {
     "repo", "branch", "workdir", "pollInterval", "gitTokenFile", "gitSshKey", "gitSshPassphraseFile",
     "registryConfig", "insecureRegistries", "adminListen", "pushAttempts",
+    # registry trust
+    "allowedRegistries", "mirrorRegistries", "registryCredentials", "tokenRealms", "registryLimits", "tenancy",
     # the webhook
     "webhookListen", "tlsCert", "tlsKey", "tlsSelfSigned", "webhookService", "webhookNamespace",
     # push hooks
@@ -141,6 +143,11 @@ def test_config_follows_the_values(render: Callable[..., Render]) -> None:
                 "pollInterval": "5m",
                 "pushAttempts": 3,
                 "insecureRegistries": ["registry.internal:5000"],
+                "allowedRegistries": ["quay.io", "*.cloudfront.net"],
+                "mirrorRegistries": ["registry.internal:5000"],
+                "registryCredentials": {"quay.io": "quay-robot"},
+                "tokenRealms": {"quay.io": ["auth.quay.io"]},
+                "registryLimits": {"docker.io": {"rateLimit": 10, "concurrency": 4}},
                 "extra": {"tlsSelfSigned": None, "pollInterval": "10m"},
             },
             listenHost="[::]",
@@ -150,6 +157,11 @@ def test_config_follows_the_values(render: Callable[..., Render]) -> None:
     assert config["branch"] == "prod"
     assert config["pushAttempts"] == 3
     assert config["insecureRegistries"] == ["registry.internal:5000"]
+    assert config["allowedRegistries"] == ["quay.io", "*.cloudfront.net"]
+    assert config["mirrorRegistries"] == ["registry.internal:5000"]
+    assert config["registryCredentials"] == {"quay.io": "quay-robot"}
+    assert config["tokenRealms"] == {"quay.io": ["auth.quay.io"]}
+    assert config["registryLimits"] == {"docker.io": {"rateLimit": 10, "concurrency": 4}}
     assert config["pollInterval"] == "10m"  # config.extra wins
     assert config["adminListen"] == "[::]:8081" and config["webhookListen"] == "[::]:8443"
 
