@@ -440,10 +440,7 @@ mod tests {
         let err = format!("{:#}", args.settings().unwrap_err());
         assert!(err.contains("/etc/**"), "{err}");
         assert!(host_pair("quay.io").is_err());
-        assert_eq!(
-            host_number("quay.io=3").unwrap(),
-            ("quay.io".to_owned(), 3)
-        );
+        assert_eq!(host_number("quay.io=3").unwrap(), ("quay.io".to_owned(), 3));
         assert!(host_number("quay.io=0").is_err());
     }
 

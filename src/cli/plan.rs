@@ -22,8 +22,7 @@ pub async fn run(dir: &Path, format: Format, registry: &RegistryArgs) -> anyhow:
     let access = registry.access(&repo.config.clone().unwrap_or_default())?;
     reconcile::vet_repo(&mut repo, access.operator().policy());
     let observations = reconcile::observe(&access, dir, &repo, &|_, _| true).await;
-    let outcome =
-        reconcile::apply_to(dir, &repo, &observations, chrono::Utc::now(), Mode::DryRun)?;
+    let outcome = reconcile::apply_to(dir, &repo, &observations, chrono::Utc::now(), Mode::DryRun)?;
     let rendered = match format {
         Format::Text => text(&outcome),
         Format::Markdown => markdown(&outcome),

@@ -257,11 +257,9 @@ impl DaemonConfig {
         &self,
         settings: &BTreeMap<String, RegistrySettings>,
     ) -> Result<RegistryAccess, RegistryError> {
-        let policy = self
-            .registry_policy()
-            .map_err(|e| RegistryError::Config {
-                reason: e.to_string(),
-            })?;
+        let policy = self.registry_policy().map_err(|e| RegistryError::Config {
+            reason: e.to_string(),
+        })?;
         let credentials = match &self.registry_config {
             Some(path) => CredentialStore::from_docker_config_file(path)?,
             None => CredentialStore::empty(),

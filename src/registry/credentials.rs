@@ -478,10 +478,16 @@ mod tests {
         let team_a = Logins::restricted(daemon.clone(), &["quay-robot".to_owned()], None);
         assert_eq!(user(team_a.for_registry("quay.io", &policy)), Some("robot"));
         assert_eq!(user(team_a.for_registry("ghcr.io", &policy)), None);
-        assert_eq!(user(team_a.for_registry("registry.internal", &policy)), None);
+        assert_eq!(
+            user(team_a.for_registry("registry.internal", &policy)),
+            None
+        );
         // Permitting a host permits whichever login serves that host, and no other.
         let by_host = Logins::restricted(daemon.clone(), &["quay.io".to_owned()], None);
-        assert_eq!(user(by_host.for_registry("quay.io", &policy)), Some("robot"));
+        assert_eq!(
+            user(by_host.for_registry("quay.io", &policy)),
+            Some("robot")
+        );
         assert_eq!(user(by_host.for_registry("ghcr.io", &policy)), None);
         // Nothing permitted: anonymous everywhere, except the operator's login at the mirror
         // for the mirror client.

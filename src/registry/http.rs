@@ -406,7 +406,10 @@ impl Engine {
             registries: config.registries,
             hosts: Mutex::new(HashMap::new()),
         });
-        Ok(Engine::scope(shared, Logins::all(Arc::new(config.credentials))))
+        Ok(Engine::scope(
+            shared,
+            Logins::all(Arc::new(config.credentials)),
+        ))
     }
 
     fn scope(shared: Arc<Shared>, logins: Logins) -> Self {

@@ -157,7 +157,11 @@ impl RegistryPolicy {
     /// ports, so a listed `registry.internal:5000` lets `registry.internal` resolve inside.
     fn is_listed_name(&self, name: &str) -> bool {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        let names = self.insecure.iter().chain(&self.mirrors).chain(&self.allowed);
+        let names = self
+            .insecure
+            .iter()
+            .chain(&self.mirrors)
+            .chain(&self.allowed);
         names
             .map(|h| host_name(h))
             .chain(self.token_realms.values().flatten().map(|h| host_name(h)))
@@ -304,11 +308,7 @@ fn check_host_setting(setting: &str, host: &str, wildcard: bool) -> Result<Strin
     if !valid {
         return Err(format!(
             "{setting}: {host:?} is not a registry host; expected host[:port] like quay.io or registry.internal:5000{}",
-            if wildcard {
-                " (or *.example.com)"
-            } else {
-                ""
-            }
+            if wildcard { " (or *.example.com)" } else { "" }
         ));
     }
     if trimmed.starts_with("*.") {
@@ -441,9 +441,8 @@ impl Resolve for GuardedResolver {
         let policy = self.policy.clone();
         let name = name.as_str().to_owned();
         Box::pin(async move {
-            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
-                .await?
-                .collect();
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
             let kept = allowed_addresses(&policy, &name, resolved.iter().copied());
             if kept.is_empty() && !resolved.is_empty() {
                 return Err(format!(

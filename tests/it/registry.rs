@@ -7,8 +7,7 @@ use imagelock::manifest::RegistrySettings;
 use imagelock::reference::{Digest, ImageRepo};
 use imagelock::registry::{
     ClientConfig, CredentialStore, Logins, ParsedManifest, RegistryClient, RegistryError,
-    RegistryLimits, RegistryPolicy,
-    parse_config_platform,
+    RegistryLimits, RegistryPolicy, parse_config_platform,
 };
 
 use crate::common::{

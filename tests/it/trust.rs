@@ -49,7 +49,10 @@ fn docker_config(dir: &Path, entries: &[(&str, &str, &str)]) -> PathBuf {
 
 /// Asserts that neither the secret nor its Basic encoding is in `haystack`.
 fn assert_no_secret(what: &str, haystack: &str) {
-    assert!(!haystack.contains(SECRET), "{what} leaks the secret: {haystack}");
+    assert!(
+        !haystack.contains(SECRET),
+        "{what} leaks the secret: {haystack}"
+    );
     assert!(
         !haystack.contains(&b64(&format!("robot:{SECRET}"))),
         "{what} leaks the encoded login: {haystack}"
@@ -84,7 +87,8 @@ async fn repo_keys_that_granted_trust_are_errors_and_no_login_reaches_the_attack
     let docker = docker.to_str().unwrap();
 
     let check = run(operator_command(&["check"], &[]).arg(&repo.work)).await;
-    let plan = run(operator_command(&["plan", "--registry-config", docker], &[]).arg(&repo.work)).await;
+    let plan =
+        run(operator_command(&["plan", "--registry-config", docker], &[]).arg(&repo.work)).await;
     for (command, output) in [("check", &check), ("plan", &plan)] {
         let text = text(output);
         assert_eq!(output.status.code(), Some(1), "{command}: {text}");
@@ -184,7 +188,13 @@ async fn a_mirror_registry_the_operator_did_not_allow_gets_nothing() {
     let source = TestRegistry::start();
     let outside = TestRegistry::start();
     let (src, dst) = (source.host(), outside.host());
-    push_image(&src, "company/web", "latest", ImageSpec::small("linux/amd64")).await;
+    push_image(
+        &src,
+        "company/web",
+        "latest",
+        ImageSpec::small("linux/amd64"),
+    )
+    .await;
     let config = format!(
         "apiVersion: imagelock.dev/v1alpha1\nkind: Config\nmirror:\n  registry: \"{dst}\"\ndefaults:\n  mirror: true\n"
     );
@@ -195,7 +205,13 @@ async fn a_mirror_registry_the_operator_did_not_allow_gets_nothing() {
     // The operator reaches both over plain HTTP, but lists another mirror (or none).
     for mirrors in [vec![], vec!["--mirror-registry", "registry.internal"]] {
         let mut command = operator_command(
-            &["lock", "--insecure-registry", &src, "--insecure-registry", &dst],
+            &[
+                "lock",
+                "--insecure-registry",
+                &src,
+                "--insecure-registry",
+                &dst,
+            ],
             &[],
         );
         command.args(&mirrors).arg(&repo.work);
@@ -210,10 +226,17 @@ async fn a_mirror_registry_the_operator_did_not_allow_gets_nothing() {
         );
         assert!(!repo.work.join("images/web.lock.yaml").exists(), "{text}");
     }
-    let mirror = run(
-        operator_command(&["mirror", "--insecure-registry", &src, "--insecure-registry", &dst], &[])
-            .arg(&repo.work),
+    let mirror = run(operator_command(
+        &[
+            "mirror",
+            "--insecure-registry",
+            &src,
+            "--insecure-registry",
+            &dst,
+        ],
+        &[],
     )
+    .arg(&repo.work))
     .await;
     assert_eq!(mirror.status.code(), Some(1), "{}", text(&mirror));
     let catalog: serde_json::Value = reqwest::get(format!("http://{dst}/v2/_catalog"))
@@ -232,9 +255,11 @@ async fn a_mirror_registry_the_operator_did_not_allow_gets_nothing() {
 #[tokio::test]
 async fn a_login_goes_to_a_token_realm_on_another_host_only_when_the_operator_allows_it() {
     let realm = HostileRegistry::start(Script::Token("stolen-token".into())).await;
-    let registry =
-        HostileRegistry::start(Script::BearerRealm(format!("http://{}/token", realm.host())))
-            .await;
+    let registry = HostileRegistry::start(Script::BearerRealm(format!(
+        "http://{}/token",
+        realm.host()
+    )))
+    .await;
     let host = registry.host();
     let repo = ConfigRepo::new(&[
         ("imagelock.yaml", repo_config()),
@@ -245,10 +270,11 @@ async fn a_login_goes_to_a_token_realm_on_another_host_only_when_the_operator_al
     let docker = docker.to_str().unwrap();
     // Both are reached over plain HTTP by the operator's choice; only tokenRealms decides
     // whether the registry's login may go to the realm.
-    let plan = run(
-        operator_command(&["plan", "--registry-config", docker], &[&host, &realm.host()])
-            .arg(&repo.work),
+    let plan = run(operator_command(
+        &["plan", "--registry-config", docker],
+        &[&host, &realm.host()],
     )
+    .arg(&repo.work))
     .await;
     let output = text(&plan);
     assert_eq!(plan.status.code(), Some(1), "{output}");
@@ -259,13 +285,17 @@ async fn a_login_goes_to_a_token_realm_on_another_host_only_when_the_operator_al
 
     // The control: allowed, the realm gets the login (so the assertion above can fail).
     let allowed = format!("{host}={}", realm.host());
-    let plan = run(
-        operator_command(
-            &["plan", "--registry-config", docker, "--token-realm", &allowed],
-            &[&host, &realm.host()],
-        )
-        .arg(&repo.work),
+    let plan = run(operator_command(
+        &[
+            "plan",
+            "--registry-config",
+            docker,
+            "--token-realm",
+            &allowed,
+        ],
+        &[&host, &realm.host()],
     )
+    .arg(&repo.work))
     .await;
     let sent = realm.authorized();
     assert!(
@@ -288,10 +318,9 @@ async fn a_redirect_to_an_unlisted_host_is_refused() {
         ("imagelock.yaml", repo_config()),
         ("images/web.yaml", web_manifest(&host)),
     ]);
-    let plan = run(
-        operator_command(&["plan", "--allowed-registry", &host], &[&host]).arg(&repo.work),
-    )
-    .await;
+    let plan =
+        run(operator_command(&["plan", "--allowed-registry", &host], &[&host]).arg(&repo.work))
+            .await;
     let output = text(&plan);
     assert_eq!(plan.status.code(), Some(1), "{output}");
     assert!(output.contains("redirect refused"), "{output}");
@@ -299,10 +328,11 @@ async fn a_redirect_to_an_unlisted_host_is_refused() {
     assert_eq!(elsewhere.requests(), [], "the redirect was not followed");
 
     // The control: listed, the redirect is followed.
-    run(
-        operator_command(&["plan", "--allowed-registry", &host], &[&host, &elsewhere.host()])
-            .arg(&repo.work),
+    run(operator_command(
+        &["plan", "--allowed-registry", &host],
+        &[&host, &elsewhere.host()],
     )
+    .arg(&repo.work))
     .await;
     assert!(!elsewhere.requests().is_empty());
 }
@@ -313,7 +343,13 @@ async fn a_name_for_a_loopback_address_is_refused_unless_that_name_is_listed() {
     let ip_host = registry.host();
     let port = ip_host.rsplit(':').next().unwrap().to_owned();
     let name_host = format!("localhost:{port}");
-    push_image(&ip_host, "company/web", "latest", ImageSpec::small("linux/amd64")).await;
+    push_image(
+        &ip_host,
+        "company/web",
+        "latest",
+        ImageSpec::small("linux/amd64"),
+    )
+    .await;
     let plan_for = |source: &str, listed: &str| {
         let repo = ConfigRepo::new(&[
             ("imagelock.yaml", repo_config()),
@@ -373,13 +409,17 @@ async fn a_namespace_uses_only_its_own_logins_and_sources() {
         ("images/team-a/web.yaml", web_manifest(&host)),
         ("images/team-b/app.yaml", team_b),
     ]);
-    let plan = run(
-        operator_command(
-            &["plan", "--format", "json", "--config", operator.to_str().unwrap()],
-            &[],
-        )
-        .arg(&repo.work),
+    let plan = run(operator_command(
+        &[
+            "plan",
+            "--format",
+            "json",
+            "--config",
+            operator.to_str().unwrap(),
+        ],
+        &[],
     )
+    .arg(&repo.work))
     .await;
     let output = text(&plan);
     assert_eq!(plan.status.code(), Some(1), "{output}");
