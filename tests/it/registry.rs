@@ -366,8 +366,9 @@ async fn retry_after_beyond_the_limit_fails_with_the_reason() {
     assert_eq!(proxy.count("manifests"), 1);
 }
 
-#[tokio::test]
-async fn concurrency_per_registry_is_bounded() {
+/// Eight lookups at once through a slow proxy, with the repo's `concurrency` and the
+/// operator's `ceiling` for that host; the most that were in flight at once.
+async fn most_in_flight(concurrency: usize, ceiling: Option<usize>) -> usize {
     let registry = TestRegistry::start();
     push_image(
         &registry.host(),
@@ -378,16 +379,27 @@ async fn concurrency_per_registry_is_bounded() {
     .await;
     let proxy = FaultProxy::start(&registry.host()).await;
     proxy.add_rule("manifests", Fault::Delay(Duration::from_millis(100)), None);
+    let limits = ceiling.map(|ceiling| {
+        let limits = RegistryLimits {
+            concurrency: Some(ceiling),
+            rate_limit: None,
+        };
+        (proxy.host(), limits)
+    });
     let client = RegistryClient::new(ClientConfig {
         registries: [(
             proxy.host(),
             RegistrySettings {
-                concurrency: Some(2),
+                concurrency: Some(concurrency),
                 ..RegistrySettings::default()
             },
         )]
         .into(),
-        ..mk_config(&[&proxy.host()])
+        policy: RegistryPolicy {
+            limits: limits.into_iter().collect(),
+            ..RegistryPolicy::insecure([proxy.host()])
+        },
+        ..mk_config(&[])
     })
     .unwrap();
     let repo = mk_repo(&proxy.host(), "team/web");
@@ -400,7 +412,18 @@ async fn concurrency_per_registry_is_bounded() {
         assert!(lookup.await.unwrap().unwrap().is_some());
     }
     assert_eq!(proxy.count("manifests"), 8);
-    assert_eq!(proxy.max_in_flight(), 2);
+    proxy.max_in_flight()
+}
+
+#[tokio::test]
+async fn concurrency_per_registry_is_bounded() {
+    assert_eq!(most_in_flight(2, None).await, 2);
+}
+
+#[tokio::test]
+async fn the_repo_may_lower_the_operators_concurrency_ceiling_but_not_raise_it() {
+    assert_eq!(most_in_flight(8, Some(1)).await, 1);
+    assert_eq!(most_in_flight(1, Some(4)).await, 1);
 }
 
 #[tokio::test]
@@ -445,57 +468,6 @@ async fn rate_limit_spaces_request_starts() {
         "{:?}",
         started.elapsed()
     );
-}
-
-#[tokio::test]
-async fn the_repo_cannot_raise_the_operators_concurrency_ceiling() {
-    let registry = TestRegistry::start();
-    push_image(
-        &registry.host(),
-        "team/web",
-        "1.0",
-        ImageSpec::small("linux/amd64"),
-    )
-    .await;
-    let proxy = FaultProxy::start(&registry.host()).await;
-    proxy.add_rule("manifests", Fault::Delay(Duration::from_millis(100)), None);
-    let client = RegistryClient::new(ClientConfig {
-        // The repo asks for 8 at once; the operator allows 1.
-        registries: [(
-            proxy.host(),
-            RegistrySettings {
-                concurrency: Some(8),
-                ..RegistrySettings::default()
-            },
-        )]
-        .into(),
-        policy: RegistryPolicy {
-            limits: [(
-                proxy.host(),
-                RegistryLimits {
-                    concurrency: Some(1),
-                    rate_limit: None,
-                },
-            )]
-            .into(),
-            ..RegistryPolicy::insecure([proxy.host()])
-        },
-        ..mk_config(&[])
-    })
-    .unwrap();
-    let repo = mk_repo(&proxy.host(), "team/web");
-    let lookups: Vec<_> = (0..4)
-        .map(|_| {
-            let client = client.clone();
-            let repo = repo.clone();
-            tokio::spawn(async move { client.head_manifest(&repo, "1.0").await })
-        })
-        .collect();
-    for lookup in lookups {
-        assert!(lookup.await.unwrap().unwrap().is_some());
-    }
-    assert_eq!(proxy.count("manifests"), 4);
-    assert_eq!(proxy.max_in_flight(), 1);
 }
 
 #[tokio::test]
