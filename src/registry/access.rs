@@ -26,13 +26,22 @@ pub struct NamespaceClients {
     pub mirror: RegistryClient,
 }
 
+/// When a namespace's own registry config file last changed (a rotated Secret), as far as
+/// its metadata tells.
+type FileStamp = Option<(std::time::SystemTime, u64)>;
+
+fn stamp(path: &std::path::Path) -> FileStamp {
+    let metadata = std::fs::metadata(path).ok()?;
+    Some((metadata.modified().ok()?, metadata.len()))
+}
+
 /// The operator's client and the per-namespace scopes made from it, kept across passes so
-/// their tokens are reused.
+/// their tokens are reused (until the namespace's own registry config changes).
 pub struct RegistryAccess {
     operator: RegistryClient,
     daemon_logins: Arc<CredentialStore>,
     tenancy: Tenancy,
-    namespaces: Mutex<BTreeMap<String, NamespaceClients>>,
+    namespaces: Mutex<BTreeMap<String, (FileStamp, NamespaceClients)>>,
 }
 
 impl std::fmt::Debug for RegistryAccess {
@@ -85,11 +94,15 @@ impl RegistryAccess {
             }
             CredentialScope::Only(permitted) => permitted,
         };
+        let own_file = self.tenancy.registry_config_for(namespace);
+        let current = own_file.and_then(stamp);
         let mut namespaces = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(clients) = namespaces.get(namespace) {
+        if let Some((seen, clients)) = namespaces.get(namespace)
+            && *seen == current
+        {
             return Ok(clients.clone());
         }
-        let own = match self.tenancy.registry_config_for(namespace) {
+        let own = match own_file {
             Some(path) => Some(Arc::new(CredentialStore::from_docker_config_file(path)?)),
             None => None,
         };
@@ -101,7 +114,7 @@ impl RegistryAccess {
                 .operator
                 .with_logins(logins.with_operator_hosts(mirror_hosts)),
         };
-        namespaces.insert(namespace.to_owned(), clients.clone());
+        namespaces.insert(namespace.to_owned(), (current, clients.clone()));
         Ok(clients)
     }
 
@@ -116,5 +129,118 @@ impl RegistryAccess {
                     source.registry
                 )
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{ClientConfig, RegistryPolicy};
+    use crate::tenancy::NamespacePolicy;
+    use base64::Engine as _;
+
+    fn docker_config(entries: &[(&str, &str)]) -> String {
+        let auths: Vec<String> = entries
+            .iter()
+            .map(|(host, user)| {
+                let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:pw"));
+                format!("\"{host}\":{{\"auth\":\"{auth}\"}}")
+            })
+            .collect();
+        format!("{{\"auths\":{{{}}}}}", auths.join(","))
+    }
+
+    fn mk_access(team_b_file: &std::path::Path) -> RegistryAccess {
+        let daemon = CredentialStore::from_docker_config_json(
+            docker_config(&[
+                ("quay.io", "quay-robot"),
+                ("registry.internal", "mirror-robot"),
+            ])
+            .as_bytes(),
+            std::path::Path::new("<memory>"),
+        )
+        .unwrap();
+        let operator = RegistryClient::new(ClientConfig {
+            policy: RegistryPolicy {
+                mirrors: ["registry.internal".to_owned()].into(),
+                ..RegistryPolicy::default()
+            },
+            credentials: daemon.clone(),
+            ..ClientConfig::default()
+        })
+        .unwrap();
+        let tenancy = Tenancy {
+            namespaces: [
+                (
+                    "team-a".to_owned(),
+                    NamespacePolicy {
+                        credentials: vec!["quay.io".into()],
+                        ..NamespacePolicy::default()
+                    },
+                ),
+                (
+                    "team-b".to_owned(),
+                    NamespacePolicy {
+                        registry_config: Some(team_b_file.to_owned()),
+                        ..NamespacePolicy::default()
+                    },
+                ),
+            ]
+            .into(),
+            shared_sets: Vec::new(),
+        };
+        RegistryAccess::new(operator, Arc::new(daemon), tenancy)
+    }
+
+    #[test]
+    fn each_namespace_logs_in_with_its_own_logins_and_the_mirror_with_the_operators() {
+        let dir = tempfile::tempdir().unwrap();
+        let team_b_file = dir.path().join("team-b.json");
+        std::fs::write(&team_b_file, docker_config(&[("ghcr.io", "team-b-bot")])).unwrap();
+        let access = mk_access(&team_b_file);
+        let user =
+            |client: &RegistryClient, host: &str| client.engine.login_user(host).map(str::to_owned);
+        let team_a = access.for_namespace("team-a").unwrap();
+        assert_eq!(user(&team_a.pull, "quay.io").as_deref(), Some("quay-robot"));
+        assert_eq!(user(&team_a.pull, "registry.internal"), None);
+        assert_eq!(
+            user(&team_a.mirror, "registry.internal").as_deref(),
+            Some("mirror-robot")
+        );
+        let team_b = access.for_namespace("team-b").unwrap();
+        assert_eq!(user(&team_b.pull, "quay.io"), None);
+        assert_eq!(user(&team_b.pull, "ghcr.io").as_deref(), Some("team-b-bot"));
+        // An unknown namespace gets no login at all.
+        let nobody = access.for_namespace("team-evil").unwrap();
+        assert_eq!(user(&nobody.pull, "quay.io"), None);
+        // Under tenancy a namespace does not mirror from the mirror registry.
+        let on_mirror = ImageRepo::parse("registry.internal/team-a/web").unwrap();
+        assert!(access.mirror_source_refusal("team-b", &on_mirror).is_some());
+
+        // A rotated Secret takes effect without a restart.
+        std::fs::write(
+            &team_b_file,
+            docker_config(&[("ghcr.io", "team-b-rotated-bot")]),
+        )
+        .unwrap();
+        let team_b = access.for_namespace("team-b").unwrap();
+        assert_eq!(
+            user(&team_b.pull, "ghcr.io").as_deref(),
+            Some("team-b-rotated-bot")
+        );
+    }
+
+    #[test]
+    fn one_team_uses_the_operators_client_for_everything() {
+        let operator = RegistryClient::new(ClientConfig::default()).unwrap();
+        let access = RegistryAccess::new(
+            operator,
+            Arc::new(CredentialStore::empty()),
+            Tenancy::default(),
+        );
+        let clients = access.for_namespace("any").unwrap();
+        assert!(Arc::ptr_eq(&clients.pull.engine, &access.operator.engine));
+        let on_mirror = ImageRepo::parse("registry.internal/team-a/web").unwrap();
+        assert!(access.mirror_source_refusal("any", &on_mirror).is_none());
     }
 }

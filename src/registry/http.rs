@@ -441,6 +441,16 @@ impl Engine {
         self.logins.for_registry(&host.name, &self.policy)
     }
 
+    /// The user name of the login this scope would send to `registry`, for tests.
+    #[cfg(test)]
+    pub fn login_user(&self, registry: &str) -> Option<&str> {
+        match self.logins.for_registry(registry, &self.policy)? {
+            Credential::Basic { username, .. } | Credential::IdentityToken { username, .. } => {
+                Some(username)
+            }
+        }
+    }
+
     /// The state of `registry`, created on first use.
     pub fn host(&self, registry: &str, target: &Target) -> Result<Arc<Host>, RegistryError> {
         let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
