@@ -374,9 +374,7 @@ impl Engine {
             .user_agent(concat!("imagelock/", env!("CARGO_PKG_VERSION")))
             // Every name is resolved through the operator's policy: an unlisted name that
             // resolves inside the cluster is refused, whenever it is resolved.
-            .dns_resolver(GuardedResolver {
-                policy: policy.clone(),
-            })
+            .dns_resolver(GuardedResolver::new(policy.clone()))
             .redirect(reqwest::redirect::Policy::custom(move |attempt| {
                 // Blob downloads redirect to storage (S3, a CDN); never from https down to
                 // plain http, and only to hosts the policy allows (with an allowlist: listed

@@ -431,18 +431,54 @@ pub fn allowed_addresses(
 
 /// The client's DNS resolver: the system's, with internal addresses dropped for names the
 /// operator did not list. Every connection (first request, redirect hop, token realm) resolves
-/// here, so a name cannot point inside the cluster by resolving differently later.
+/// here, so a name cannot point inside the cluster by resolving differently later. The
+/// operator's HTTP proxy (`HTTPS_PROXY` and the like), often on an internal address, is
+/// resolved as it is.
 pub(crate) struct GuardedResolver {
-    pub policy: Arc<RegistryPolicy>,
+    policy: Arc<RegistryPolicy>,
+    proxies: BTreeSet<String>,
+}
+
+impl GuardedResolver {
+    pub fn new(policy: Arc<RegistryPolicy>) -> Self {
+        let proxies = [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ]
+        .iter()
+        .filter_map(|variable| std::env::var(variable).ok())
+        .filter_map(|value| {
+            let value = value.trim();
+            let with_scheme = if value.contains("://") {
+                value.to_owned()
+            } else {
+                format!("http://{value}")
+            };
+            Url::parse(&with_scheme)
+                .ok()?
+                .host_str()
+                .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
+        })
+        .collect();
+        GuardedResolver { policy, proxies }
+    }
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let policy = self.policy.clone();
         let name = name.as_str().to_owned();
+        let proxy = self.proxies.contains(&name.to_ascii_lowercase());
         Box::pin(async move {
             let resolved: Vec<SocketAddr> =
                 tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            if proxy {
+                return Ok(Box::new(resolved.into_iter()) as Addrs);
+            }
             let kept = allowed_addresses(&policy, &name, resolved.iter().copied());
             if kept.is_empty() && !resolved.is_empty() {
                 return Err(format!(

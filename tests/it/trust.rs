@@ -63,6 +63,63 @@ async fn run(command: &mut tokio::process::Command) -> Output {
     command.output().await.expect("run imagelock")
 }
 
+/// Runs `imagelock serve` on `repo` with `args` until its `/status` contains `wanted` (and
+/// two more passes); returns that status and the daemon's log.
+async fn serve_until(repo: &ConfigRepo, args: &[&str], wanted: &str) -> (String, String) {
+    let workdir = tempfile::tempdir().unwrap();
+    let log_path = workdir.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let checkout = workdir.path().join("checkout");
+    let mut serve = operator_command(
+        &[
+            "serve",
+            "--repo",
+            &repo.url(),
+            "--workdir",
+            checkout.to_str().unwrap(),
+            "--poll-interval",
+            "1s",
+            "--admin-listen",
+            &admin,
+        ],
+        &[],
+    );
+    let mut daemon = serve
+        .args(args)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start serve");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Ok(response) = http.get(format!("http://{admin}/status")).send().await
+            && let Ok(status) = response.text().await
+            && status.contains(wanted)
+        {
+            break status;
+        }
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        assert!(
+            Instant::now() < deadline,
+            "{wanted:?} not in /status; log: {log}"
+        );
+        assert!(daemon.try_wait().unwrap().is_none(), "serve ended: {log}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Two more passes: whatever they would do wrong, they have done.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    daemon.start_kill().unwrap();
+    daemon.wait().await.unwrap();
+    (status, std::fs::read_to_string(&log_path).unwrap())
+}
+
 fn web_manifest(source_host: &str) -> String {
     image_set(
         "team-a",
@@ -113,56 +170,10 @@ async fn repo_keys_that_granted_trust_are_errors_and_no_login_reaches_the_attack
 
     // The daemon: the same diagnostic in /status and the log, no request to the attacker,
     // no commit.
-    let workdir = tempfile::tempdir().unwrap();
-    let log_path = workdir.path().join("serve.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let admin = format!("127.0.0.1:{}", free_port());
-    let mut serve = operator_command(
-        &[
-            "serve",
-            "--repo",
-            &repo.url(),
-            "--workdir",
-            workdir.path().join("checkout").to_str().unwrap(),
-            "--poll-interval",
-            "1s",
-            "--admin-listen",
-            &admin,
-            "--registry-config",
-            docker,
-        ],
-        &[],
-    );
-    let mut daemon = serve
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start serve");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Ok(response) = http.get(format!("http://{admin}/status")).send().await
-            && let Ok(status) = response.text().await
-            && status.contains("insecureRegistries")
-        {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "no diagnostic in /status");
-        assert!(daemon.try_wait().unwrap().is_none(), "serve ended");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    // Two more polls: still nothing asked of the attacker.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    daemon.start_kill().unwrap();
-    daemon.wait().await.unwrap();
+    let (status, log) =
+        serve_until(&repo, &["--registry-config", docker], "insecureRegistries").await;
     assert!(status.contains("imagelock.yaml:4:"), "{status}");
     assert_no_secret("/status", &status);
-    let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(log.contains("insecureRegistries"), "{log}");
     assert_no_secret("the daemon's log", &log);
     assert!(attacker.requests().is_empty(), "{:?}", attacker.requests());
@@ -250,6 +261,26 @@ async fn a_mirror_registry_the_operator_did_not_allow_gets_nothing() {
         serde_json::json!([]),
         "nothing was copied to {dst}"
     );
+
+    // The daemon: the diagnostic in /status, nothing copied, nothing committed.
+    let (status, _) = serve_until(
+        &repo,
+        &["--insecure-registry", &src, "--insecure-registry", &dst],
+        "mirrorRegistries",
+    )
+    .await;
+    assert!(
+        status.contains("imagelock.yaml:4:13: mirror.registry"),
+        "{status}"
+    );
+    let catalog: serde_json::Value = reqwest::get(format!("http://{dst}/v2/_catalog"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(catalog["repositories"], serde_json::json!([]));
+    assert_eq!(repo.commit_count(), 1, "nothing was committed");
 }
 
 #[tokio::test]
