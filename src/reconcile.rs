@@ -288,24 +288,10 @@ pub async fn mirror(
         let key = (PathBuf::from(&error.manifest), error.alias.clone());
         observations.fail_tags(&key, None, &format!("mirror: {}", error.reason));
     }
-    // Per namespace (one group for a one-team repo): its copies and its engine.
-    let enforced = access.tenancy().is_enforced();
-    let mut groups: BTreeMap<&str, Vec<&plan::WantedCopy>> = BTreeMap::new();
-    for copy in &wanted {
-        let namespace = repo
-            .sets
-            .iter()
-            .find(|set| set.path == copy.manifest)
-            .map_or("", |set| set.namespace.as_str());
+    let NamespaceCopies { groups, refused } = copies_by_namespace(access, repo, &wanted);
+    for (copy, reason) in refused {
         let key = (copy.manifest.clone(), copy.alias.clone());
-        if let Some(reason) = access.mirror_source_refusal(namespace, &copy.request.source) {
-            observations.fail_tags(&key, Some(&copy.source_tags), &reason);
-            continue;
-        }
-        groups
-            .entry(if enforced { namespace } else { "" })
-            .or_default()
-            .push(copy);
+        observations.fail_tags(&key, Some(&copy.source_tags), &reason);
     }
     let mut report = CopyReport::default();
     for (namespace, copies) in groups {
@@ -339,6 +325,47 @@ pub async fn mirror(
         }
     }
     report
+}
+
+/// Mirror copies sorted by the namespace that makes them ([`copies_by_namespace`]).
+pub struct NamespaceCopies<'r, C> {
+    /// Per namespace (one group, `""`, for a one-team repo): the copies its client makes.
+    pub groups: BTreeMap<&'r str, Vec<C>>,
+    /// The copies their namespace may not make, each with the reason: a source outside its
+    /// prefixes, or one on a mirror registry.
+    pub refused: Vec<(C, String)>,
+}
+
+/// Sorts mirror copies by the namespace whose client makes them.
+pub fn copies_by_namespace<'r, C: std::borrow::Borrow<plan::WantedCopy>>(
+    access: &RegistryAccess,
+    repo: &'r LoadedRepo,
+    copies: impl IntoIterator<Item = C>,
+) -> NamespaceCopies<'r, C> {
+    let enforced = access.tenancy().is_enforced();
+    let mut groups: BTreeMap<&str, Vec<C>> = BTreeMap::new();
+    let mut refused = Vec::new();
+    for copy in copies {
+        let wanted = copy.borrow();
+        let namespace = repo
+            .sets
+            .iter()
+            .find(|set| set.path == wanted.manifest)
+            .map_or("", |set| set.namespace.as_str());
+        let source = &wanted.request.source;
+        let refusal = match access.may_pull(namespace, source) {
+            Err(e) => Some(e.to_string()),
+            Ok(()) => access.mirror_source_refusal(namespace, source),
+        };
+        match refusal {
+            Some(reason) => refused.push((copy, reason)),
+            None => groups
+                .entry(if enforced { namespace } else { "" })
+                .or_default()
+                .push(copy),
+        }
+    }
+    NamespaceCopies { groups, refused }
 }
 
 /// Whether [`apply`] writes files or only computes what would change.

@@ -43,29 +43,15 @@ pub async fn run(dir: &Path, dry_run: bool, registry: &RegistryArgs) -> anyhow::
         eprintln!("{}: {}: {}", error.manifest, error.alias, error.reason);
     }
 
-    // Each namespace's copies with its own client (one group for a one-team repo); a source
-    // its namespace may not use is an error, not a copy.
-    let enforced = access.tenancy().is_enforced();
-    let mut groups: BTreeMap<&str, Vec<WantedCopy>> = BTreeMap::new();
-    for copy in wanted {
-        let namespace = repo
-            .sets
-            .iter()
-            .find(|set| set.path == copy.manifest)
-            .map_or("", |set| set.namespace.as_str());
-        let refusal = match access.may_pull(namespace, &copy.request.source) {
-            Err(e) => Some(e.to_string()),
-            Ok(()) => access.mirror_source_refusal(namespace, &copy.request.source),
-        };
-        if let Some(reason) = refusal {
-            eprintln!("{}: {}: {reason}", copy.manifest.display(), copy.alias);
-            failed = true;
-            continue;
-        }
-        groups
-            .entry(if enforced { namespace } else { "" })
-            .or_default()
-            .push(copy);
+    // Each namespace's copies with its own client; a source its namespace may not use is an
+    // error, not a copy.
+    let reconcile::NamespaceCopies {
+        mut groups,
+        refused,
+    } = reconcile::copies_by_namespace(&access, &repo, wanted);
+    for (copy, reason) in &refused {
+        eprintln!("{}: {}: {reason}", copy.manifest.display(), copy.alias);
+        failed = true;
     }
     if groups.is_empty() {
         // Nothing wanted: the three sets are still printed, all empty.

@@ -23,6 +23,7 @@ use super::policy::{self, DOCKER_HUB_API, GuardedResolver, RegistryPolicy};
 use super::retry::{backoff_delay, parse_retry_after};
 use crate::manifest::RegistrySettings;
 use crate::reference::DOCKER_HUB;
+
 /// The header in which registries name a manifest's digest.
 pub const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 /// Largest token-realm answer read.
@@ -322,7 +323,7 @@ fn classify(error: reqwest::Error) -> Failure {
 pub(crate) struct Shared {
     http: reqwest::Client,
     request_timeout: Duration,
-    idle_timeout: Duration,
+    pub idle_timeout: Duration,
     max_attempts: u32,
     backoff_base: Duration,
     max_retry_after: Duration,
@@ -336,7 +337,6 @@ pub(crate) struct Shared {
 /// for another namespace's request.
 pub(crate) struct Engine {
     shared: Arc<Shared>,
-    pub idle_timeout: Duration,
     logins: Logins,
     tokens: TokenCache,
 }
@@ -412,7 +412,6 @@ impl Engine {
 
     fn scope(shared: Arc<Shared>, logins: Logins) -> Self {
         Engine {
-            idle_timeout: shared.idle_timeout,
             shared,
             logins,
             tokens: TokenCache::default(),
@@ -891,11 +890,7 @@ impl Engine {
         if !matches!(url.scheme(), "https" | "http") {
             return Err(invalid(format!("token realm {realm:?} is not http(s)")));
         }
-        let realm_host = match (url.host_str(), url.port()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            (Some(h), None) => h.to_owned(),
-            _ => String::new(),
-        };
+        let realm_host = policy::url_host(&url).unwrap_or_default();
         let credential = self.credential(host);
         let api_host = policy::url_host(&host.base).unwrap_or_default();
         self.policy
@@ -909,7 +904,7 @@ impl Engine {
                 target: target.clone(),
                 status: 401,
                 message: format!(
-                    "refusing to send credentials to the plain-http token realm {realm_host}; mark it insecure to allow"
+                    "refusing to send credentials to the plain-http token realm {realm_host}; the operator can list it in insecureRegistries"
                 ),
             });
         }
