@@ -470,8 +470,9 @@ async fn rate_limit_spaces_request_starts() {
     );
 }
 
-#[tokio::test]
-async fn credential_scopes_never_share_tokens() {
+/// A registry with `team/web:1.0` behind a proxy that demands a Bearer token (`tok-123`,
+/// from its own `/token`).
+async fn bearer_proxy() -> (TestRegistry, FaultProxy) {
     let registry = TestRegistry::start();
     push_image(
         &registry.host(),
@@ -489,6 +490,12 @@ async fn credential_scopes_never_share_tokens() {
         },
         None,
     );
+    (registry, proxy)
+}
+
+#[tokio::test]
+async fn credential_scopes_never_share_tokens() {
+    let (_registry, proxy) = bearer_proxy().await;
     let operator = mk_client(&[&proxy.host()]);
     let team_a = operator.with_logins(Logins::default());
     let team_b = operator.with_logins(Logins::default());
@@ -608,23 +615,7 @@ async fn basic_auth_with_docker_config_credentials() {
 
 #[tokio::test]
 async fn bearer_token_is_fetched_once_and_reused() {
-    let registry = TestRegistry::start();
-    push_image(
-        &registry.host(),
-        "team/web",
-        "1.0",
-        ImageSpec::small("linux/amd64"),
-    )
-    .await;
-    let proxy = FaultProxy::start(&registry.host()).await;
-    proxy.add_rule(
-        ".*",
-        Fault::RequireBearer {
-            token: "tok-123".into(),
-            expires_in: 300,
-        },
-        None,
-    );
+    let (_registry, proxy) = bearer_proxy().await;
     let client = mk_client(&[&proxy.host()]);
     let repo = mk_repo(&proxy.host(), "team/web");
 

@@ -120,6 +120,16 @@ async fn serve_until(repo: &ConfigRepo, args: &[&str], wanted: &str) -> (String,
     (status, std::fs::read_to_string(&log_path).unwrap())
 }
 
+/// The repositories a registry holds (`GET /v2/_catalog`).
+async fn catalog(host: &str) -> serde_json::Value {
+    reqwest::get(format!("http://{host}/v2/_catalog"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn web_manifest(source_host: &str) -> String {
     image_set(
         "team-a",
@@ -250,14 +260,9 @@ async fn a_mirror_registry_the_operator_did_not_allow_gets_nothing() {
     .arg(&repo.work))
     .await;
     assert_eq!(mirror.status.code(), Some(1), "{}", text(&mirror));
-    let catalog: serde_json::Value = reqwest::get(format!("http://{dst}/v2/_catalog"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let held = catalog(&dst).await;
     assert_eq!(
-        catalog["repositories"],
+        held["repositories"],
         serde_json::json!([]),
         "nothing was copied to {dst}"
     );
@@ -273,13 +278,8 @@ async fn a_mirror_registry_the_operator_did_not_allow_gets_nothing() {
         status.contains("imagelock.yaml:4:13: mirror.registry"),
         "{status}"
     );
-    let catalog: serde_json::Value = reqwest::get(format!("http://{dst}/v2/_catalog"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(catalog["repositories"], serde_json::json!([]));
+    let held = catalog(&dst).await;
+    assert_eq!(held["repositories"], serde_json::json!([]));
     assert_eq!(repo.commit_count(), 1, "nothing was committed");
 }
 
