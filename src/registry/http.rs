@@ -429,10 +429,6 @@ impl Engine {
         &self.policy
     }
 
-    fn is_insecure(&self, host: &str) -> bool {
-        self.policy.is_insecure(host)
-    }
-
     /// The login this scope sends to `host`, if any.
     fn credential(&self, host: &Host) -> Option<&Credential> {
         self.logins.for_registry(&host.name, &self.policy)
@@ -463,7 +459,7 @@ impl Engine {
         let limits = self
             .policy
             .limits_for(registry, self.registries.get(registry));
-        let scheme = if self.is_insecure(registry) {
+        let scheme = if self.policy.is_insecure(registry) {
             "http"
         } else {
             "https"
@@ -899,7 +895,7 @@ impl Engine {
                 target: target.clone(),
                 reason,
             })?;
-        if credential.is_some() && url.scheme() == "http" && !self.is_insecure(&realm_host) {
+        if credential.is_some() && url.scheme() == "http" && !self.policy.is_insecure(&realm_host) {
             return Err(RegistryError::Unauthorized {
                 target: target.clone(),
                 status: 401,

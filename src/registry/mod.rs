@@ -7,7 +7,10 @@
 //!   (a semaphore for concurrency, spacing of request starts for the rate limit);
 //! - 5xx, 429 and network failures are retried with exponential backoff and jitter,
 //!   honouring `Retry-After`, for a bounded number of attempts;
-//! - authentication is anonymous, Basic or Bearer tokens (cached per registry and scope);
+//! - authentication is anonymous, Basic or Bearer tokens (cached per registry and scope, in
+//!   each credential scope of its own: [`RegistryClient::with_logins`], [`RegistryAccess`]);
+//! - every host, token realm and redirect hop passes the operator's [`RegistryPolicy`]
+//!   (allowlist, internal addresses, which login goes where), names at DNS resolution too;
 //! - every manifest and blob is verified against its digest;
 //! - the write side (`blobs`, `manifests`): blob HEAD, streamed downloads with a start
 //!   offset, cross-repository mounts, streamed uploads (monolithic PUT, chunked PATCH as the
@@ -170,25 +173,6 @@ impl RegistryClient {
     pub fn new(config: ClientConfig) -> Result<Self, RegistryError> {
         Ok(RegistryClient {
             engine: Arc::new(Engine::new(config)?),
-        })
-    }
-
-    /// A client with a config repo's per-registry `settings`, the credentials of a Docker
-    /// config file (none without one) and the operator's `policy`.
-    pub fn with_settings(
-        settings: &BTreeMap<String, RegistrySettings>,
-        docker_config: Option<&std::path::Path>,
-        policy: RegistryPolicy,
-    ) -> Result<Self, RegistryError> {
-        let credentials = match docker_config {
-            Some(path) => CredentialStore::from_docker_config_file(path)?,
-            None => CredentialStore::empty(),
-        };
-        RegistryClient::new(ClientConfig {
-            policy,
-            registries: settings.clone(),
-            credentials,
-            ..ClientConfig::default()
         })
     }
 
