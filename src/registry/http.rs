@@ -476,6 +476,18 @@ impl Engine {
             .ok_or_else(|| RegistryError::Config {
                 reason: format!("{target}: {registry:?} is not a registry host name"),
             })?;
+        // The URL parser reads `0x7f.1` or `2130706433` as 127.0.0.1: judge the address the
+        // connection will use too, not only the name as written.
+        if let Some(normalized) = policy::url_host(&base)
+            && normalized != authority
+        {
+            self.policy
+                .check_host(&normalized)
+                .map_err(|reason| RegistryError::Refused {
+                    target: target.clone(),
+                    reason,
+                })?;
+        }
         let concurrency = limits
             .concurrency
             .unwrap_or(policy::DEFAULT_CONCURRENCY)

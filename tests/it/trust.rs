@@ -399,6 +399,15 @@ async fn a_name_for_a_loopback_address_is_refused_unless_that_name_is_listed() {
             "{source} with {listed} listed: {output}"
         );
     }
+    // Another spelling of the address: the URL parser reads 0x7f.1 as 127.0.0.1.
+    let hex_host = format!("0x7f.1:{port}");
+    let (plan, _repo) = plan_for(&hex_host, "registry.internal").await;
+    let output = text(&plan);
+    assert_eq!(plan.status.code(), Some(1), "{output}");
+    assert!(
+        output.contains(&format!("{ip_host} is a loopback")),
+        "{output}"
+    );
     // Listed as written, either name works.
     for host in [&ip_host, &name_host] {
         let (plan, _repo) = plan_for(host, host).await;
