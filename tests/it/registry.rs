@@ -426,8 +426,9 @@ async fn the_repo_may_lower_the_operators_concurrency_ceiling_but_not_raise_it()
     assert_eq!(most_in_flight(1, Some(4)).await, 1);
 }
 
-#[tokio::test]
-async fn rate_limit_spaces_request_starts() {
+/// How long five lookups at once take with the repo's `rate_limit` and the operator's
+/// `ceiling` for that host.
+async fn five_lookups_take(rate_limit: u32, ceiling: Option<u32>) -> Duration {
     let registry = TestRegistry::start();
     push_image(
         &registry.host(),
@@ -437,16 +438,27 @@ async fn rate_limit_spaces_request_starts() {
     )
     .await;
     let host = registry.host();
+    let limits = ceiling.map(|ceiling| {
+        let limits = RegistryLimits {
+            rate_limit: Some(ceiling),
+            concurrency: None,
+        };
+        (host.clone(), limits)
+    });
     let client = RegistryClient::new(ClientConfig {
         registries: [(
             host.clone(),
             RegistrySettings {
-                rate_limit: Some(20),
+                rate_limit: Some(rate_limit),
                 ..RegistrySettings::default()
             },
         )]
         .into(),
-        ..mk_config(&[&host])
+        policy: RegistryPolicy {
+            limits: limits.into_iter().collect(),
+            ..RegistryPolicy::insecure([host.clone()])
+        },
+        ..mk_config(&[])
     })
     .unwrap();
     let repo = mk_repo(&host, "team/web");
@@ -461,13 +473,22 @@ async fn rate_limit_spaces_request_starts() {
     for lookup in lookups {
         assert!(lookup.await.unwrap().unwrap().is_some());
     }
-    // Five starts 50 ms apart take at least 200 ms, however fast the registry is (a lower
-    // bound only: a slow machine cannot make this fail).
-    assert!(
-        started.elapsed() >= Duration::from_millis(200),
-        "{:?}",
-        started.elapsed()
-    );
+    started.elapsed()
+}
+
+// Five starts 50 ms apart take at least 200 ms, however fast the registry is (a lower bound
+// only: a slow machine cannot make these fail).
+
+#[tokio::test]
+async fn rate_limit_spaces_request_starts() {
+    let took = five_lookups_take(20, None).await;
+    assert!(took >= Duration::from_millis(200), "{took:?}");
+}
+
+#[tokio::test]
+async fn the_repo_cannot_raise_the_operators_rate_limit() {
+    let took = five_lookups_take(100_000, Some(20)).await;
+    assert!(took >= Duration::from_millis(200), "{took:?}");
 }
 
 /// A registry with `team/web:1.0` behind a proxy that demands a Bearer token (`tok-123`,
