@@ -231,6 +231,24 @@ mod tests {
     }
 
     #[test]
+    fn a_mapped_entry_must_exist() {
+        let err = RegistryClient::new(ClientConfig {
+            policy: RegistryPolicy {
+                credential_names: [("quay.io".to_owned(), "quay-robot".to_owned())].into(),
+                ..RegistryPolicy::default()
+            },
+            ..ClientConfig::default()
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "registryCredentials.quay.io: the registry config has no auths entry \"quay-robot\""
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn one_team_uses_the_operators_client_for_everything() {
         let operator = RegistryClient::new(ClientConfig::default()).unwrap();
         let access = RegistryAccess::new(

@@ -368,6 +368,13 @@ impl Engine {
             return Err(config_err("max_attempts must be at least 1".into()));
         }
         let policy = Arc::new(config.policy.validated().map_err(config_err)?);
+        for (registry, entry) in &policy.credential_names {
+            if config.credentials.by_name(entry).is_none() {
+                return Err(config_err(format!(
+                    "registryCredentials.{registry}: the registry config has no auths entry {entry:?}"
+                )));
+            }
+        }
         let redirect_policy = policy.clone();
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
