@@ -23,10 +23,11 @@ use crate::lock::{
     self, ImageObservation, LockFile, LockedImage, PinChange, Problem, TagObservation,
 };
 use crate::manifest::{self, Diagnostic, ImageSet, ImageSpec, LoadedRepo};
-use crate::mirror::{CopyReport, MirrorEngine, plan};
+use crate::mirror::progress::Progress;
+use crate::mirror::{CopyReport, EngineOptions, MirrorEngine, plan};
 use crate::outputs::{self, OutputChange};
 use crate::pins::{Admitted, CheckoutLocks, LockSource, Pins};
-use crate::registry::RegistryClient;
+use crate::registry::{RegistryAccess, RegistryClient, RegistryPolicy};
 use crate::resolve::resolve_image;
 
 /// Image entries resolved at once across a pass.
@@ -140,10 +141,43 @@ impl Observations {
     }
 }
 
-/// Resolves every entry of `repo` for which `due` says yes, each from its previous lock as
-/// `locks` gives it and within `deadline` (from when it starts; 8 entries run at once).
+/// Loads the checkout at `root` as the operator's settings admit it: `imagelock.yaml` vetted
+/// against the registry `policy` ([`vet_repo`]), then only the manifests `tenancy` lets
+/// declare their namespace ([`crate::pins::admit`]).
+pub fn load(
+    root: &Path,
+    policy: &RegistryPolicy,
+    tenancy: &crate::tenancy::Tenancy,
+) -> Result<Admitted, manifest::ManifestError> {
+    let mut repo = manifest::load_repo(root)?;
+    vet_repo(&mut repo, policy);
+    Ok(crate::pins::admit(repo, tenancy))
+}
+
+/// Applies the operator's mirror rule to a loaded repo: a `mirror.registry` that is not among
+/// the operator's `mirrorRegistries` makes `imagelock.yaml` invalid, with a diagnostic at its
+/// `registry:`, so nothing is mirrored there and no lock or pin is written pointing there.
+pub fn vet_repo(repo: &mut LoadedRepo, policy: &RegistryPolicy) {
+    let Some(target) = repo.config.as_ref().and_then(|c| c.mirror.as_ref()) else {
+        return;
+    };
+    if let Err(reason) = policy.check_mirror(&target.registry) {
+        repo.diagnostics.push(Diagnostic {
+            path: PathBuf::from(manifest::CONFIG_FILE),
+            position: target.position,
+            message: reason,
+        });
+        repo.diagnostics
+            .sort_by(|a, b| (&a.path, a.position).cmp(&(&b.path, b.position)));
+        repo.config = None;
+    }
+}
+
+/// Resolves every entry of `repo` for which `due` says yes, each with its namespace's client,
+/// from its previous lock as `locks` gives it and within `deadline` (from when it starts; 8
+/// entries run at once). An entry whose namespace may not pull its source fails with the reason.
 pub async fn observe(
-    client: &RegistryClient,
+    access: &RegistryAccess,
     root: &Path,
     repo: &LoadedRepo,
     locks: &dyn LockSource,
@@ -151,7 +185,7 @@ pub async fn observe(
     deadline: Duration,
 ) -> Observations {
     let deadline = EntryDeadline::new(deadline);
-    let entries = observe_due(client, root, repo, locks, due, &deadline)
+    let entries = observe_due(access, root, repo, locks, due, &deadline)
         .collect()
         .await;
     Observations { entries }
@@ -240,7 +274,7 @@ fn due_entries<'a>(
 /// the lifetimes of the items, which the daemon's task needs to be `Send` (the same closure
 /// inside the async fn is not general enough for the compiler).
 fn observe_due<'a>(
-    client: &'a RegistryClient,
+    access: &'a RegistryAccess,
     root: &'a Path,
     repo: &'a LoadedRepo,
     locks: &'a dyn LockSource,
@@ -248,19 +282,31 @@ fn observe_due<'a>(
     deadline: &'a EntryDeadline,
 ) -> impl futures_util::Stream<Item = (EntryKey, (u64, ImageObservation))> + Send + 'a {
     stream::iter(due_entries(root, repo, locks, due))
-        .map(move |(set, spec, previous)| observe_entry(client, set, spec, previous, deadline))
+        .map(move |(set, spec, previous)| observe_entry(access, set, spec, previous, deadline))
         .buffer_unordered(IMAGE_CONCURRENCY)
 }
 
 async fn observe_entry(
-    client: &RegistryClient,
+    access: &RegistryAccess,
     set: &ImageSet,
     spec: &ImageSpec,
     previous: Option<Arc<LockFile>>,
     deadline: &EntryDeadline,
 ) -> (EntryKey, (u64, ImageObservation)) {
     let previous = previous.as_ref().and_then(|p| p.images.get(&spec.name));
-    let observation = match deadline.resolve(client, spec, previous).await {
+    let clients = access
+        .may_pull(&set.namespace, &spec.source)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            access
+                .for_namespace(&set.namespace)
+                .map_err(|e| format!("namespace {}: {e}", set.namespace))
+        });
+    let resolved = match clients {
+        Ok(clients) => deadline.resolve(&clients.pull, spec, previous).await,
+        Err(reason) => Err(reason),
+    };
+    let observation = match resolved {
         Ok(observation) => observation,
         Err(reason) => {
             tracing::warn!(manifest = %set.path.display(), image = %spec.name, "{reason}; its pins stay as they were");
@@ -293,11 +339,24 @@ fn count_resolutions(spec: &ImageSpec, observation: &ImageObservation) {
     }
 }
 
+/// How [`mirror`] builds the engine of each namespace: the options (an image copy's deadline
+/// among them) and where progress goes.
+#[derive(Clone)]
+pub struct EngineSettings {
+    pub options: EngineOptions,
+    pub progress: Arc<dyn Progress>,
+}
+
 /// Copies into the mirror every pin that the observed, mirrored entries would get. Tags whose
 /// copy fails (or whose entry has no valid mirror placement) become failures with the reason,
 /// so [`apply`] keeps their previous pins. Sets each mirrored observation's `mirror` name.
+///
+/// A mirror registry the operator does not allow (`mirrorRegistries`) fails every mirrored
+/// entry and copies nothing. Each namespace's images are copied by an engine of its own, with
+/// its client: blobs are shared within a namespace, never mounted across namespaces.
 pub async fn mirror(
-    engine: &MirrorEngine,
+    access: &RegistryAccess,
+    engines: &EngineSettings,
     root: &Path,
     repo: &LoadedRepo,
     locks: &dyn LockSource,
@@ -305,6 +364,24 @@ pub async fn mirror(
     now: DateTime<Utc>,
 ) -> CopyReport {
     let target = repo.config.as_ref().and_then(|c| c.mirror.as_ref());
+    if let Some(refused) =
+        target.and_then(|t| access.operator().policy().check_mirror(&t.registry).err())
+    {
+        let mirrored: Vec<EntryKey> = repo
+            .sets
+            .iter()
+            .flat_map(|set| {
+                set.images
+                    .iter()
+                    .filter(|spec| spec.mirror)
+                    .map(|spec| (set.path.clone(), spec.name.clone()))
+            })
+            .collect();
+        for key in mirrored {
+            observations.fail_tags(&key, None, &refused);
+        }
+        return CopyReport::default();
+    }
     let mut sets = Vec::new();
     let mut prospective_locks = BTreeMap::new();
     for set in &repo.sets {
@@ -348,19 +425,41 @@ pub async fn mirror(
         let key = (PathBuf::from(&error.manifest), error.alias.clone());
         observations.fail_tags(&key, None, &format!("mirror: {}", error.reason));
     }
-    let requests = wanted.iter().map(|w| w.request.clone()).collect();
+    let NamespaceCopies { groups, refused } = copies_by_namespace(access, repo, &wanted);
+    for (copy, reason) in refused {
+        let key = (copy.manifest.clone(), copy.alias.clone());
+        observations.fail_tags(&key, Some(&copy.source_tags), &reason);
+    }
     let mut report = CopyReport::default();
-    for (copy, (request, result)) in wanted.iter().zip(engine.copy_all(requests).await) {
-        match result {
-            Ok(copied) => report.add(&copied),
+    for (namespace, copies) in groups {
+        let engine = match access.for_namespace(namespace) {
+            Ok(clients) => MirrorEngine::new(
+                clients.mirror,
+                engines.options.clone(),
+                engines.progress.clone(),
+            ),
             Err(e) => {
-                tracing::warn!(image = %request.source, digest = %request.digest, error = %e, "mirror copy failed; the pin stays where it was");
-                let reason = format!("mirror to {}: {e}", request.destination);
-                observations.fail_tags(
-                    &(copy.manifest.clone(), copy.alias.clone()),
-                    Some(&copy.source_tags),
-                    &reason,
-                );
+                let reason = format!("namespace {namespace}: {e}");
+                for copy in copies {
+                    let key = (copy.manifest.clone(), copy.alias.clone());
+                    observations.fail_tags(&key, Some(&copy.source_tags), &reason);
+                }
+                continue;
+            }
+        };
+        let requests = copies.iter().map(|w| w.request.clone()).collect();
+        for (copy, (request, result)) in copies.iter().zip(engine.copy_all(requests).await) {
+            match result {
+                Ok(copied) => report.add(&copied),
+                Err(e) => {
+                    tracing::warn!(image = %request.source, digest = %request.digest, error = %e, "mirror copy failed; the pin stays where it was");
+                    let reason = format!("mirror to {}: {e}", request.destination);
+                    observations.fail_tags(
+                        &(copy.manifest.clone(), copy.alias.clone()),
+                        Some(&copy.source_tags),
+                        &reason,
+                    );
+                }
             }
         }
     }
@@ -385,6 +484,47 @@ pub fn name_mirrors(repo: &LoadedRepo, observations: &mut Observations) {
             }
         }
     }
+}
+
+/// Mirror copies sorted by the namespace that makes them ([`copies_by_namespace`]).
+pub struct NamespaceCopies<'r, C> {
+    /// Per namespace (one group, `""`, for a one-team repo): the copies its client makes.
+    pub groups: BTreeMap<&'r str, Vec<C>>,
+    /// The copies their namespace may not make, each with the reason: a source outside its
+    /// prefixes, or one on a mirror registry.
+    pub refused: Vec<(C, String)>,
+}
+
+/// Sorts mirror copies by the namespace whose client makes them.
+pub fn copies_by_namespace<'r, C: std::borrow::Borrow<plan::WantedCopy>>(
+    access: &RegistryAccess,
+    repo: &'r LoadedRepo,
+    copies: impl IntoIterator<Item = C>,
+) -> NamespaceCopies<'r, C> {
+    let enforced = access.tenancy().is_enforced();
+    let mut groups: BTreeMap<&str, Vec<C>> = BTreeMap::new();
+    let mut refused = Vec::new();
+    for copy in copies {
+        let wanted = copy.borrow();
+        let namespace = repo
+            .sets
+            .iter()
+            .find(|set| set.path == wanted.manifest)
+            .map_or("", |set| set.namespace.as_str());
+        let source = &wanted.request.source;
+        let refusal = match access.may_pull(namespace, source) {
+            Err(e) => Some(e.to_string()),
+            Ok(()) => access.mirror_source_refusal(namespace, source),
+        };
+        match refusal {
+            Some(reason) => refused.push((copy, reason)),
+            None => groups
+                .entry(if enforced { namespace } else { "" })
+                .or_default()
+                .push(copy),
+        }
+    }
+    NamespaceCopies { groups, refused }
 }
 
 /// Whether [`apply`] writes files or only computes what would change.

@@ -456,6 +456,7 @@ pub(crate) mod tests {
             layout: MirrorLayout::PerImage {
                 template: "{namespace}/{name}".into(),
             },
+            position: crate::manifest::Position { line: 1, col: 1 },
         };
         let sets: Vec<(ImageSet, LockFile)> = sets
             .iter()

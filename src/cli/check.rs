@@ -3,13 +3,13 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::pins;
-use crate::tenancy::Tenancy;
+use super::RegistryArgs;
 
 /// Validates the checkout at `dir`; a manifest that may not declare its namespace under the
-/// operator's `tenancy` is an error like any other.
-pub fn run(dir: &Path, tenancy: &Tenancy) -> anyhow::Result<ExitCode> {
-    let repo = pins::load(dir, tenancy)?;
+/// operator's tenancy, or a mirror registry the operator does not allow, is an error like any
+/// other.
+pub fn run(dir: &Path, registry: &RegistryArgs) -> anyhow::Result<ExitCode> {
+    let (repo, _) = super::load_admitted(dir, registry)?;
     let diagnostics = repo.all_diagnostics();
     for diagnostic in &diagnostics {
         eprintln!("{diagnostic}");

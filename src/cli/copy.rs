@@ -22,7 +22,9 @@ pub async fn run(
     let source = ImageRef::parse(source).with_context(|| format!("source {source:?}"))?;
     let destination =
         ImageRef::parse(destination).with_context(|| format!("destination {destination:?}"))?;
-    let client = registry.client(&RepoConfig::default())?;
+    // The operator's own command: every login of the daemon, under the same host rules.
+    let access = registry.access(&RepoConfig::default())?;
+    let client = access.operator().clone();
 
     let reference = match (&source.digest, &source.tag) {
         (Some(digest), _) => digest.to_string(),

@@ -9,26 +9,22 @@ use anyhow::Context as _;
 use super::RegistryArgs;
 use crate::git::{self, Author};
 use crate::lock::ChangeKind;
+use crate::mirror::EngineOptions;
 use crate::mirror::progress::TerminalProgress;
-use crate::mirror::{EngineOptions, MirrorEngine};
-use crate::pins::{self, CheckoutLocks};
-use crate::reconcile::{self, Deadlines, Mode};
-use crate::tenancy::Tenancy;
+use crate::pins::CheckoutLocks;
+use crate::reconcile::{self, Deadlines, EngineSettings, Mode};
 
-/// Locks the checkout at `dir`; manifests the operator's `tenancy` refuses are reported and
+/// Locks the checkout at `dir`; manifests the operator's settings refuse are reported and
 /// neither resolved, mirrored nor locked.
 pub async fn run(
     dir: &Path,
     commit: bool,
     registry: &RegistryArgs,
     deadlines: Deadlines,
-    tenancy: &Tenancy,
 ) -> anyhow::Result<ExitCode> {
-    let repo = pins::load(dir, tenancy)?;
-    let config = repo.config.clone().unwrap_or_default();
-    let client = registry.client(&config)?;
+    let (repo, access) = super::load_admitted(dir, registry)?;
     let mut observations = reconcile::observe(
-        &client,
+        &access,
         dir,
         &repo,
         &CheckoutLocks,
@@ -42,13 +38,16 @@ pub async fn run(
         .any(|set| set.images.iter().any(|spec| spec.mirror))
     {
         let progress = Arc::new(TerminalProgress::new(0));
-        let options = EngineOptions {
-            image_timeout: Some(deadlines.mirror),
-            ..EngineOptions::default()
+        let engines = EngineSettings {
+            options: EngineOptions {
+                image_timeout: Some(deadlines.mirror),
+                ..EngineOptions::default()
+            },
+            progress: progress.clone(),
         };
-        let engine = MirrorEngine::new(client.clone(), options, progress.clone());
         let report = reconcile::mirror(
-            &engine,
+            &access,
+            &engines,
             dir,
             &repo,
             &CheckoutLocks,
@@ -81,6 +80,7 @@ pub async fn run(
         println!("{}: {done}", output.path.display());
     }
     if commit && !outcome.touched.is_empty() {
+        let config = repo.config.clone().unwrap_or_default();
         let author = Author {
             name: config.git.author_name.clone(),
             email: config.git.author_email.clone(),

@@ -10,25 +10,20 @@ use futures_util::StreamExt as _;
 
 use super::RegistryArgs;
 use crate::lock;
-use crate::mirror::plan::{self, MirrorPlan, Standing};
+use crate::mirror::plan::{self, MirrorPlan, Standing, WantedCopy};
 use crate::mirror::progress::TerminalProgress;
 use crate::mirror::{self as mirroring, CopyOutcome, CopyReport, EngineOptions, MirrorEngine};
-use crate::pins;
-use crate::tenancy::Tenancy;
+use crate::reconcile;
+use crate::registry::RegistryClient;
 
 /// Presence checks in flight at once.
 const CHECKS_IN_FLIGHT: usize = 32;
 
-/// Mirrors what the locks of the manifests the operator's `tenancy` admits pin: a manifest
+/// Mirrors what the locks of the manifests the operator's settings admit pin: a manifest
 /// that may not declare its namespace never gets anything copied into that namespace's
 /// place in the mirror.
-pub async fn run(
-    dir: &Path,
-    dry_run: bool,
-    registry: &RegistryArgs,
-    tenancy: &Tenancy,
-) -> anyhow::Result<ExitCode> {
-    let repo = pins::load(dir, tenancy)?;
+pub async fn run(dir: &Path, dry_run: bool, registry: &RegistryArgs) -> anyhow::Result<ExitCode> {
+    let (repo, access) = super::load_admitted(dir, registry)?;
     let diagnostics = repo.all_diagnostics();
     for diagnostic in &diagnostics {
         eprintln!("{diagnostic}");
@@ -49,7 +44,34 @@ pub async fn run(
         eprintln!("{}: {}: {}", error.manifest, error.alias, error.reason);
     }
 
-    let client = registry.client(&config)?;
+    // Each namespace's copies with its own client; a source its namespace may not use is an
+    // error, not a copy.
+    let reconcile::NamespaceCopies {
+        mut groups,
+        refused,
+    } = reconcile::copies_by_namespace(&access, &repo, wanted);
+    for (copy, reason) in &refused {
+        eprintln!("{}: {}: {reason}", copy.manifest.display(), copy.alias);
+        failed = true;
+    }
+    if groups.is_empty() {
+        // Nothing wanted: the three sets are still printed, all empty.
+        groups.insert("", Vec::new());
+    }
+    for (namespace, copies) in groups {
+        let client = access.for_namespace(namespace)?.mirror;
+        mirror_group(client, copies, dry_run, &mut failed).await;
+    }
+    Ok(super::exit_code(failed))
+}
+
+/// Checks and (unless `dry_run`) copies one namespace's images with its client.
+async fn mirror_group(
+    client: RegistryClient,
+    wanted: Vec<WantedCopy>,
+    dry_run: bool,
+    failed: &mut bool,
+) {
     let standings: Vec<_> = futures_util::stream::iter(wanted)
         .map(|w| {
             let client = &client;
@@ -78,9 +100,9 @@ pub async fn run(
     }
     let plan = MirrorPlan::from_standings(checked);
     print!("{}", plan.render());
-    failed |= !plan.missing_at_source.is_empty();
+    *failed |= !plan.missing_at_source.is_empty();
     if dry_run {
-        return Ok(super::exit_code(failed));
+        return;
     }
 
     let progress = Arc::new(TerminalProgress::new(plan.to_copy.len() as u64));
@@ -95,7 +117,7 @@ pub async fn run(
     };
     progress.finish();
     if !results.is_empty() {
-        let (done, total) = tally(&results, &mut failed);
+        let (done, total) = tally(&results, failed);
         println!(
             "copied {done}/{} image(s): {}",
             results.len(),
@@ -105,7 +127,7 @@ pub async fn run(
     // An image copied earlier may have been signed or attested at the source since.
     if !plan.present.is_empty() {
         let results = engine.copy_referrers_of(plan.present.clone()).await;
-        let (done, total) = tally(&results, &mut failed);
+        let (done, total) = tally(&results, failed);
         println!(
             "checked the referrers of {done}/{} present image(s): {} referrer(s), {} manifest(s) pushed",
             results.len(),
@@ -113,7 +135,6 @@ pub async fn run(
             total.manifests_pushed
         );
     }
-    Ok(super::exit_code(failed))
 }
 
 /// Prints each failure of `results` (and sets `failed`); returns how many succeeded and the

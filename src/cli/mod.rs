@@ -9,17 +9,22 @@ mod mirror;
 mod plan;
 mod serve;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use figment::Figment;
+use figment::providers::{Format as _, Serialized};
 
+use crate::daemon::DaemonConfig;
 use crate::manifest::RepoConfig;
-use crate::reconcile::Deadlines;
-use crate::registry::RegistryClient;
+use crate::pins::Admitted;
+use crate::reconcile::{self, Deadlines};
+use crate::registry::{RegistryAccess, RegistryLimits};
 use crate::telemetry::{self, LogFormat};
-use crate::tenancy::Tenancy;
 
 pub use serve::ServeArgs;
 
@@ -53,6 +58,10 @@ pub enum Command {
         /// The config repo checkout.
         #[arg(default_value = ".")]
         dir: PathBuf,
+        /// The operator's settings (`--config`, flags) that the repo must keep to: tenancy,
+        /// allowed mirror registries.
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// Resolve against the registries and print what the locks would change; writes nothing.
     Plan {
@@ -106,11 +115,19 @@ pub enum Command {
     Serve(Box<ServeArgs>),
 }
 
-/// How to reach registries: credentials and plain-HTTP hosts. Serialized (camelCase, unset
-/// fields skipped) so `serve` can merge it over its config file.
+/// The operator's registry settings, the same for `serve` and the commands that reach
+/// registries (`plan`, `lock`, `mirror`, `copy`): a config file in the daemon's format (one
+/// ConfigMap serves the daemon and a pull request check), then these flags and their
+/// `IMAGELOCK_*` variables. Serialized (camelCase, unset fields skipped) so flags merge over
+/// the file.
 #[derive(Debug, Clone, Default, Args, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RegistryArgs {
+    /// YAML file with the daemon configuration (keys as the flags, in camelCase); the
+    /// registry commands read its registry and tenancy settings.
+    #[arg(long, env = "IMAGELOCK_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
     /// Docker config.json (or kubernetes.io/dockerconfigjson) file with registry credentials.
     #[arg(long, env = "IMAGELOCK_REGISTRY_CONFIG")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -124,18 +141,200 @@ pub struct RegistryArgs {
     )]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub insecure_registries: Vec<String>,
+    /// Only these registry hosts (and the insecure and mirror ones) may be reached, for
+    /// sources, token realms and redirects (repeatable; `*.example.com` for subdomains).
+    /// Default: any public host.
+    #[arg(
+        long = "allowed-registry",
+        value_name = "HOST",
+        env = "IMAGELOCK_ALLOWED_REGISTRIES",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_registries: Vec<String>,
+    /// A registry the repo's `mirror.registry` may name (repeatable). Default: none, so no
+    /// mirroring.
+    #[arg(
+        long = "mirror-registry",
+        value_name = "HOST",
+        env = "IMAGELOCK_MIRROR_REGISTRIES",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirror_registries: Vec<String>,
+    /// The registry config `auths` entry that serves a host, HOST=ENTRY (repeatable).
+    /// Default: the entry named after the host.
+    #[arg(
+        long = "registry-credential",
+        value_name = "HOST=ENTRY",
+        env = "IMAGELOCK_REGISTRY_CREDENTIALS",
+        value_delimiter = ',',
+        value_parser = host_pair
+    )]
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "serialize_pairs_as_map"
+    )]
+    pub registry_credentials: Vec<(String, String)>,
+    /// A token realm host on another host that a registry's login may be sent to,
+    /// HOST=REALM_HOST (repeatable).
+    #[arg(
+        long = "token-realm",
+        value_name = "HOST=REALM_HOST",
+        env = "IMAGELOCK_TOKEN_REALMS",
+        value_delimiter = ',',
+        value_parser = host_pair
+    )]
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "serialize_pairs_as_lists"
+    )]
+    pub token_realms: Vec<(String, String)>,
+    #[command(flatten)]
+    #[serde(skip_serializing_if = "LimitArgs::is_empty")]
+    pub registry_limits: LimitArgs,
+}
+
+/// The operator's per-registry ceilings; `imagelock.yaml` may only lower them. Serialized as
+/// the config file's `registryLimits: {HOST: {rateLimit, concurrency}}`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct LimitArgs {
+    /// Requests per second at most for a registry, HOST=N (repeatable).
+    #[arg(
+        long = "registry-rate-limit",
+        value_name = "HOST=N",
+        env = "IMAGELOCK_REGISTRY_RATE_LIMITS",
+        value_delimiter = ',',
+        value_parser = host_number
+    )]
+    pub rate_limits: Vec<(String, u32)>,
+    /// Requests in flight at most for a registry, HOST=N (repeatable) [default: 8].
+    #[arg(
+        long = "registry-concurrency",
+        value_name = "HOST=N",
+        env = "IMAGELOCK_REGISTRY_CONCURRENCY",
+        value_delimiter = ',',
+        value_parser = host_number
+    )]
+    pub concurrency: Vec<(String, u32)>,
+}
+
+impl LimitArgs {
+    fn is_empty(&self) -> bool {
+        self.rate_limits.is_empty() && self.concurrency.is_empty()
+    }
+}
+
+impl serde::Serialize for LimitArgs {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut limits: BTreeMap<&str, RegistryLimits> = BTreeMap::new();
+        for (host, n) in &self.rate_limits {
+            limits.entry(host).or_default().rate_limit = Some(*n);
+        }
+        for (host, n) in &self.concurrency {
+            limits.entry(host).or_default().concurrency = Some(*n as usize);
+        }
+        limits.serialize(serializer)
+    }
+}
+
+/// `HOST=VALUE`, split at the first `=` (hosts have none).
+fn host_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((host, value)) if !host.trim().is_empty() && !value.trim().is_empty() => {
+            Ok((host.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!("expected HOST=VALUE, got {text:?}")),
+    }
+}
+
+fn host_number(text: &str) -> Result<(String, u32), String> {
+    let (host, value) = host_pair(text)?;
+    match value.parse::<u32>() {
+        Ok(n) if n > 0 => Ok((host, n)),
+        _ => Err(format!("expected HOST=N with N at least 1, got {text:?}")),
+    }
+}
+
+fn serialize_pairs_as_map<S: serde::Serializer>(
+    pairs: &[(String, String)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::Serialize as _;
+    let map: BTreeMap<&str, &str> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    map.serialize(serializer)
+}
+
+fn serialize_pairs_as_lists<S: serde::Serializer>(
+    pairs: &[(String, String)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::Serialize as _;
+    let mut map: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (key, value) in pairs {
+        map.entry(key).or_default().push(value);
+    }
+    map.serialize(serializer)
 }
 
 impl RegistryArgs {
-    /// A registry client for the repo's per-registry settings.
-    pub fn client(&self, config: &RepoConfig) -> anyhow::Result<RegistryClient> {
-        RegistryClient::with_settings(
-            &config.registries,
-            self.registry_config.as_deref(),
-            &self.insecure_registries,
-        )
-        .context("cannot create the registry client")
+    /// Defaults, then the config file (`--config`), ready for flags to be merged over.
+    pub fn figment(&self) -> anyhow::Result<Figment> {
+        let mut figment = Figment::from(Serialized::defaults(DaemonConfig::default()));
+        if let Some(file) = &self.config {
+            anyhow::ensure!(
+                file.is_file(),
+                "config file {} does not exist",
+                file.display()
+            );
+            figment = figment.merge(serde_saphyr::figment::Yaml::file_exact(file));
+        }
+        Ok(figment)
     }
+
+    /// The daemon configuration these settings give: the file, then the flags. Only its
+    /// registry and tenancy settings matter to the registry commands.
+    pub fn settings(&self) -> anyhow::Result<DaemonConfig> {
+        let config: DaemonConfig = self
+            .figment()?
+            .merge(Serialized::defaults(self))
+            .extract()
+            .context("invalid configuration")?;
+        config
+            .tenancy
+            .validate()
+            .context("invalid tenancy configuration")?;
+        Ok(config)
+    }
+
+    /// The registry clients for a config repo's per-registry settings, under the operator's
+    /// policy and tenancy.
+    pub fn access(&self, config: &RepoConfig) -> anyhow::Result<RegistryAccess> {
+        let settings = self.settings()?;
+        settings
+            .registry_access(&config.registries)
+            .context("cannot create the registry client")
+    }
+}
+
+/// The checkout at `dir` as the operator's settings admit it (a mirror registry they do not
+/// allow makes `imagelock.yaml` invalid; a manifest that may not declare its namespace is
+/// refused), with the registry clients for it.
+fn load_admitted(
+    dir: &Path,
+    registry: &RegistryArgs,
+) -> anyhow::Result<(Admitted, RegistryAccess)> {
+    let settings = registry.settings()?;
+    let policy = settings.registry_policy()?;
+    let repo = reconcile::load(dir, &policy, &settings.tenancy)?;
+    let repo_settings = repo.config.clone().unwrap_or_default().registries;
+    let access = settings
+        .registry_access(&repo_settings)
+        .context("cannot create the registry client")?;
+    Ok((repo, access))
 }
 
 /// How long resolving one image entry may take in a pass. Serialized (camelCase, unset fields
@@ -213,7 +412,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         // One team until the operator's configuration reaches these commands: every manifest
         // may declare any namespace (see `crate::tenancy`).
-        Command::Check { dir } => check::run(&dir, &Tenancy::default()),
+        Command::Check { dir, registry } => check::run(&dir, &registry),
         Command::Plan {
             dir,
             format,
@@ -224,35 +423,19 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 entry: entry_timeout,
                 ..DeadlineArgs::default()
             };
-            plan::run(
-                &dir,
-                format,
-                &registry,
-                deadlines.deadlines()?.entry,
-                &Tenancy::default(),
-            )
-            .await
+            plan::run(&dir, format, &registry, deadlines.deadlines()?.entry).await
         }
         Command::Lock {
             dir,
             commit,
             registry,
             deadlines,
-        } => {
-            lock::run(
-                &dir,
-                commit,
-                &registry,
-                deadlines.deadlines()?,
-                &Tenancy::default(),
-            )
-            .await
-        }
+        } => lock::run(&dir, commit, &registry, deadlines.deadlines()?).await,
         Command::Mirror {
             dir,
             dry_run,
             registry,
-        } => mirror::run(&dir, dry_run, &registry, &Tenancy::default()).await,
+        } => mirror::run(&dir, dry_run, &registry).await,
         Command::Copy {
             source,
             destination,
@@ -270,5 +453,94 @@ fn exit_code(failed: bool) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_commands_read_the_daemons_config_file_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        std::fs::write(
+            &file,
+            "repo: file:///srv/config\nmirrorRegistries: [registry.internal]\nregistryCredentials: {quay.io: quay-robot}\nregistryLimits: {quay.io: {concurrency: 4}}\ntenancy:\n  namespaces:\n    team-a: {paths: [\"images/team-a/**\"]}\n",
+        )
+        .unwrap();
+        let args = RegistryArgs {
+            config: Some(file),
+            insecure_registries: vec!["127.0.0.1:5000".into()],
+            registry_credentials: vec![("ghcr.io".into(), "gh-bot".into())],
+            token_realms: vec![
+                ("quay.io".into(), "auth.quay.io".into()),
+                ("quay.io".into(), "auth2.quay.io".into()),
+            ],
+            registry_limits: LimitArgs {
+                rate_limits: vec![("quay.io".into(), 10)],
+                concurrency: Vec::new(),
+            },
+            ..RegistryArgs::default()
+        };
+        let settings = args.settings().unwrap();
+        assert_eq!(settings.mirror_registries, ["registry.internal"]);
+        assert_eq!(settings.insecure_registries, ["127.0.0.1:5000"]);
+        // Maps merge key by key: the file's entry stays beside the flag's.
+        assert_eq!(settings.registry_credentials.len(), 2);
+        assert_eq!(
+            settings.token_realms["quay.io"],
+            ["auth.quay.io", "auth2.quay.io"]
+        );
+        assert_eq!(
+            settings.registry_limits["quay.io"],
+            RegistryLimits {
+                rate_limit: Some(10),
+                concurrency: Some(4)
+            }
+        );
+        assert!(settings.tenancy.is_enforced());
+        let policy = settings.registry_policy().unwrap();
+        assert!(policy.check_mirror("registry.internal").is_ok());
+    }
+
+    #[test]
+    fn bad_settings_fail_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        std::fs::write(
+            &file,
+            "tenancy:\n  namespaces:\n    team-a: {paths: [\"/etc/**\"]}\n",
+        )
+        .unwrap();
+        let args = RegistryArgs {
+            config: Some(file),
+            ..RegistryArgs::default()
+        };
+        let err = format!("{:#}", args.settings().unwrap_err());
+        assert!(err.contains("/etc/**"), "{err}");
+        assert!(host_pair("quay.io").is_err());
+        assert_eq!(host_number("quay.io=3").unwrap(), ("quay.io".to_owned(), 3));
+        assert!(host_number("quay.io=0").is_err());
+    }
+
+    #[test]
+    fn the_example_operator_config_is_valid() {
+        let args = RegistryArgs {
+            config: Some(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("examples/operator-config.yaml"),
+            ),
+            ..RegistryArgs::default()
+        };
+        let config = args.settings().unwrap();
+        assert!(config.tenancy.is_enforced());
+        assert!(
+            config
+                .registry_policy()
+                .unwrap()
+                .check_mirror("registry.internal:5000")
+                .is_ok()
+        );
     }
 }

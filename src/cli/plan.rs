@@ -8,9 +8,8 @@ use serde_json::json;
 
 use super::RegistryArgs;
 use crate::lock::{ChangeKind, PinChange};
-use crate::pins::{self, CheckoutLocks};
+use crate::pins::CheckoutLocks;
 use crate::reconcile::{self, Mode, Outcome};
-use crate::tenancy::Tenancy;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -19,19 +18,17 @@ pub enum Format {
     Json,
 }
 
-/// Plans the checkout at `dir`; manifests the operator's `tenancy` refuses are reported and
+/// Plans the checkout at `dir`; manifests the operator's settings refuse are reported and
 /// neither resolved nor locked.
 pub async fn run(
     dir: &Path,
     format: Format,
     registry: &RegistryArgs,
     entry_timeout: Duration,
-    tenancy: &Tenancy,
 ) -> anyhow::Result<ExitCode> {
-    let repo = pins::load(dir, tenancy)?;
-    let client = registry.client(&repo.config.clone().unwrap_or_default())?;
+    let (repo, access) = super::load_admitted(dir, registry)?;
     let mut observations = reconcile::observe(
-        &client,
+        &access,
         dir,
         &repo,
         &CheckoutLocks,

@@ -6,8 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Args;
-use figment::Figment;
-use figment::providers::{Format as _, Serialized};
+use figment::providers::Serialized;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -18,10 +17,6 @@ use crate::daemon::{self, DaemonConfig};
 #[derive(Debug, Clone, Default, Args, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServeArgs {
-    /// YAML file with the daemon configuration (keys as the flags, in camelCase).
-    #[arg(long, env = "IMAGELOCK_CONFIG")]
-    #[serde(skip)]
-    pub config: Option<PathBuf>,
     /// Config repo URL (file://, https://, ssh://).
     #[arg(long, env = "IMAGELOCK_REPO")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -146,16 +141,8 @@ pub struct WebhookArgs {
 impl ServeArgs {
     /// Defaults, then the config file, then flags and their environment variables.
     pub fn config(&self) -> anyhow::Result<DaemonConfig> {
-        let mut figment = Figment::from(Serialized::defaults(DaemonConfig::default()));
-        if let Some(file) = &self.config {
-            anyhow::ensure!(
-                file.is_file(),
-                "config file {} does not exist",
-                file.display()
-            );
-            figment = figment.merge(serde_saphyr::figment::Yaml::file_exact(file));
-        }
-        figment
+        self.registry
+            .figment()?
             .merge(Serialized::defaults(self))
             .extract()
             .context("invalid daemon configuration")
@@ -188,7 +175,10 @@ mod tests {
             "repo: file:///srv/config\nbranch: prod\npollInterval: 5m\ninsecureRegistries: [reg.local]\n",
         );
         let args = ServeArgs {
-            config: Some(file),
+            registry: RegistryArgs {
+                config: Some(file),
+                ..RegistryArgs::default()
+            },
             branch: Some("staging".into()),
             ..ServeArgs::default()
         };
@@ -206,7 +196,10 @@ mod tests {
             "repo: file:///srv/config\nwebhookListen: 0.0.0.0:8443\ntlsCert: /tls/tls.crt\ntlsKey: /tls/tls.key\n",
         );
         let args = ServeArgs {
-            config: Some(file),
+            registry: RegistryArgs {
+                config: Some(file),
+                ..RegistryArgs::default()
+            },
             webhook: WebhookArgs {
                 webhook_listen: Some("127.0.0.1:9443".parse().unwrap()),
                 ..WebhookArgs::default()
@@ -228,7 +221,10 @@ mod tests {
             "repo: file:///srv/config\nleaderElection: true\nleaseName: imagelock-prod\nleaseNamespace: infra\nleaseDuration: 30s\n",
         );
         let args = ServeArgs {
-            config: Some(file),
+            registry: RegistryArgs {
+                config: Some(file),
+                ..RegistryArgs::default()
+            },
             leader: LeaderArgs {
                 pod_name: Some("imagelock-7d9f-abcde".into()),
                 ..LeaderArgs::default()
@@ -252,7 +248,10 @@ mod tests {
             "repo: file:///srv/config\nwebhookMaxConnections: 2048\nwebhookMaxConnectionsPerPeer: 32\nadminMaxConnections: 8\nhooksMaxConnections: 9\nmaxConnectionsPerPeer: 4\nfdReserve: 512\n",
         );
         let args = ServeArgs {
-            config: Some(file),
+            registry: RegistryArgs {
+                config: Some(file),
+                ..RegistryArgs::default()
+            },
             ..ServeArgs::default()
         };
         let config = args.config().unwrap();
@@ -270,7 +269,10 @@ mod tests {
         let defaults = ServeArgs::default();
         let (_dir, file) = config_file("repo: file:///srv/config\n");
         let config = ServeArgs {
-            config: Some(file),
+            registry: RegistryArgs {
+                config: Some(file),
+                ..RegistryArgs::default()
+            },
             ..defaults
         }
         .config()
@@ -283,7 +285,10 @@ mod tests {
     fn unknown_keys_in_the_file_are_errors() {
         let (_dir, file) = config_file("repo: x\npollIntervall: 5m\n");
         let args = ServeArgs {
-            config: Some(file),
+            registry: RegistryArgs {
+                config: Some(file),
+                ..RegistryArgs::default()
+            },
             ..ServeArgs::default()
         };
         let err = format!("{:#}", args.config().unwrap_err());
@@ -296,7 +301,10 @@ mod tests {
 
         let (_dir, file) = config_file("repo: x\nentryTimeout: 45s\nmirrorTimeout: 10m\n");
         let args = |entry: Option<&str>| ServeArgs {
-            config: Some(file.clone()),
+            registry: RegistryArgs {
+                config: Some(file.clone()),
+                ..RegistryArgs::default()
+            },
             deadlines: DeadlineArgs {
                 entry: EntryTimeoutArgs {
                     entry_timeout: entry.map(str::to_owned),

@@ -19,6 +19,7 @@ mod schedule;
 mod status;
 pub(crate) mod watch;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,6 +33,11 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::{self, AdmissionError, CertReloader, IndexHandle, SelfSigned, TlsFiles};
+use crate::manifest::RegistrySettings;
+use crate::registry::{
+    ClientConfig, CredentialStore, RegistryAccess, RegistryClient, RegistryError, RegistryLimits,
+    RegistryPolicy,
+};
 use crate::tenancy::Tenancy;
 use leader::{Leadership, LeaseElector, LeaseSettings};
 
@@ -59,6 +65,19 @@ pub struct DaemonConfig {
     pub registry_config: Option<PathBuf>,
     /// Registry hosts reached over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// When not empty, the only registry hosts (besides the insecure and mirror ones) that
+    /// sources, token realms and redirects may reach; `*.example.com` lists subdomains.
+    pub allowed_registries: Vec<String>,
+    /// The registries the repo's `mirror.registry` may name; none by default.
+    pub mirror_registries: Vec<String>,
+    /// Registry host -> the `auths` entry of `registryConfig` that serves it (default: the
+    /// entry named after the host). A login is sent to no other host.
+    pub registry_credentials: BTreeMap<String, String>,
+    /// Registry host -> token realm hosts elsewhere that its login may be sent to.
+    pub token_realms: BTreeMap<String, Vec<String>>,
+    /// Registry host -> ceilings for its rate limit and concurrency (the repo may only lower
+    /// them).
+    pub registry_limits: BTreeMap<String, RegistryLimits>,
     /// Admin endpoints: /healthz, /readyz, /status.
     pub admin_listen: SocketAddr,
     /// Push attempts before a pass gives up (each after a fetch and a rebuild of the locks).
@@ -134,6 +153,11 @@ impl Default for DaemonConfig {
             git_ssh_passphrase_file: None,
             registry_config: None,
             insecure_registries: Vec::new(),
+            allowed_registries: Vec::new(),
+            mirror_registries: Vec::new(),
+            registry_credentials: BTreeMap::new(),
+            token_realms: BTreeMap::new(),
+            registry_limits: BTreeMap::new(),
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 8081)),
             push_attempts: 5,
             webhook_listen: None,
@@ -248,6 +272,7 @@ impl DaemonConfig {
             .map_err(|e| DaemonError::Config(e.to_string()))?;
         self.lease_settings()?;
         self.deadlines()?;
+        self.registry_policy()?;
         self.webhook_tls().map(|_| ())
     }
 
@@ -258,6 +283,51 @@ impl DaemonConfig {
             ("mirrorTimeout", &self.mirror_timeout),
         )
         .map_err(DaemonError::Config)
+    }
+
+    /// The operator's registry policy, checked (hosts well formed, limits at least 1).
+    pub fn registry_policy(&self) -> Result<RegistryPolicy, DaemonError> {
+        let set = |hosts: &[String]| hosts.iter().cloned().collect();
+        RegistryPolicy {
+            insecure: set(&self.insecure_registries),
+            allowed: set(&self.allowed_registries),
+            mirrors: set(&self.mirror_registries),
+            credential_names: self.registry_credentials.clone(),
+            token_realms: self
+                .token_realms
+                .iter()
+                .map(|(host, realms)| (host.clone(), set(realms)))
+                .collect(),
+            limits: self.registry_limits.clone(),
+        }
+        .validated()
+        .map_err(DaemonError::Config)
+    }
+
+    /// The registry clients for the repo's per-registry `settings`: the operator's, and one
+    /// scope per namespace under tenancy. Reads `registryConfig`.
+    pub fn registry_access(
+        &self,
+        settings: &BTreeMap<String, RegistrySettings>,
+    ) -> Result<RegistryAccess, RegistryError> {
+        let policy = self.registry_policy().map_err(|e| RegistryError::Config {
+            reason: e.to_string(),
+        })?;
+        let credentials = match &self.registry_config {
+            Some(path) => CredentialStore::from_docker_config_file(path)?,
+            None => CredentialStore::empty(),
+        };
+        let operator = RegistryClient::new(ClientConfig {
+            policy,
+            registries: settings.clone(),
+            credentials: credentials.clone(),
+            ..ClientConfig::default()
+        })?;
+        Ok(RegistryAccess::new(
+            operator,
+            std::sync::Arc::new(credentials),
+            self.tenancy.clone(),
+        ))
     }
 
     /// How to keep the leader election Lease; `None` without leader election.

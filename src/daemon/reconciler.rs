@@ -20,22 +20,24 @@ use super::{DaemonConfig, DaemonError, Trigger};
 use crate::admission::{IndexHandle, PinIndex};
 use crate::git::{self, Author, Checkout, GitAuth, GitTimeouts, PushResult, RemoteSpec};
 use crate::manifest::{self, RegistrySettings, RepoConfig};
+use crate::mirror::EngineOptions;
 use crate::mirror::progress::Silent;
-use crate::mirror::{EngineOptions, MirrorEngine};
 use crate::pins::{self, Admitted, TrustedLocks, VerifiedLocks};
-use crate::reconcile::{self, Deadlines, EntryKey, Mode, Observations};
+use crate::reconcile::{self, Deadlines, EngineSettings, EntryKey, Mode, Observations};
 use crate::reference::ImageRepo;
-use crate::registry::{RegistryClient, RegistryError};
+use crate::registry::{RegistryAccess, RegistryError, RegistryPolicy};
 use crate::tenancy::Tenancy;
 
 /// Loads the checkout on a blocking thread (parsing thousands of entries takes long enough to
-/// hold up the webhook's requests on the runtime), its manifests admitted by `tenancy`.
+/// hold up the webhook's requests on the runtime) as the operator's settings admit it: the
+/// registry policy and the tenancy ([`reconcile::load`]).
 async fn load_repo(
     worktree: PathBuf,
+    policy: Arc<RegistryPolicy>,
     tenancy: Tenancy,
 ) -> Result<Arc<Admitted>, manifest::ManifestError> {
     let path = worktree.clone();
-    match tokio::task::spawn_blocking(move || pins::load(&worktree, &tenancy)).await {
+    match tokio::task::spawn_blocking(move || reconcile::load(&worktree, &policy, &tenancy)).await {
         Ok(loaded) => loaded.map(Arc::new),
         Err(e) => Err(manifest::ManifestError::Io {
             path,
@@ -57,10 +59,13 @@ pub struct Reconciler {
     entries: EntryLog,
     /// Image pushes (repository, tags) that hooks reported since the last pass.
     pushes: Vec<(ImageRepo, Vec<String>)>,
-    /// The client and the registry settings it was built for; rebuilt when they change.
-    client: Option<(
+    /// The operator's registry policy (checked at start).
+    policy: Arc<RegistryPolicy>,
+    /// The registry clients and the repo's registry settings they were built for; rebuilt
+    /// when those change.
+    access: Option<(
         std::collections::BTreeMap<String, RegistrySettings>,
-        RegistryClient,
+        Arc<RegistryAccess>,
     )>,
     status_tx: watch::Sender<Arc<Status>>,
     status: Status,
@@ -117,13 +122,14 @@ impl Reconciler {
         Ok(Reconciler {
             poll_interval: config.poll_interval()?,
             deadlines: config.deadlines()?,
+            policy: Arc::new(config.registry_policy()?),
             config,
             remote,
             checkout: None,
             scheduler: Scheduler::default(),
             entries: EntryLog::default(),
             pushes: Vec::new(),
-            client: None,
+            access: None,
             status_tx,
             status,
             index,
@@ -290,8 +296,8 @@ impl Reconciler {
             return;
         }
 
-        let client = match self.client(&config) {
-            Ok(client) => client,
+        let access = match self.access(&config) {
+            Ok(access) => access,
             Err(e) => {
                 tracing::error!(error = %e, "cannot build the registry client");
                 self.status.last_commit_error =
@@ -306,7 +312,7 @@ impl Reconciler {
         // Resolving has no side effects: on shutdown, drop it rather than wait for slow
         // registries (`run` waits for this loop to end).
         let mut observations = tokio::select! {
-            observations = reconcile::observe(&client, &worktree, &repo, trusted.as_ref(), &in_due, self.deadlines.entry) => observations,
+            observations = reconcile::observe(&access, &worktree, &repo, trusted.as_ref(), &in_due, self.deadlines.entry) => observations,
             _ = shutdown.cancelled() => return,
             _ = leadership.lost() => return self.drop_pass(&repo),
         };
@@ -315,15 +321,18 @@ impl Reconciler {
             .iter()
             .any(|set| set.images.iter().any(|spec| spec.mirror))
         {
-            // One engine per pass: blobs shared by images are copied once. Dropping a copy
-            // on shutdown is safe: the registry keeps only complete, verified content.
-            let options = EngineOptions {
-                image_timeout: Some(self.deadlines.mirror),
-                ..EngineOptions::default()
+            // One engine per pass (per namespace under tenancy): blobs shared by images are
+            // copied once. Dropping a copy on shutdown is safe: the registry keeps only
+            // complete, verified content.
+            let engines = EngineSettings {
+                options: EngineOptions {
+                    image_timeout: Some(self.deadlines.mirror),
+                    ..EngineOptions::default()
+                },
+                progress: Arc::new(Silent),
             };
-            let engine = MirrorEngine::new(client.clone(), options, Arc::new(Silent));
             let report = tokio::select! {
-                report = reconcile::mirror(&engine, &worktree, &repo, trusted.as_ref(), &mut observations, now) => report,
+                report = reconcile::mirror(&access, &engines, &worktree, &repo, trusted.as_ref(), &mut observations, now) => report,
                 _ = shutdown.cancelled() => return,
                 _ = leadership.lost() => return self.drop_pass(&repo),
             };
@@ -370,7 +379,7 @@ impl Reconciler {
 
     /// Loads the manifests of the checkout; a failure is logged and published.
     async fn load(&mut self, worktree: PathBuf) -> Option<Arc<Admitted>> {
-        match load_repo(worktree, self.config.tenancy.clone()).await {
+        match load_repo(worktree, self.policy.clone(), self.config.tenancy.clone()).await {
             Ok(repo) => Some(repo),
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the config repo");
@@ -419,19 +428,15 @@ impl Reconciler {
         Ok(outcome.moved)
     }
 
-    fn client(&mut self, config: &RepoConfig) -> Result<RegistryClient, RegistryError> {
-        if let Some((settings, client)) = &self.client
+    fn access(&mut self, config: &RepoConfig) -> Result<Arc<RegistryAccess>, RegistryError> {
+        if let Some((settings, access)) = &self.access
             && *settings == config.registries
         {
-            return Ok(client.clone());
+            return Ok(access.clone());
         }
-        let client = RegistryClient::with_settings(
-            &config.registries,
-            self.config.registry_config.as_deref(),
-            &self.config.insecure_registries,
-        )?;
-        self.client = Some((config.registries.clone(), client.clone()));
-        Ok(client)
+        let access = Arc::new(self.config.registry_access(&config.registries)?);
+        self.access = Some((config.registries.clone(), access.clone()));
+        Ok(access)
     }
 
     /// Applies the observations on the current head, commits and pushes; on a rejected push,
@@ -453,6 +458,7 @@ impl Reconciler {
         let leadership = self.leadership.clone();
         let tenancy = self.config.tenancy.clone();
         let verified = self.verified.clone().unwrap_or_default();
+        let policy = self.policy.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let mut changes = Vec::new();
             let mut loaded = None;
@@ -461,7 +467,7 @@ impl Reconciler {
                 // The previous attempt's manifests go before these are read.
                 loaded = None;
                 written.clear();
-                let repo = Arc::new(pins::load(worktree, &tenancy)?);
+                let repo = Arc::new(reconcile::load(worktree, &policy, &tenancy)?);
                 // The head this attempt is made on may bring locks someone else changed: the
                 // locks are computed from the versions this daemon verified.
                 let trusted = TrustedLocks::open(worktree, &repo.sets, Some(&verified))?;

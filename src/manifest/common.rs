@@ -155,7 +155,7 @@ pub(crate) fn check_registry_host(doc: &mut Doc<'_>, value: &Value<'_>, host: &s
         return true;
     }
     let hint = if host.contains("://") {
-        "; leave out the scheme (plain HTTP is set per registry with insecure: true)"
+        "; leave out the scheme (plain HTTP is the operator's setting, insecureRegistries)"
     } else if host.contains('/') {
         "; leave out the path (a mirror's path goes into layout:, like \"mirror/{namespace}/{name}\")"
     } else if host.bytes().any(|b| b.is_ascii_uppercase()) {

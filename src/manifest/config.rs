@@ -9,7 +9,7 @@
 //!   # repository: all-images            # or everything in one repository,
 //!   # tagPrefix: "{namespace}-{name}"   # tags prefixed (this prefix is the default)
 //! registries:
-//!   quay.io: {rateLimit: 10, concurrency: 4, insecure: false, credential: quay-robot}
+//!   quay.io: {rateLimit: 10, concurrency: 4}   # only lower the operator's ceilings
 //! defaults: {schedule: "*/15 * * * *", keep: 25, mirror: false, platforms: [linux/amd64]}
 //! git: {authorName: imagelock, authorEmail: imagelock@example.com, message: "..."}
 //! outputs:                              # generated files, committed with the locks
@@ -143,6 +143,7 @@ fn mirror(doc: &mut Doc<'_>, value: &Value<'_>) -> Option<MirrorTarget> {
     Some(MirrorTarget {
         registry: registry?,
         layout: layout?,
+        position: map.get("registry").map_or(value.position, |v| v.position),
     })
 }
 
@@ -305,11 +306,22 @@ fn registry_settings(doc: &mut Doc<'_>, value: &Value<'_>) -> Option<RegistrySet
             .integer(value, 1, 1024, "requests in flight")
             .and_then(|n| usize::try_from(n).ok());
     }
+    // These used to be repo settings; a pull request could point a login at any host or
+    // downgrade one to plain HTTP. They are the operator's now, and the key is an error that
+    // says where the setting went.
     if let Some(value) = map.get("insecure") {
-        settings.insecure = doc.boolean(value).unwrap_or_default();
+        doc.error(
+            value.position,
+            &value.field,
+            "plain HTTP is not a repo setting any more: remove this key and ask the operator to list the host in insecureRegistries of the daemon configuration (--insecure-registry, IMAGELOCK_INSECURE_REGISTRIES, the chart's insecureRegistries)",
+        );
     }
     if let Some(value) = map.get("credential") {
-        settings.credential = common::line(doc, value, "quay-robot");
+        doc.error(
+            value.position,
+            &value.field,
+            "which login serves a registry is not a repo setting any more: remove this key and ask the operator to map the host in registryCredentials of the daemon configuration (--registry-credential HOST=ENTRY, IMAGELOCK_REGISTRY_CREDENTIALS, the chart's registryCredentials)",
+        );
     }
     Some(settings)
 }
@@ -579,6 +591,7 @@ mod tests {
                 layout: MirrorLayout::PerImage {
                     template: "{namespace}/{name}".into()
                 },
+                position: crate::manifest::Position { line: 4, col: 13 },
             })
         );
         assert_eq!(
@@ -586,11 +599,9 @@ mod tests {
             RegistrySettings {
                 rate_limit: Some(10),
                 concurrency: Some(4),
-                insecure: false,
-                credential: Some("quay-robot".into()),
             }
         );
-        assert!(config.registries["localhost:5000"].insecure);
+        assert_eq!(config.registries["localhost:5000"].rate_limit, Some(5));
         // Docker Hub's alias is stored under the name references use.
         assert_eq!(config.registries["docker.io"].concurrency, Some(2));
         assert_eq!(config.defaults.schedule.expression, "0 * * * *");
@@ -684,7 +695,7 @@ mod tests {
             ),
             (
                 "mirror: {registry: \"https://registry.internal\"}\n",
-                "imagelock.yaml:3:20: mirror.registry: invalid registry host \"https://registry.internal\": expected host[:port] like registry.internal or localhost:5000; leave out the scheme (plain HTTP is set per registry with insecure: true)",
+                "imagelock.yaml:3:20: mirror.registry: invalid registry host \"https://registry.internal\": expected host[:port] like registry.internal or localhost:5000; leave out the scheme (plain HTTP is the operator's setting, insecureRegistries)",
             ),
             (
                 "mirror: {registry: registry.internal/mirror}\n",
@@ -738,12 +749,38 @@ mod tests {
             [
                 "imagelock.yaml:5:16: registries[\"quay.io\"].rateLimit: 0 is out of range; expected requests per second from 1 to 100000",
                 "imagelock.yaml:6:18: registries[\"quay.io\"].concurrency: expected requests in flight from 1 to 1024, found the string \"many\"",
-                "imagelock.yaml:7:15: registries[\"quay.io\"].insecure: expected true or false, found the string \"yes\"",
+                "imagelock.yaml:7:15: registries[\"quay.io\"].insecure: plain HTTP is not a repo setting any more: remove this key and ask the operator to list the host in insecureRegistries of the daemon configuration (--insecure-registry, IMAGELOCK_INSECURE_REGISTRIES, the chart's insecureRegistries)",
                 "imagelock.yaml:8:5: unknown field \"credentials\" in registries[\"quay.io\"]; did you mean \"credential\"?",
                 "imagelock.yaml:9:3: registries: invalid registry host \"Quay.IO\": expected host[:port] like registry.internal or localhost:5000; use lowercase",
                 "imagelock.yaml:11:20: registries[\"index.docker.io\"]: docker.io is configured twice (also as registries[\"docker.io\"])",
             ]
         );
+    }
+
+    #[test]
+    fn repo_keys_that_granted_trust_are_errors_naming_the_operator_setting() {
+        let text = mk_config(
+            "registries:\n  \"attacker.example:8080\": {insecure: true, credential: quay.example.com}\n",
+        );
+        let errors = errors(&text);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].starts_with(
+                "imagelock.yaml:4:39: registries[\"attacker.example:8080\"].insecure: "
+            ) && errors[0].contains("insecureRegistries"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].starts_with(
+                "imagelock.yaml:4:57: registries[\"attacker.example:8080\"].credential: "
+            ) && errors[1].contains("registryCredentials"),
+            "{errors:?}"
+        );
+        // Lowering limits stays a repo setting.
+        let config = parse(&mk_config(
+            "registries:\n  quay.io: {rateLimit: 2, concurrency: 1}\n",
+        ));
+        assert_eq!(config.registries["quay.io"].rate_limit, Some(2));
     }
 
     #[test]

@@ -581,6 +581,7 @@ mod tests {
                 layout: MirrorLayout::PerImage {
                     template: "{namespace}/{name}".into(),
                 },
+                position: Default::default(),
             }),
             ..RepoConfig::default()
         }

@@ -176,6 +176,9 @@ pub struct MirrorTarget {
     /// Registry host, with port when not the default.
     pub registry: String,
     pub layout: MirrorLayout,
+    /// Where `registry:` is written in `imagelock.yaml`, for diagnostics that only the
+    /// operator's settings can decide (`mirrorRegistries`).
+    pub position: Position,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,15 +194,11 @@ pub enum MirrorLayout {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RegistrySettings {
-    /// Requests per second at most; `None` is unlimited.
+    /// Requests per second at most; `None` is the operator's ceiling (unlimited without one).
+    /// Plain HTTP and logins are not here: only the operator sets them.
     pub rate_limit: Option<u32>,
     /// Requests in flight at most.
     pub concurrency: Option<usize>,
-    /// Plain HTTP. Never implied.
-    pub insecure: bool,
-    /// Name of the credential entry (a key of the daemon's Docker config `auths`) to use instead
-    /// of the registry host.
-    pub credential: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

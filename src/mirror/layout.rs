@@ -64,6 +64,7 @@ mod tests {
         MirrorTarget {
             registry: "registry.internal:5000".into(),
             layout,
+            position: Default::default(),
         }
     }
 

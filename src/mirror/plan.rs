@@ -235,6 +235,7 @@ mod tests {
             layout: MirrorLayout::PerImage {
                 template: "{namespace}/{name}".into(),
             },
+            position: Default::default(),
         }
     }
 

@@ -23,6 +23,7 @@ pub(crate) fn mk_target() -> MirrorTarget {
         layout: MirrorLayout::PerImage {
             template: "{namespace}/{name}".into(),
         },
+        position: crate::manifest::Position { line: 1, col: 1 },
     }
 }
 

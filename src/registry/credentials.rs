@@ -3,14 +3,16 @@
 //! Every password and token lives in a [`Secret`], whose `Debug` and `Display` print
 //! `<redacted>`, so a stray `{:?}` in a log line or an error cannot leak it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use serde::Deserialize;
 
 use super::RegistryError;
+use super::policy::RegistryPolicy;
 use crate::reference::DOCKER_HUB;
 
 /// A password, token or other credential. Prints as `<redacted>`; read it with
@@ -150,6 +152,19 @@ impl CredentialStore {
         self.by_key.get(name).or_else(|| self.for_registry(name))
     }
 
+    /// The entry whose key names `registry` (normalised), with that key as written.
+    pub fn entry_for_host(&self, registry: &str) -> Option<(&str, &Credential)> {
+        let host = normalize_registry_key(registry);
+        // An exact key first, so two spellings of one host pick the same entry every time.
+        if let Some((key, credential)) = self.by_key.get_key_value(registry) {
+            return Some((key.as_str(), credential));
+        }
+        self.by_key
+            .iter()
+            .find(|(key, _)| normalize_registry_key(key) == host)
+            .map(|(key, credential)| (key.as_str(), credential))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
     }
@@ -157,6 +172,85 @@ impl CredentialStore {
     /// Normalised registry hosts that have a login (no secrets).
     pub fn registries(&self) -> impl Iterator<Item = &str> {
         self.by_host.keys().map(String::as_str)
+    }
+}
+
+/// The logins one scope of a client may use (the daemon's, or one namespace's), and the rule
+/// that picks the login for a registry host. A login is only ever picked for the host it
+/// belongs to: the `auths` entry the operator mapped to that host (`registryCredentials`), or
+/// else the entry named after the host, unless the operator mapped that entry elsewhere.
+#[derive(Debug, Clone, Default)]
+pub struct Logins {
+    daemon: Arc<CredentialStore>,
+    /// `None`: every entry of `daemon`. `Some`: only these entry names (tenancy).
+    permitted: Option<Vec<String>>,
+    /// A namespace's own Docker config, used first for the hosts it has entries for.
+    own: Option<Arc<CredentialStore>>,
+    /// Hosts where the daemon's own login is used whatever `permitted` says: the mirror
+    /// registries, which only the operator's login may write to.
+    operator_hosts: BTreeSet<String>,
+}
+
+impl Logins {
+    /// Every login of the daemon's registry config.
+    pub fn all(daemon: Arc<CredentialStore>) -> Self {
+        Logins {
+            daemon,
+            ..Logins::default()
+        }
+    }
+
+    /// Only the daemon's entries named in `permitted`, after the namespace's `own` logins.
+    pub fn restricted(
+        daemon: Arc<CredentialStore>,
+        permitted: &[String],
+        own: Option<Arc<CredentialStore>>,
+    ) -> Self {
+        Logins {
+            daemon,
+            permitted: Some(permitted.to_vec()),
+            own,
+            operator_hosts: BTreeSet::new(),
+        }
+    }
+
+    /// The same logins, except on `hosts`, where the daemon's own login is used.
+    pub fn with_operator_hosts(mut self, hosts: impl IntoIterator<Item = String>) -> Self {
+        self.operator_hosts.extend(hosts);
+        self
+    }
+
+    /// The login to send to `registry` (a host as image references write it), if any.
+    pub fn for_registry(&self, registry: &str, policy: &RegistryPolicy) -> Option<&Credential> {
+        let operator_host = self.operator_hosts.contains(registry);
+        if !operator_host
+            && let Some(credential) = self.own.as_ref().and_then(|own| own.for_registry(registry))
+        {
+            return Some(credential);
+        }
+        let (name, credential) = match policy.credential_name(registry) {
+            Some(name) => (name, self.daemon.by_name(name)?),
+            None => {
+                let (key, credential) = self.daemon.entry_for_host(registry)?;
+                // An entry the operator mapped to some host serves only the hosts it is
+                // mapped to.
+                if policy.mapped_entries().any(|mapped| mapped == key) {
+                    return None;
+                }
+                (key, credential)
+            }
+        };
+        // Tenancy names an entry (`quay-robot`) or a host (`quay.io`: whichever login serves it).
+        let permitted = operator_host
+            || self.permitted.as_ref().is_none_or(|permitted| {
+                permitted.iter().any(|p| {
+                    let p_host = normalize_registry_key(p);
+                    p == name
+                        || p_host == normalize_registry_key(name)
+                        || p_host == normalize_registry_key(registry)
+                })
+            });
+        permitted.then_some(credential)
     }
 }
 
@@ -322,6 +416,100 @@ mod tests {
             b64("u:p")
         ));
         assert!(store.for_registry("docker.io").is_some());
+    }
+
+    fn mk_logins_store() -> Arc<CredentialStore> {
+        Arc::new(mk_store(&format!(
+            r#"{{"auths":{{
+                "quay.io":{{"auth":"{}"}},
+                "quay-robot":{{"auth":"{}"}},
+                "ghcr.io":{{"auth":"{}"}},
+                "registry.internal":{{"auth":"{}"}}
+            }}}}"#,
+            b64("quay-user:a"),
+            b64("robot:b"),
+            b64("gh:c"),
+            b64("mirror:d")
+        )))
+    }
+
+    fn user(credential: Option<&Credential>) -> Option<&str> {
+        match credential? {
+            Credential::Basic { username, .. } | Credential::IdentityToken { username, .. } => {
+                Some(username.as_str())
+            }
+        }
+    }
+
+    #[test]
+    fn a_login_serves_only_its_own_host() {
+        let daemon = mk_logins_store();
+        let none = RegistryPolicy::default();
+        let all = Logins::all(daemon.clone());
+        assert_eq!(user(all.for_registry("quay.io", &none)), Some("quay-user"));
+        assert_eq!(user(all.for_registry("attacker.example", &none)), None);
+        // The operator maps quay.io to the robot: the entry named quay.io then serves nothing,
+        // and the robot serves only quay.io.
+        let mapped = RegistryPolicy {
+            credential_names: [("quay.io".to_owned(), "quay-robot".to_owned())].into(),
+            ..RegistryPolicy::default()
+        };
+        assert_eq!(user(all.for_registry("quay.io", &mapped)), Some("robot"));
+        assert_eq!(user(all.for_registry("quay-robot", &mapped)), None);
+        let elsewhere = RegistryPolicy {
+            credential_names: [("mirror.example".to_owned(), "quay.io".to_owned())].into(),
+            ..RegistryPolicy::default()
+        };
+        assert_eq!(user(all.for_registry("quay.io", &elsewhere)), None);
+        assert_eq!(
+            user(all.for_registry("mirror.example", &elsewhere)),
+            Some("quay-user")
+        );
+    }
+
+    #[test]
+    fn a_namespace_gets_only_its_permitted_logins_and_its_own() {
+        let daemon = mk_logins_store();
+        let policy = RegistryPolicy {
+            credential_names: [("quay.io".to_owned(), "quay-robot".to_owned())].into(),
+            mirrors: ["registry.internal".to_owned()].into(),
+            ..RegistryPolicy::default()
+        };
+        let team_a = Logins::restricted(daemon.clone(), &["quay-robot".to_owned()], None);
+        assert_eq!(user(team_a.for_registry("quay.io", &policy)), Some("robot"));
+        assert_eq!(user(team_a.for_registry("ghcr.io", &policy)), None);
+        assert_eq!(
+            user(team_a.for_registry("registry.internal", &policy)),
+            None
+        );
+        // Permitting a host permits whichever login serves that host, and no other.
+        let by_host = Logins::restricted(daemon.clone(), &["quay.io".to_owned()], None);
+        assert_eq!(
+            user(by_host.for_registry("quay.io", &policy)),
+            Some("robot")
+        );
+        assert_eq!(user(by_host.for_registry("ghcr.io", &policy)), None);
+        // Nothing permitted: anonymous everywhere, except the operator's login at the mirror
+        // for the mirror client.
+        let team_b = Logins::restricted(daemon.clone(), &[], None);
+        assert_eq!(user(team_b.for_registry("quay.io", &policy)), None);
+        let team_b_mirror = team_b.with_operator_hosts(policy.mirrors.iter().cloned());
+        assert_eq!(
+            user(team_b_mirror.for_registry("registry.internal", &policy)),
+            Some("mirror")
+        );
+        assert_eq!(user(team_b_mirror.for_registry("quay.io", &policy)), None);
+        // A namespace's own Docker config comes first, for its own hosts.
+        let own = Arc::new(mk_store(&format!(
+            r#"{{"auths":{{"ghcr.io":{{"auth":"{}"}}}}}}"#,
+            b64("team-b-bot:e")
+        )));
+        let with_own = Logins::restricted(daemon, &[], Some(own));
+        assert_eq!(
+            user(with_own.for_registry("ghcr.io", &policy)),
+            Some("team-b-bot")
+        );
+        assert_eq!(user(with_own.for_registry("quay.io", &policy)), None);
     }
 
     #[test]

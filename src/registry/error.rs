@@ -138,6 +138,10 @@ pub enum RegistryError {
     /// Client settings that cannot work.
     #[error("registry client configuration: {reason}")]
     Config { reason: String },
+    /// The operator's registry policy forbids the request (an unlisted or internal host, a
+    /// token realm the login may not go to).
+    #[error("{target}: refused: {reason}")]
+    Refused { target: Target, reason: String },
 }
 
 fn detail(message: &str) -> String {
@@ -173,6 +177,7 @@ impl RegistryError {
             RegistryError::InvalidDocument { .. } => "invalid_document",
             RegistryError::Credentials { .. } => "credentials",
             RegistryError::Config { .. } => "config",
+            RegistryError::Refused { .. } => "refused",
         }
     }
 
@@ -231,6 +236,7 @@ impl RegistryError {
             | RegistryError::TooLarge { target, .. }
             | RegistryError::TagListTooLong { target, .. }
             | RegistryError::TooSlow { target, .. }
+            | RegistryError::Refused { target, .. }
             | RegistryError::InvalidReference { target } => Some(target),
             RegistryError::InvalidDocument { .. }
             | RegistryError::Credentials { .. }

@@ -1,7 +1,7 @@
 //! The request engine under [`RegistryClient`](super::RegistryClient): per-host limits,
 //! timeouts, retries with backoff and `Retry-After`, and the 401 challenge round trip.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::error::Error as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,14 +18,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::ClientConfig;
 use super::auth::{self, TokenCache};
 use super::budget;
-use super::credentials::{Credential, CredentialStore, Secret};
+use super::credentials::{Credential, Logins, Secret};
 use super::error::{RegistryError, Target, registry_code, registry_message};
+use super::policy::{self, DOCKER_HUB_API, GuardedResolver, RegistryPolicy};
 use super::retry::{backoff_delay, parse_retry_after};
 use crate::manifest::RegistrySettings;
 use crate::reference::DOCKER_HUB;
 
-/// Requests in flight per registry when its settings do not say.
-pub const DEFAULT_CONCURRENCY: usize = 8;
 /// The header in which registries name a manifest's digest.
 pub const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 /// Largest token-realm answer read.
@@ -44,7 +43,6 @@ pub(crate) struct Host {
     capacity: usize,
     spacing: Option<Duration>,
     next_start: Mutex<Instant>,
-    credential: Option<Credential>,
 }
 
 impl Host {
@@ -311,6 +309,9 @@ pub(crate) fn classify_error(
 fn classify(error: reqwest::Error) -> Failure {
     if error.is_timeout() {
         Failure::Timeout
+    } else if error.is_redirect() {
+        // A redirect the policy refused (or a loop): the same answer on every attempt.
+        Failure::Invalid(describe(error))
     } else if error.is_connect() {
         Failure::Connect(describe(error))
     } else if error.is_builder() {
@@ -320,20 +321,37 @@ fn classify(error: reqwest::Error) -> Failure {
     }
 }
 
-pub(crate) struct Engine {
+/// What every credential scope of a client shares: connections, the hosts with their limits,
+/// timeouts and the operator's policy. Nothing in here depends on whose logins are used.
+pub(crate) struct Shared {
     http: reqwest::Client,
     request_timeout: Duration,
     pub idle_timeout: Duration,
     max_attempts: u32,
     backoff_base: Duration,
     max_retry_after: Duration,
-    insecure_hosts: BTreeSet<String>,
+    policy: Arc<RegistryPolicy>,
     registries: std::collections::BTreeMap<String, RegistrySettings>,
-    credentials: CredentialStore,
     hosts: Mutex<HashMap<String, Arc<Host>>>,
-    tokens: TokenCache,
-    /// The memory budget of bodies read whole.
+    /// The memory budget of bodies read whole, shared by every credential scope.
     buffered: Arc<Semaphore>,
+}
+
+/// One credential scope of a client: the shared part, the logins of the scope and the tokens
+/// they got. Tokens never cross scopes: a token one namespace's login obtained is never sent
+/// for another namespace's request.
+pub(crate) struct Engine {
+    shared: Arc<Shared>,
+    logins: Logins,
+    tokens: TokenCache,
+}
+
+impl std::ops::Deref for Engine {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
 }
 
 impl Engine {
@@ -350,53 +368,93 @@ impl Engine {
                     "{registry}: rate_limit must be at least 1"
                 )));
             }
-            if let Some(name) = &settings.credential
-                && config.credentials.by_name(name).is_none()
-            {
-                return Err(config_err(format!(
-                    "{registry}: credential {name:?} is not in the credentials file"
-                )));
-            }
         }
         if config.max_attempts == 0 {
             return Err(config_err("max_attempts must be at least 1".into()));
         }
+        let policy = Arc::new(config.policy.validated().map_err(config_err)?);
+        for (registry, entry) in &policy.credential_names {
+            if config.credentials.by_name(entry).is_none() {
+                return Err(config_err(format!(
+                    "registryCredentials.{registry}: the registry config has no auths entry {entry:?}"
+                )));
+            }
+        }
+        let redirect_policy = policy.clone();
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .user_agent(concat!("imagelock/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            // Every name is resolved through the operator's policy: an unlisted name that
+            // resolves inside the cluster is refused, whenever it is resolved.
+            .dns_resolver(GuardedResolver::new(policy.clone()))
+            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
                 // Blob downloads redirect to storage (S3, a CDN); never from https down to
-                // plain http. reqwest drops Authorization when the host changes.
+                // plain http, and only to hosts the policy allows (with an allowlist: listed
+                // ones). reqwest drops Authorization when the host changes.
                 let downgrade = attempt.url().scheme() == "http"
                     && attempt.previous().iter().any(|u| u.scheme() == "https");
                 if downgrade {
                     attempt.error("redirect from https to plain http refused")
                 } else if attempt.previous().len() > 10 {
                     attempt.error("more than 10 redirects")
+                } else if let Err(reason) = redirect_policy.check_redirect(attempt.url()) {
+                    attempt.error(reason)
                 } else {
                     attempt.follow()
                 }
             }))
             .build()
             .map_err(|e| config_err(format!("cannot build the HTTP client: {}", describe(e))))?;
-        Ok(Engine {
+        let shared = Arc::new(Shared {
             http,
             request_timeout: config.request_timeout,
             idle_timeout: config.idle_timeout,
             max_attempts: config.max_attempts,
             backoff_base: config.backoff_base,
             max_retry_after: config.max_retry_after,
-            insecure_hosts: config.insecure_hosts,
+            policy,
             registries: config.registries,
-            credentials: config.credentials,
             hosts: Mutex::new(HashMap::new()),
-            tokens: TokenCache::default(),
             buffered: budget::pool(),
-        })
+        });
+        Ok(Engine::scope(
+            shared,
+            Logins::all(Arc::new(config.credentials)),
+        ))
     }
 
-    fn is_insecure(&self, host: &str) -> bool {
-        self.insecure_hosts.contains(host) || self.registries.get(host).is_some_and(|s| s.insecure)
+    fn scope(shared: Arc<Shared>, logins: Logins) -> Self {
+        Engine {
+            shared,
+            logins,
+            tokens: TokenCache::default(),
+        }
+    }
+
+    /// Another credential scope over the same connections, hosts and limits, with its own
+    /// (empty) token cache.
+    pub fn with_logins(&self, logins: Logins) -> Self {
+        Engine::scope(self.shared.clone(), logins)
+    }
+
+    /// The operator's policy this client applies.
+    pub fn policy(&self) -> &RegistryPolicy {
+        &self.policy
+    }
+
+    /// The login this scope sends to `host`, if any.
+    fn credential(&self, host: &Host) -> Option<&Credential> {
+        self.logins.for_registry(&host.name, &self.policy)
+    }
+
+    /// The user name of the login this scope would send to `registry`, for tests.
+    #[cfg(test)]
+    pub fn login_user(&self, registry: &str) -> Option<&str> {
+        match self.logins.for_registry(registry, &self.policy)? {
+            Credential::Basic { username, .. } | Credential::IdentityToken { username, .. } => {
+                Some(username)
+            }
+        }
     }
 
     /// The state of `registry`, created on first use.
@@ -405,15 +463,23 @@ impl Engine {
         if let Some(host) = hosts.get(registry) {
             return Ok(host.clone());
         }
-        let settings = self.registries.get(registry).cloned().unwrap_or_default();
-        let scheme = if self.is_insecure(registry) {
+        self.policy
+            .check_host(registry)
+            .map_err(|reason| RegistryError::Refused {
+                target: target.clone(),
+                reason,
+            })?;
+        let limits = self
+            .policy
+            .limits_for(registry, self.registries.get(registry));
+        let scheme = if self.policy.is_insecure(registry) {
             "http"
         } else {
             "https"
         };
         // Docker Hub's API does not live at the name used in references.
         let authority = if registry == DOCKER_HUB {
-            "registry-1.docker.io"
+            DOCKER_HUB_API
         } else {
             registry
         };
@@ -423,21 +489,31 @@ impl Engine {
             .ok_or_else(|| RegistryError::Config {
                 reason: format!("{target}: {registry:?} is not a registry host name"),
             })?;
-        let credential = match &settings.credential {
-            Some(name) => self.credentials.by_name(name).cloned(),
-            None => self.credentials.for_registry(registry).cloned(),
-        };
-        let concurrency = settings.concurrency.unwrap_or(DEFAULT_CONCURRENCY).max(1);
+        // The URL parser reads `0x7f.1` or `2130706433` as 127.0.0.1: judge the address the
+        // connection will use too, not only the name as written.
+        if let Some(normalized) = policy::url_host(&base)
+            && normalized != authority
+        {
+            self.policy
+                .check_host(&normalized)
+                .map_err(|reason| RegistryError::Refused {
+                    target: target.clone(),
+                    reason,
+                })?;
+        }
+        let concurrency = limits
+            .concurrency
+            .unwrap_or(policy::DEFAULT_CONCURRENCY)
+            .max(1);
         let host = Arc::new(Host {
             name: registry.to_owned(),
             base,
             permits: Arc::new(Semaphore::new(concurrency)),
             capacity: concurrency,
-            spacing: settings
+            spacing: limits
                 .rate_limit
                 .map(|per_second| Duration::from_secs(1) / per_second.max(1)),
             next_start: Mutex::new(Instant::now()),
-            credential,
         });
         hosts.insert(registry.to_owned(), host.clone());
         Ok(host)
@@ -804,7 +880,7 @@ impl Engine {
             )));
         };
         if challenge.scheme == "basic" {
-            let header = host.credential.as_ref().and_then(auth::basic_for);
+            let header = self.credential(host).and_then(auth::basic_for);
             let Some(header) = header else {
                 return Err(unauthorized(format!(
                     "the registry requires a user name and password; none configured for {}",
@@ -862,17 +938,21 @@ impl Engine {
         if !matches!(url.scheme(), "https" | "http") {
             return Err(invalid(format!("token realm {realm:?} is not http(s)")));
         }
-        let realm_host = match (url.host_str(), url.port()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            (Some(h), None) => h.to_owned(),
-            _ => String::new(),
-        };
-        if host.credential.is_some() && url.scheme() == "http" && !self.is_insecure(&realm_host) {
+        let realm_host = policy::url_host(&url).unwrap_or_default();
+        let credential = self.credential(host);
+        let api_host = policy::url_host(&host.base).unwrap_or_default();
+        self.policy
+            .check_realm(&host.name, &api_host, &realm_host, credential.is_some())
+            .map_err(|reason| RegistryError::Refused {
+                target: target.clone(),
+                reason,
+            })?;
+        if credential.is_some() && url.scheme() == "http" && !self.policy.is_insecure(&realm_host) {
             return Err(RegistryError::Unauthorized {
                 target: target.clone(),
                 status: 401,
                 message: format!(
-                    "refusing to send credentials to the plain-http token realm {realm_host}; mark it insecure to allow"
+                    "refusing to send credentials to the plain-http token realm {realm_host}; the operator can list it in insecureRegistries"
                 ),
             });
         }
@@ -893,7 +973,7 @@ impl Engine {
             // the one that needs the token.
             take_permit: false,
         };
-        match &host.credential {
+        match credential {
             Some(Credential::IdentityToken { token, .. }) => {
                 let mut form = form_urlencoded::Serializer::new(String::new());
                 form.append_pair("grant_type", "refresh_token");
@@ -919,7 +999,7 @@ impl Engine {
                     }
                 }
                 request.url = url;
-                request.fixed_auth = credential.as_ref().and_then(auth::basic_for);
+                request.fixed_auth = credential.and_then(auth::basic_for);
             }
         }
         // Boxed: `send` -> `authenticate` -> `fetch_token` -> `send` is a (bounded) cycle,

@@ -7,7 +7,10 @@
 //!   (a semaphore for concurrency, spacing of request starts for the rate limit);
 //! - 5xx, 429 and network failures are retried with exponential backoff and jitter,
 //!   honouring `Retry-After`, for a bounded number of attempts;
-//! - authentication is anonymous, Basic or Bearer tokens (cached per registry and scope);
+//! - authentication is anonymous, Basic or Bearer tokens (cached per registry and scope, in
+//!   each credential scope of its own: [`RegistryClient::with_logins`], [`RegistryAccess`]);
+//! - every host, token realm and redirect hop passes the operator's [`RegistryPolicy`]
+//!   (allowlist, internal addresses, which login goes where), names at DNS resolution too;
 //! - every manifest and blob is verified against its digest;
 //! - the write side (`blobs`, `manifests`): blob HEAD, streamed downloads with a start
 //!   offset, cross-repository mounts, streamed uploads (monolithic PUT, chunked PATCH as the
@@ -18,6 +21,7 @@
 //!   together they share one budget (`budget`); tag listings are bounded in tags, bytes and
 //!   pages and filtered as they are read ([`tags`]).
 
+mod access;
 mod auth;
 mod blobs;
 mod budget;
@@ -25,25 +29,27 @@ pub mod credentials;
 mod error;
 mod http;
 mod manifests;
+pub mod policy;
 pub mod retry;
 pub mod tags;
 pub mod types;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LINK};
 use reqwest::{Method, StatusCode, Url};
 
+pub use self::access::{NamespaceClients, RegistryAccess};
 pub use self::auth::{Challenge, parse_challenges};
 pub use self::blobs::{
     BlobStream, TransferSlots, UPLOAD_CHUNK_BYTES, UploadMode, UploadSession, UploadStart,
 };
-pub use self::credentials::{Credential, CredentialStore, Secret};
+pub use self::credentials::{Credential, CredentialStore, Logins, Secret};
 pub use self::error::{RegistryError, Target};
-pub use self::http::DEFAULT_CONCURRENCY;
 use self::http::{Engine, Host, Request, Response, status_error};
+pub use self::policy::{DEFAULT_CONCURRENCY, RegistryLimits, RegistryPolicy};
 pub use self::types::{
     Descriptor, ImageIndex, ImageManifest, ParsedManifest, parse_config_platform, parse_manifest,
 };
@@ -56,11 +62,13 @@ pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 /// Settings of a [`RegistryClient`].
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Hosts reached over plain HTTP. Never implied, not even for localhost.
-    pub insecure_hosts: BTreeSet<String>,
-    /// Per registry host: concurrency (default 8), rate limit (requests/s), insecure, and
-    /// which credential to use.
+    /// The operator's trust settings: plain-HTTP hosts (never implied, not even for
+    /// localhost), allowed hosts, which login serves which host, token realms, ceilings.
+    pub policy: RegistryPolicy,
+    /// Per registry host, from the repo: concurrency and rate limit, each only lowering the
+    /// operator's ceiling (`policy.limits`).
     pub registries: BTreeMap<String, RegistrySettings>,
+    /// The daemon's logins (its Docker config).
     pub credentials: CredentialStore,
     /// Per request, including reading the whole (small) body. Default 30 s.
     pub request_timeout: Duration,
@@ -107,7 +115,7 @@ impl Default for TransferFloor {
 impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
-            insecure_hosts: BTreeSet::new(),
+            policy: RegistryPolicy::default(),
             registries: BTreeMap::new(),
             credentials: CredentialStore::empty(),
             request_timeout: Duration::from_secs(30),
@@ -148,6 +156,8 @@ impl FetchedManifest {
 }
 
 /// The OCI distribution client. Cheap to clone: clones share connections, limits and tokens.
+/// [`RegistryClient::with_logins`] makes another credential scope over the same connections
+/// and limits, with tokens of its own.
 #[derive(Clone)]
 pub struct RegistryClient {
     engine: Arc<Engine>,
@@ -196,23 +206,19 @@ impl RegistryClient {
         })
     }
 
-    /// A client with a config repo's per-registry `settings`, the credentials of a Docker
-    /// config file (none without one) and the hosts reached over plain HTTP.
-    pub fn with_settings(
-        settings: &BTreeMap<String, RegistrySettings>,
-        docker_config: Option<&std::path::Path>,
-        insecure_hosts: &[String],
-    ) -> Result<Self, RegistryError> {
-        let credentials = match docker_config {
-            Some(path) => CredentialStore::from_docker_config_file(path)?,
-            None => CredentialStore::empty(),
-        };
-        RegistryClient::new(ClientConfig {
-            insecure_hosts: insecure_hosts.iter().cloned().collect(),
-            registries: settings.clone(),
-            credentials,
-            ..ClientConfig::default()
-        })
+    /// A client over the same connections, hosts and limits that logs in with `logins` only,
+    /// with a token cache of its own (one per namespace, so no token crosses namespaces).
+    pub fn with_logins(&self, logins: Logins) -> Self {
+        RegistryClient {
+            engine: Arc::new(self.engine.with_logins(logins)),
+            tag_limits: self.tag_limits,
+            transfer_floor: self.transfer_floor,
+        }
+    }
+
+    /// The operator's registry policy this client applies.
+    pub fn policy(&self) -> &RegistryPolicy {
+        self.engine.policy()
     }
 
     /// Where requests about `target` go, and `base/v2/<repository>/<tail>`.

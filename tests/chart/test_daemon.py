@@ -7,6 +7,7 @@ import json
 import posixpath
 from typing import Any, Callable
 
+import helm_python
 import pytest
 
 from chartlib import NAMESPACE, REPO, VALUE_SETS, Render, values_for
@@ -16,6 +17,8 @@ from chartlib import NAMESPACE, REPO, VALUE_SETS, Render, values_for
 DAEMON_CONFIG_KEYS = {
     "repo", "branch", "workdir", "pollInterval", "gitTokenFile", "gitSshKey", "gitSshPassphraseFile",
     "registryConfig", "insecureRegistries", "adminListen", "pushAttempts",
+    # registry trust
+    "allowedRegistries", "mirrorRegistries", "registryCredentials", "tokenRealms", "registryLimits", "tenancy",
     # the webhook
     "webhookListen", "tlsCert", "tlsKey", "tlsSelfSigned", "webhookService", "webhookNamespace",
     # push hooks
@@ -144,6 +147,11 @@ def test_config_follows_the_values(render: Callable[..., Render]) -> None:
                 "pushAttempts": 3,
                 "entryTimeout": "45s",
                 "insecureRegistries": ["registry.internal:5000"],
+                "allowedRegistries": ["quay.io", "*.cloudfront.net"],
+                "mirrorRegistries": ["registry.internal:5000"],
+                "registryCredentials": {"quay.io": "quay-robot"},
+                "tokenRealms": {"quay.io": ["auth.quay.io"]},
+                "registryLimits": {"docker.io": {"rateLimit": 10, "concurrency": 4}},
                 "extra": {"tlsSelfSigned": None, "pollInterval": "10m"},
             },
             listenHost="[::]",
@@ -154,8 +162,40 @@ def test_config_follows_the_values(render: Callable[..., Render]) -> None:
     assert config["pushAttempts"] == 3
     assert (config["entryTimeout"], config["mirrorTimeout"]) == ("45s", "30m")
     assert config["insecureRegistries"] == ["registry.internal:5000"]
+    assert config["allowedRegistries"] == ["quay.io", "*.cloudfront.net"]
+    assert config["mirrorRegistries"] == ["registry.internal:5000"]
+    assert config["registryCredentials"] == {"quay.io": "quay-robot"}
+    assert config["tokenRealms"] == {"quay.io": ["auth.quay.io"]}
+    assert config["registryLimits"] == {"docker.io": {"rateLimit": 10, "concurrency": 4}}
     assert config["pollInterval"] == "10m"  # config.extra wins
     assert config["adminListen"] == "[::]:8081" and config["webhookListen"] == "[::]:8443"
+
+
+def test_tenancy_mounts_each_namespaces_pull_secret_as_its_registry_config(render: Callable[..., Render]) -> None:
+    tenancy = {
+        "namespaces": {
+            "team-a": {"paths": ["images/team-a/**"], "credentials": ["quay.io"], "registrySecret": "team-a-pull"},
+            "team-b": {"paths": ["images/team-b/**"], "sources": ["ghcr.io/team-b/"]},
+        },
+        "sharedSets": ["images/platform/**"],
+    }
+    r = render(values_for("defaults", config={"tenancy": tenancy}))
+    rendered = r.daemon_config["tenancy"]
+    assert rendered["sharedSets"] == ["images/platform/**"]
+    team_a, team_b = rendered["namespaces"]["team-a"], rendered["namespaces"]["team-b"]
+    assert "registrySecret" not in team_a and "registryConfig" not in team_b
+    assert team_b == {"paths": ["images/team-b/**"], "sources": ["ghcr.io/team-b/"]}
+    directory, file = posixpath.split(team_a["registryConfig"])
+    mounts = {m["mountPath"]: m for m in r.container["volumeMounts"]}
+    volumes = {v["name"]: v for v in r.pod_spec["volumes"]}
+    mount = mounts[directory]
+    assert mount["readOnly"] is True and "subPath" not in mount
+    secret = volumes[mount["name"]]["secret"]
+    assert secret["secretName"] == "team-a-pull"
+    assert secret["items"] == [{"key": ".dockerconfigjson", "path": file}]
+    # The operator's values are checked: a typo in a namespace's policy fails the install.
+    with pytest.raises(helm_python.HelmValuesError, match="path"):
+        render(values_for("defaults", config={"tenancy": {"namespaces": {"team-a": {"path": ["x"]}}}}))
 
 
 def test_one_replica_has_no_leader_election_and_no_api_access(rendered: dict[str, Render]) -> None:

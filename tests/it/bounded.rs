@@ -14,7 +14,7 @@ use imagelock::lock::{self, LockFile};
 use imagelock::mirror::progress::Silent;
 use imagelock::mirror::{CopyRequest, EngineOptions, MirrorEngine};
 use imagelock::reference::ImageRepo;
-use imagelock::registry::{ClientConfig, RegistryClient, TransferFloor};
+use imagelock::registry::{ClientConfig, RegistryClient, RegistryPolicy, TransferFloor};
 
 use crate::common::{
     ConfigRepo, HostileRegistry, ImageSpec, TestRegistry, git, image_set, push_image,
@@ -283,7 +283,7 @@ async fn copy_trickle_beside_a_good_image(
         HostileRegistry::start(Duration::from_secs(3600), Duration::from_millis(200)).await;
     let bad = hostile.host();
     let client = RegistryClient::new(ClientConfig {
-        insecure_hosts: [host.clone(), bad.clone()].into(),
+        policy: RegistryPolicy::insecure([host.clone(), bad.clone()]),
         backoff_base: Duration::from_millis(10),
         transfer_floor: floor,
         ..ClientConfig::default()

@@ -17,7 +17,10 @@ use imagelock::git::{
 use imagelock::lock::{LockFile, LockedTag};
 use imagelock::manifest;
 use imagelock::reconcile::{self, Mode};
-use imagelock::registry::{ClientConfig, RegistryClient};
+use imagelock::registry::{
+    ClientConfig, CredentialStore, RegistryAccess, RegistryClient, RegistryPolicy,
+};
+use imagelock::tenancy::Tenancy;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -213,6 +216,8 @@ impl Daemon {
                 workdir: workdir.to_owned(),
                 poll_interval: poll_interval.to_owned(),
                 insecure_registries: insecure.iter().map(|h| (*h).to_owned()).collect(),
+                // The tests' registries are the operator's own: allowed as mirrors too.
+                mirror_registries: insecure.iter().map(|h| (*h).to_owned()).collect(),
                 admin_listen: admin,
                 ..DaemonConfig::default()
             };
@@ -668,13 +673,18 @@ fn a_second_writer_racing_the_push_keeps_both_commits() {
     let initial = checkout.head().expect("head");
 
     let client = RegistryClient::new(ClientConfig {
-        insecure_hosts: [host.clone()].into(),
+        policy: RegistryPolicy::insecure([host.clone()]),
         ..ClientConfig::default()
     })
     .expect("client");
+    let access = RegistryAccess::new(
+        client,
+        std::sync::Arc::new(CredentialStore::empty()),
+        Tenancy::default(),
+    );
     let loaded = manifest::load_repo(checkout.worktree()).expect("load");
     let observations = runtime.block_on(reconcile::observe(
-        &client,
+        &access,
         checkout.worktree(),
         &loaded,
         &imagelock::pins::CheckoutLocks,

@@ -15,3 +15,4 @@ mod pins;
 mod registry;
 mod repo_content;
 mod servers;
+mod trust;

@@ -7,19 +7,16 @@ use imagelock::lock::{self, LockFile};
 use imagelock::reference::Digest;
 
 use crate::common::{
-    ConfigRepo, Fault, FaultProxy, ImageSpec, Pusher, TestRegistry, image_set, push_image,
-    push_index, skopeo_digest,
+    ConfigRepo, Fault, FaultProxy, ImageSpec, Pusher, TestRegistry, image_set, operator_command,
+    push_image, push_index, skopeo_digest,
 };
 
+/// The binary with `insecure` as the operator's plain-HTTP and mirror registries.
 async fn imagelock(args: &[&str], insecure: &[&str]) -> Output {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_imagelock"));
-    command
-        .args(args)
-        .env_remove("IMAGELOCK_INSECURE_REGISTRIES");
-    for host in insecure {
-        command.args(["--insecure-registry", host]);
-    }
-    command.output().await.expect("run imagelock")
+    operator_command(args, insecure)
+        .output()
+        .await
+        .expect("run imagelock")
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -9,7 +9,7 @@ use imagelock::manifest::RegistrySettings;
 use imagelock::mirror::progress::{Progress, Silent};
 use imagelock::mirror::{CopyReport, CopyRequest, EngineOptions, MirrorEngine, MirrorError};
 use imagelock::reference::{Digest, ImageRepo};
-use imagelock::registry::{ClientConfig, RegistryClient};
+use imagelock::registry::{ClientConfig, RegistryClient, RegistryPolicy};
 use serde_json::json;
 
 use crate::common::{
@@ -23,7 +23,7 @@ const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 /// The tests' client settings: plain HTTP to `hosts`, short backoff and timeouts.
 fn mk_client_config(hosts: &[&str]) -> ClientConfig {
     ClientConfig {
-        insecure_hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+        policy: RegistryPolicy::insecure(hosts.iter().map(|h| (*h).to_owned())),
         backoff_base: Duration::from_millis(10),
         request_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(10),

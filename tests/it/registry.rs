@@ -6,8 +6,8 @@ use std::time::Duration;
 use imagelock::manifest::RegistrySettings;
 use imagelock::reference::{Digest, ImageRepo};
 use imagelock::registry::{
-    ClientConfig, CredentialStore, ParsedManifest, RegistryClient, RegistryError,
-    parse_config_platform,
+    ClientConfig, CredentialStore, Logins, ParsedManifest, RegistryClient, RegistryError,
+    RegistryLimits, RegistryPolicy, parse_config_platform,
 };
 
 use crate::common::{
@@ -22,7 +22,7 @@ fn mk_client(hosts: &[&str]) -> RegistryClient {
 
 fn mk_config(hosts: &[&str]) -> ClientConfig {
     ClientConfig {
-        insecure_hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+        policy: RegistryPolicy::insecure(hosts.iter().map(|h| (*h).to_owned())),
         backoff_base: Duration::from_millis(10),
         request_timeout: Duration::from_secs(10),
         ..ClientConfig::default()
@@ -366,8 +366,9 @@ async fn retry_after_beyond_the_limit_fails_with_the_reason() {
     assert_eq!(proxy.count("manifests"), 1);
 }
 
-#[tokio::test]
-async fn concurrency_per_registry_is_bounded() {
+/// Eight lookups at once through a slow proxy, with the repo's `concurrency` and the
+/// operator's `ceiling` for that host; the most that were in flight at once.
+async fn most_in_flight(concurrency: usize, ceiling: Option<usize>) -> usize {
     let registry = TestRegistry::start();
     push_image(
         &registry.host(),
@@ -378,16 +379,26 @@ async fn concurrency_per_registry_is_bounded() {
     .await;
     let proxy = FaultProxy::start(&registry.host()).await;
     proxy.add_rule("manifests", Fault::Delay(Duration::from_millis(100)), None);
+    let limits = ceiling.map(|ceiling| {
+        let limits = RegistryLimits {
+            concurrency: Some(ceiling),
+            rate_limit: None,
+        };
+        (proxy.host(), limits)
+    });
     let client = RegistryClient::new(ClientConfig {
         registries: [(
             proxy.host(),
             RegistrySettings {
-                concurrency: Some(2),
-                insecure: true,
+                concurrency: Some(concurrency),
                 ..RegistrySettings::default()
             },
         )]
         .into(),
+        policy: RegistryPolicy {
+            limits: limits.into_iter().collect(),
+            ..RegistryPolicy::insecure([proxy.host()])
+        },
         ..mk_config(&[])
     })
     .unwrap();
@@ -401,11 +412,23 @@ async fn concurrency_per_registry_is_bounded() {
         assert!(lookup.await.unwrap().unwrap().is_some());
     }
     assert_eq!(proxy.count("manifests"), 8);
-    assert_eq!(proxy.max_in_flight(), 2);
+    proxy.max_in_flight()
 }
 
 #[tokio::test]
-async fn rate_limit_spaces_request_starts() {
+async fn concurrency_per_registry_is_bounded() {
+    assert_eq!(most_in_flight(2, None).await, 2);
+}
+
+#[tokio::test]
+async fn the_repo_may_lower_the_operators_concurrency_ceiling_but_not_raise_it() {
+    assert_eq!(most_in_flight(8, Some(1)).await, 1);
+    assert_eq!(most_in_flight(1, Some(4)).await, 1);
+}
+
+/// How long five lookups at once take with the repo's `rate_limit` and the operator's
+/// `ceiling` for that host.
+async fn five_lookups_take(rate_limit: u32, ceiling: Option<u32>) -> Duration {
     let registry = TestRegistry::start();
     push_image(
         &registry.host(),
@@ -415,16 +438,27 @@ async fn rate_limit_spaces_request_starts() {
     )
     .await;
     let host = registry.host();
+    let limits = ceiling.map(|ceiling| {
+        let limits = RegistryLimits {
+            rate_limit: Some(ceiling),
+            concurrency: None,
+        };
+        (host.clone(), limits)
+    });
     let client = RegistryClient::new(ClientConfig {
         registries: [(
             host.clone(),
             RegistrySettings {
-                rate_limit: Some(20),
+                rate_limit: Some(rate_limit),
                 ..RegistrySettings::default()
             },
         )]
         .into(),
-        ..mk_config(&[&host])
+        policy: RegistryPolicy {
+            limits: limits.into_iter().collect(),
+            ..RegistryPolicy::insecure([host.clone()])
+        },
+        ..mk_config(&[])
     })
     .unwrap();
     let repo = mk_repo(&host, "team/web");
@@ -439,13 +473,60 @@ async fn rate_limit_spaces_request_starts() {
     for lookup in lookups {
         assert!(lookup.await.unwrap().unwrap().is_some());
     }
-    // Five starts 50 ms apart take at least 200 ms, however fast the registry is (a lower
-    // bound only: a slow machine cannot make this fail).
-    assert!(
-        started.elapsed() >= Duration::from_millis(200),
-        "{:?}",
-        started.elapsed()
+    started.elapsed()
+}
+
+// Five starts 50 ms apart take at least 200 ms, however fast the registry is (a lower bound
+// only: a slow machine cannot make these fail).
+
+#[tokio::test]
+async fn rate_limit_spaces_request_starts() {
+    let took = five_lookups_take(20, None).await;
+    assert!(took >= Duration::from_millis(200), "{took:?}");
+}
+
+#[tokio::test]
+async fn the_repo_cannot_raise_the_operators_rate_limit() {
+    let took = five_lookups_take(100_000, Some(20)).await;
+    assert!(took >= Duration::from_millis(200), "{took:?}");
+}
+
+/// A registry with `team/web:1.0` behind a proxy that demands a Bearer token (`tok-123`,
+/// from its own `/token`).
+async fn bearer_proxy() -> (TestRegistry, FaultProxy) {
+    let registry = TestRegistry::start();
+    push_image(
+        &registry.host(),
+        "team/web",
+        "1.0",
+        ImageSpec::small("linux/amd64"),
+    )
+    .await;
+    let proxy = FaultProxy::start(&registry.host()).await;
+    proxy.add_rule(
+        ".*",
+        Fault::RequireBearer {
+            token: "tok-123".into(),
+            expires_in: 300,
+        },
+        None,
     );
+    (registry, proxy)
+}
+
+#[tokio::test]
+async fn credential_scopes_never_share_tokens() {
+    let (_registry, proxy) = bearer_proxy().await;
+    let operator = mk_client(&[&proxy.host()]);
+    let team_a = operator.with_logins(Logins::default());
+    let team_b = operator.with_logins(Logins::default());
+    let repo = mk_repo(&proxy.host(), "team/web");
+    for client in [&team_a, &team_a, &team_b, &team_b] {
+        assert!(client.head_manifest(&repo, "1.0").await.unwrap().is_some());
+    }
+    // One token per scope: team-b's first request was not sent with team-a's token.
+    assert_eq!(proxy.count("GET /token"), 2, "{:#?}", proxy.requests());
+    assert_eq!(proxy.statuses("HEAD "), [401, 200, 200, 401, 200, 200]);
 }
 
 #[tokio::test]
@@ -535,7 +616,7 @@ async fn basic_auth_with_docker_config_credentials() {
     assert_eq!(head.digest, pushed.digest);
     assert_eq!(client.list_tags(&repo, &|_| true).await.unwrap(), ["1.0"]);
 
-    // The same entry chosen by name through RegistrySettings.credential.
+    // The same entry chosen by name through the operator's registryCredentials.
     let mut credentials = CredentialStore::empty();
     let named = CredentialStore::from_docker_config_file(&config).unwrap();
     if let Some(login) = named.for_registry(&host) {
@@ -543,15 +624,10 @@ async fn basic_auth_with_docker_config_credentials() {
     }
     let client = RegistryClient::new(ClientConfig {
         credentials,
-        registries: [(
-            host.clone(),
-            RegistrySettings {
-                credential: Some("ci-robot".into()),
-                insecure: true,
-                ..RegistrySettings::default()
-            },
-        )]
-        .into(),
+        policy: RegistryPolicy {
+            credential_names: [(host.clone(), "ci-robot".to_owned())].into(),
+            ..RegistryPolicy::insecure([host.clone()])
+        },
         ..mk_config(&[])
     })
     .unwrap();
@@ -560,23 +636,7 @@ async fn basic_auth_with_docker_config_credentials() {
 
 #[tokio::test]
 async fn bearer_token_is_fetched_once_and_reused() {
-    let registry = TestRegistry::start();
-    push_image(
-        &registry.host(),
-        "team/web",
-        "1.0",
-        ImageSpec::small("linux/amd64"),
-    )
-    .await;
-    let proxy = FaultProxy::start(&registry.host()).await;
-    proxy.add_rule(
-        ".*",
-        Fault::RequireBearer {
-            token: "tok-123".into(),
-            expires_in: 300,
-        },
-        None,
-    );
+    let (_registry, proxy) = bearer_proxy().await;
     let client = mk_client(&[&proxy.host()]);
     let repo = mk_repo(&proxy.host(), "team/web");
 

@@ -108,6 +108,7 @@ home: /home/imagelock
 git: /var/run/secrets/imagelock/git
 registry: /var/run/secrets/imagelock/registry
 hooks: /var/run/secrets/imagelock/hooks
+tenants: /var/run/secrets/imagelock/tenants
 tls: /var/run/secrets/imagelock/webhook-tls
 {{- end -}}
 

@@ -7,6 +7,8 @@
 //!   registry API with plain reqwest, independent of the code under test.
 //! - [`FaultProxy`]: a scripted proxy for the faults a real registry will not produce.
 //! - [`HostileRegistry`]: a registry of endless, giant, slow and trickling answers.
+//! - [`CredentialTrap`]: a malicious registry or token realm that records every
+//!   `Authorization` header it is sent.
 //! - [`FakeApiServer`]: Leases in memory behind a `kube::Client`, with faulty links.
 //! - [`imagelock`]: the real binary.
 
@@ -19,9 +21,10 @@ mod hostile;
 mod proxy;
 mod push;
 mod registry;
+mod trap;
 
 pub use apiserver::{FakeApiServer, Link, LinkFault};
-pub use cli::imagelock;
+pub use cli::{OPERATOR_VARIABLES, imagelock, operator_command};
 pub use gitops::{ConfigRepo, git, image_set, repo_config, write};
 pub use hostile::{GIANT_BYTES, HostileRegistry, TrickleImage};
 pub use proxy::{Fault, FaultProxy, Seen};
@@ -30,3 +33,4 @@ pub use push::{
     skopeo_digest,
 };
 pub use registry::{TestRegistry, free_port};
+pub use trap::{CredentialTrap, Recorded, Script};
