@@ -435,7 +435,7 @@ pub async fn mirror(
         let engine = match access.for_namespace(namespace) {
             Ok(clients) => MirrorEngine::new(
                 clients.mirror,
-                engines.options.clone(),
+                engines.options,
                 engines.progress.clone(),
             ),
             Err(e) => {
