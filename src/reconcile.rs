@@ -433,11 +433,9 @@ pub async fn mirror(
     let mut report = CopyReport::default();
     for (namespace, copies) in groups {
         let engine = match access.for_namespace(namespace) {
-            Ok(clients) => MirrorEngine::new(
-                clients.mirror,
-                engines.options,
-                engines.progress.clone(),
-            ),
+            Ok(clients) => {
+                MirrorEngine::new(clients.mirror, engines.options, engines.progress.clone())
+            }
             Err(e) => {
                 let reason = format!("namespace {namespace}: {e}");
                 for copy in copies {

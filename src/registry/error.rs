@@ -275,10 +275,8 @@ const MAX_QUOTED_BODY: usize = 200;
 /// `{"errors":[{"code","message"}]}` as `CODE: message; ...`, else the start of a text body
 /// (a proxy's HTML page, say) on one line.
 pub fn registry_message(body: &[u8]) -> String {
-    if let Ok(parsed) = serde_json::from_slice::<ErrorBody>(body)
-        && !parsed.errors.is_empty()
-    {
-        return parsed
+    let message = match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(parsed) if !parsed.errors.is_empty() => parsed
             .errors
             .iter()
             .map(|e| match (e.code.is_empty(), e.message.is_empty()) {
@@ -287,19 +285,32 @@ pub fn registry_message(body: &[u8]) -> String {
                 _ => e.message.clone(),
             })
             .collect::<Vec<_>>()
-            .join("; ");
-    }
-    let text = String::from_utf8_lossy(body);
-    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match one_line.char_indices().nth(MAX_QUOTED_BODY) {
-        Some((cut, _)) => format!("{}…", &one_line[..cut]),
-        None => one_line,
-    }
+            .join("; "),
+        _ => String::from_utf8_lossy(body).into_owned(),
+    };
+    // The registry's words end up in logs, /status and pull request comments: one line, cut
+    // short, and no control character (a terminal escape) survives, JSON-escaped or not.
+    let one_line = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    crate::manifest::escape_text(&one_line, MAX_QUOTED_BODY)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_registry_message_is_one_short_line_without_control_characters() {
+        let long = format!(
+            r#"{{"errors":[{{"code":"DENIED","message":"\u001b[2J{}\nnext"}}]}}"#,
+            "x".repeat(10_000)
+        );
+        let message = registry_message(long.as_bytes());
+        assert!(message.starts_with("DENIED: \\u{1b}[2J"), "{message}");
+        assert!(message.chars().count() <= MAX_QUOTED_BODY + 16, "{message}");
+        assert!(!message.chars().any(char::is_control), "{message}");
+        let text = registry_message(b"<html>\x1b]0;title\x07 Bad\ngateway</html>");
+        assert!(!text.chars().any(char::is_control), "{text}");
+    }
 
     fn mk_target(reference: Option<&str>) -> Target {
         Target {
