@@ -6,6 +6,7 @@
 
 pub mod admission;
 mod atomic_file;
+mod char_index;
 pub mod cli;
 pub mod daemon;
 pub mod git;

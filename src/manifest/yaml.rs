@@ -13,6 +13,7 @@ use std::path::Path;
 use saphyr::{LoadableYamlNode, MarkedYaml, Marker, Scalar, ScanError, YamlData};
 
 use super::{Diagnostic, Position};
+use crate::char_index::CharIndex;
 
 pub(crate) type Node<'n> = MarkedYaml<'n>;
 
@@ -115,6 +116,8 @@ pub(crate) fn describe(node: &Node<'_>) -> String {
 pub(crate) struct Doc<'s> {
     path: &'s Path,
     source: &'s str,
+    /// saphyr's char indexes into `source`, as byte offsets.
+    chars: CharIndex<'s>,
     diagnostics: Vec<Diagnostic>,
 }
 
@@ -123,6 +126,7 @@ impl<'s> Doc<'s> {
         Doc {
             path,
             source,
+            chars: CharIndex::new(source),
             diagnostics: Vec::new(),
         }
     }
@@ -239,8 +243,7 @@ impl<'s> Doc<'s> {
         if end <= start {
             return None;
         }
-        let text: String = self.source.chars().skip(start).take(end - start).collect();
-        let mut text = text.trim();
+        let mut text = self.chars.slice(start, end)?.trim();
         // `&anchor 1.10` or `!!float 1.10`: the node's span includes these properties.
         while text.starts_with(['&', '!']) {
             text = text.split_once(char::is_whitespace)?.1.trim_start();
