@@ -9,6 +9,8 @@ mod atomic_file;
 mod char_index;
 pub mod cli;
 pub mod daemon;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod git;
 pub mod lock;
 pub mod manifest;
