@@ -124,7 +124,9 @@ pub fn rewrite(text: &str, resolve: &dyn Fn(&Marker) -> Resolution) -> Rewrite {
                     let new = match found.style {
                         ScalarStyle::SingleQuoted => single_quoted(&value),
                         ScalarStyle::DoubleQuoted => quoted(&value),
-                        _ if stays_plain(&value) => value.clone(),
+                        _ if stays_plain(&value) && !after_colon_and_tab(text, found.start) => {
+                            value.clone()
+                        }
                         _ => quoted(&value),
                     };
                     if text[found.start..found.end] != new {
@@ -169,6 +171,16 @@ pub fn rewrite(text: &str, resolve: &dyn Fn(&Marker) -> Resolution) -> Rewrite {
         }),
     }
     result
+}
+
+/// True when the value at byte `start` follows a `:` and then a tab (`image:\tweb`). saphyr
+/// refuses a plain scalar that starts with a letter or digit there ("':' must be followed by a
+/// valid YAML whitespace"), though it reads `image:\t~web` and `image:\t"web"`; a plain value
+/// replaced there is written quoted, or the rewrite would fail its own check.
+fn after_colon_and_tab(text: &str, start: usize) -> bool {
+    let before = &text[..start];
+    let value_side = before.trim_end_matches([' ', '\t']);
+    value_side.ends_with(':') && before[value_side.len()..].starts_with('\t')
 }
 
 /// A marked value's new text.
@@ -582,6 +594,25 @@ mod tests {
             expected.push_str(&format!("k{i}: {PINNED} {M}\nb{i}: |\n  web {M}\n  x\n"));
         }
         assert_eq!(rewritten(&text), expected);
+    }
+
+    /// Found by the fuzzer: `key:<tab>~web` reads as YAML, `key:<tab>registry...` does not
+    /// for saphyr, so a plain value after a colon and a tab is written quoted.
+    #[test]
+    fn a_plain_value_after_a_colon_and_a_tab_is_quoted() {
+        assert_eq!(
+            rewritten(&format!("image:\t~web {M}\n")),
+            format!("image:\t\"{PINNED}\" {M}\n")
+        );
+        assert_eq!(
+            rewritten(&format!("- a:\t\t~web {M}\n")),
+            format!("- a:\t\t\"{PINNED}\" {M}\n")
+        );
+        // A space first: plain stays plain.
+        assert_eq!(
+            rewritten(&format!("image: \t~web {M}\n")),
+            format!("image: \t{PINNED} {M}\n")
+        );
     }
 
     #[test]
