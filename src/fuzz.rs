@@ -152,8 +152,14 @@ pub fn admission(data: &[u8]) {
 fn review_checked(data: &[u8]) -> Option<json_patch::Patch> {
     let index = &*PINS;
     let answer = review_body(index, data).ok()?;
-    let request: serde_json::Value =
-        serde_json::from_slice(data).unwrap_or_else(|e| panic!("answered a non-JSON body: {e}"));
+    // serde skips unknown fields without checking their UTF-8, so a body that is not quite
+    // JSON can be answered; the API server only sends JSON, and such a body is not a Pod.
+    let request: serde_json::Value = serde_json::from_slice(data).ok()?;
+    // The API server always sends the object's metadata (Go never omits ObjectMeta), which is
+    // where the patch adds the annotation.
+    if !request["request"]["object"]["metadata"].is_object() {
+        return None;
+    }
     let patch = patch_of(&response_of(&answer.json, &request))?;
     let mut pod = request["request"]["object"].clone();
     json_patch::patch(&mut pod, &patch)
