@@ -19,8 +19,11 @@ use crate::outputs::setters::{self, Marker, Part, Resolution};
 use crate::reference::{Digest, ImageRepo};
 use crate::registry::{Challenge, parse_challenges};
 
+/// A fuzz target: runs the code under test on one input and panics on a broken property.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, as the fuzz crate's binaries and the corpus test know them.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("manifest", manifest),
     ("lock", lock),
     ("admission", admission),
