@@ -6,8 +6,11 @@
 
 pub mod admission;
 mod atomic_file;
+mod char_index;
 pub mod cli;
 pub mod daemon;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod git;
 pub mod lock;
 pub mod manifest;

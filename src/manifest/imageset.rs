@@ -736,6 +736,19 @@ mod tests {
         );
     }
 
+    /// Numbers far into a file with multi-byte text before them keep their written form too
+    /// (their source text is found by char index, without a walk from the file's start).
+    #[test]
+    fn many_numbers_after_multibyte_text_are_tags_as_written() {
+        let tags: Vec<String> = (0..2000).map(|i| format!("{}.{i}0", i % 7)).collect();
+        let set = mk_set(&mk_manifest(&format!(
+            "# {}\n- name: web\n  source: nginx\n  tags: [{}]",
+            "ü€".repeat(700),
+            tags.join(", ")
+        )));
+        assert_eq!(set.images[0].tags, tags);
+    }
+
     #[test]
     fn yaml_syntax_error() {
         let text = mk_manifest("- name: web\n  tags: [latest, 1.4\n  source: nginx");

@@ -14,6 +14,7 @@ use saphyr::{LoadableYamlNode, MarkedYaml, Marker, Scalar, ScanError, YamlData};
 use saphyr_parser::{Event, Parser};
 
 use super::{Diagnostic, Position};
+use crate::char_index::CharIndex;
 
 /// Longest excerpt of a file a message quotes, in characters.
 pub const EXCERPT_CHARS: usize = 80;
@@ -327,6 +328,8 @@ pub(crate) fn describe(node: &Node<'_>) -> String {
 pub(crate) struct Doc<'s> {
     path: &'s Path,
     source: &'s str,
+    /// saphyr's char indexes into `source`, as byte offsets.
+    chars: CharIndex<'s>,
     diagnostics: Vec<Diagnostic>,
 }
 
@@ -335,6 +338,7 @@ impl<'s> Doc<'s> {
         Doc {
             path,
             source,
+            chars: CharIndex::new(source),
             diagnostics: Vec::new(),
         }
     }
@@ -468,8 +472,7 @@ impl<'s> Doc<'s> {
         if end <= start {
             return None;
         }
-        let text: String = self.source.chars().skip(start).take(end - start).collect();
-        let mut text = text.trim();
+        let mut text = self.chars.slice(start, end)?.trim();
         // `&anchor 1.10` or `!!float 1.10`: the node's span includes these properties.
         while text.starts_with(['&', '!']) {
             text = text.split_once(char::is_whitespace)?.1.trim_start();

@@ -17,6 +17,7 @@ use saphyr_parser::{Event, Parser, ScalarStyle, ScanError};
 
 // JSON values and marker comments print as written (JSON quotes its own strings), cut short.
 use crate::manifest::{EXCERPT_CHARS, MAX_YAML_NODES, ShapeError, check_size, escape_text, quote};
+use crate::char_index::CharIndex;
 use crate::yaml_scalar::{quoted, single_quoted, stays_plain};
 
 /// The key of the marker object.
@@ -141,7 +142,9 @@ pub fn rewrite(text: &str, resolve: &dyn Fn(&Marker) -> Resolution) -> Rewrite {
                     let new = match found.style {
                         ScalarStyle::SingleQuoted => single_quoted(&value),
                         ScalarStyle::DoubleQuoted => quoted(&value),
-                        _ if stays_plain(&value) => value.clone(),
+                        _ if stays_plain(&value) && !after_colon_and_tab(text, found.start) => {
+                            value.clone()
+                        }
                         _ => quoted(&value),
                     };
                     if text[found.start..found.end] != new {
@@ -186,6 +189,16 @@ pub fn rewrite(text: &str, resolve: &dyn Fn(&Marker) -> Resolution) -> Rewrite {
         }),
     }
     result
+}
+
+/// True when the value at byte `start` follows a `:` and then a tab (`image:\tweb`). saphyr
+/// refuses a plain scalar that starts with a letter or digit there ("':' must be followed by a
+/// valid YAML whitespace"), though it reads `image:\t~web` and `image:\t"web"`; a plain value
+/// replaced there is written quoted, or the rewrite would fail its own check.
+fn after_colon_and_tab(text: &str, start: usize) -> bool {
+    let before = &text[..start];
+    let value_side = before.trim_end_matches([' ', '\t']);
+    value_side.ends_with(':') && before[value_side.len()..].starts_with('\t')
 }
 
 /// A marked value's new text.
@@ -353,10 +366,18 @@ struct Scan {
 }
 
 impl Scan {
+    /// Blocks come in file order and never overlap, so the one before `line` decides.
     fn in_block_scalar(&self, line: usize) -> bool {
-        self.blocks
-            .iter()
-            .any(|(first, last)| (*first..=*last).contains(&line))
+        let after = self.blocks.partition_point(|(first, _)| *first <= line);
+        after > 0 && self.blocks[after - 1].1 >= line
+    }
+
+    /// The value scalars starting on `line`, found by bisection (they come in file order)
+    /// rather than by a walk through all of them for every marker.
+    fn values_on(&self, line: usize) -> &[ValueScalar] {
+        let from = self.values.partition_point(|v| v.line < line);
+        let to = from + self.values[from..].partition_point(|v| v.line == line);
+        &self.values[from..to]
     }
 }
 
@@ -384,6 +405,7 @@ fn scan(text: &str) -> Result<Scan, ScanError> {
         Mapping { next_is_key: bool },
     }
     let mut stack: Vec<Frame> = Vec::new();
+    let chars = CharIndex::new(text);
     let mut scan = Scan {
         events: Vec::new(),
         values: Vec::new(),
@@ -409,7 +431,7 @@ fn scan(text: &str) -> Result<Scan, ScanError> {
         let (kind, value) = match event {
             Event::Scalar(value, style, _, _) => {
                 if matches!(style, ScalarStyle::Literal | ScalarStyle::Folded) {
-                    scan.blocks.push(block_lines(text, &span));
+                    scan.blocks.push(block_lines(&chars, &span));
                 } else if !is_key {
                     scan.values.push(ValueScalar {
                         line: span.start.line(),
@@ -445,13 +467,14 @@ fn scan(text: &str) -> Result<Scan, ScanError> {
 
 /// The content lines of a block scalar. Its span ends where the next token starts, which is
 /// the indentation of the line after the content (not part of it).
-fn block_lines(text: &str, span: &saphyr_parser::Span) -> (usize, usize) {
+fn block_lines(chars: &CharIndex<'_>, span: &saphyr_parser::Span) -> (usize, usize) {
     let (first, end) = (span.start.line(), span.end.line());
-    let end_line_text: String = text
-        .chars()
-        .skip(span.end.index().saturating_sub(span.end.col()))
-        .take(span.end.col())
-        .collect();
+    let end_line_text = chars
+        .slice(
+            span.end.index().saturating_sub(span.end.col()),
+            span.end.index(),
+        )
+        .unwrap_or_default();
     let last = if end > first && end_line_text.trim().is_empty() {
         end - 1
     } else {
@@ -471,9 +494,8 @@ struct Found {
 fn locate(text: &str, line: &Line<'_>, hash: usize, scan: &Scan) -> Result<Found, String> {
     const NO_VALUE: &str = "the marker follows no value on this line; put it after a plain or quoted value, like image: web # {\"imagelock\": \"team-a:web\"}";
     let scalar = scan
-        .values
+        .values_on(line.number)
         .iter()
-        .filter(|v| v.line == line.number)
         .filter_map(|v| Some((byte_offset(line, v.index)?, v)))
         .rfind(|(start, _)| *start < hash);
     let Some((start, scalar)) = scalar else {
@@ -583,6 +605,39 @@ mod tests {
 
     const M: &str = r#"# {"imagelock": "team-a:web"}"#;
     const PINNED: &str = "registry.internal/team-a/web@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    /// Markers are matched to their values and to block scalars by bisection: between many
+    /// block scalars and marked lines, each marker finds the value on its own line and a
+    /// marker inside a block is left alone.
+    #[test]
+    fn many_markers_among_block_scalars() {
+        let mut text = String::new();
+        let mut expected = String::new();
+        for i in 0..300 {
+            text.push_str(&format!("k{i}: web {M}\nb{i}: |\n  web {M}\n  x\n"));
+            expected.push_str(&format!("k{i}: {PINNED} {M}\nb{i}: |\n  web {M}\n  x\n"));
+        }
+        assert_eq!(rewritten(&text), expected);
+    }
+
+    /// Found by the fuzzer: `key:<tab>~web` reads as YAML, `key:<tab>registry...` does not
+    /// for saphyr, so a plain value after a colon and a tab is written quoted.
+    #[test]
+    fn a_plain_value_after_a_colon_and_a_tab_is_quoted() {
+        assert_eq!(
+            rewritten(&format!("image:\t~web {M}\n")),
+            format!("image:\t\"{PINNED}\" {M}\n")
+        );
+        assert_eq!(
+            rewritten(&format!("- a:\t\t~web {M}\n")),
+            format!("- a:\t\t\"{PINNED}\" {M}\n")
+        );
+        // A space first: plain stays plain.
+        assert_eq!(
+            rewritten(&format!("image: \t~web {M}\n")),
+            format!("image: \t{PINNED} {M}\n")
+        );
+    }
 
     #[test]
     fn styles_are_kept() {
