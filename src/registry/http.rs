@@ -933,10 +933,17 @@ impl Engine {
             target: target.clone(),
             reason,
         };
-        let mut url = Url::parse(realm)
-            .map_err(|_| invalid(format!("token realm {realm:?} is not a URL")))?;
+        let mut url = Url::parse(realm).map_err(|_| {
+            invalid(format!(
+                "token realm {} is not a URL",
+                crate::manifest::quote(realm)
+            ))
+        })?;
         if !matches!(url.scheme(), "https" | "http") {
-            return Err(invalid(format!("token realm {realm:?} is not http(s)")));
+            return Err(invalid(format!(
+                "token realm {} is not http(s)",
+                crate::manifest::quote(realm)
+            )));
         }
         let realm_host = policy::url_host(&url).unwrap_or_default();
         let credential = self.credential(host);
