@@ -946,6 +946,14 @@ impl Engine {
             )));
         }
         let realm_host = policy::url_host(&url).unwrap_or_default();
+        // Plain http only where the operator allows it, with a login or without: an anonymous
+        // token fetched in the clear is one anyone on the path can swap.
+        self.policy
+            .check_scheme(&url)
+            .map_err(|reason| RegistryError::Refused {
+                target: target.clone(),
+                reason: format!("token realm {reason}"),
+            })?;
         let credential = self.credential(host);
         let api_host = policy::url_host(&host.base).unwrap_or_default();
         self.policy
@@ -954,15 +962,6 @@ impl Engine {
                 target: target.clone(),
                 reason,
             })?;
-        if credential.is_some() && url.scheme() == "http" && !self.policy.is_insecure(&realm_host) {
-            return Err(RegistryError::Unauthorized {
-                target: target.clone(),
-                status: 401,
-                message: format!(
-                    "refusing to send credentials to the plain-http token realm {realm_host}; the operator can list it in insecureRegistries"
-                ),
-            });
-        }
         let scopes: Vec<&str> = scope.split_whitespace().collect();
         let mut request = Request {
             target,

@@ -281,11 +281,27 @@ impl RegistryPolicy {
         }
     }
 
-    /// Checks a redirect hop: its host must pass [`RegistryPolicy::check_host`].
+    /// Checks a redirect hop: its host must pass [`RegistryPolicy::check_host`], and plain
+    /// HTTP only to an `insecureRegistries` host.
     pub fn check_redirect(&self, url: &Url) -> Result<(), String> {
         let host = url_host(url).ok_or_else(|| "redirect to a URL without a host".to_owned())?;
         self.check_host(&host)
+            .and_then(|()| self.check_scheme(url))
             .map_err(|reason| format!("redirect refused: {reason}"))
+    }
+
+    /// A URL a registry named (a redirect, a token realm) may be plain HTTP only on a host
+    /// the operator lists in `insecureRegistries`: otherwise a registry could make the daemon
+    /// speak plain HTTP to any host, where anyone on the path reads and answers it.
+    pub fn check_scheme(&self, url: &Url) -> Result<(), String> {
+        match (url.scheme(), url_host(url)) {
+            ("https", _) => Ok(()),
+            ("http", Some(host)) if self.is_insecure(&host) => Ok(()),
+            ("http", Some(host)) => Err(format!(
+                "{host} over plain http; the operator can list it in insecureRegistries"
+            )),
+            (scheme, _) => Err(format!("{scheme}: URL is not http(s)")),
+        }
     }
 }
 
@@ -652,6 +668,33 @@ mod tests {
                 .check_realm("ghcr.io", "ghcr.io", "auth.quay.io", true)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn plain_http_only_to_insecure_hosts() {
+        let policy = mk_policy();
+        let url = |u: &str| Url::parse(u).unwrap();
+        assert!(policy.check_scheme(&url("https://quay.io/token")).is_ok());
+        assert!(policy.check_scheme(&url("http://127.0.0.1:5000/t")).is_ok());
+        let err = policy
+            .check_scheme(&url("http://quay.io/token"))
+            .unwrap_err();
+        assert!(err.contains("insecureRegistries"), "{err}");
+        // Another port of an insecure host is another host.
+        assert!(
+            policy
+                .check_scheme(&url("http://127.0.0.1:5001/t"))
+                .is_err()
+        );
+        assert!(policy.check_scheme(&url("ftp://quay.io/t")).is_err());
+        // A public host passes the host rules, but not over plain http.
+        let redirect = url("http://cdn.example/blob");
+        assert!(
+            policy
+                .check_redirect(&url("https://cdn.example/blob"))
+                .is_ok()
+        );
+        assert!(policy.check_redirect(&redirect).is_err());
     }
 
     #[test]
