@@ -180,6 +180,14 @@ impl RegistryPolicy {
                 "{host} is not in the operator's allowedRegistries; ask the operator to add it"
             ));
         }
+        if self.is_listed_name(host_name(host)) {
+            // The resolver lets a listed name resolve inside without seeing the port: another
+            // port of it would reach whatever listens there (as `127.0.0.1:5001` would).
+            return Err(format!(
+                "{host}: the operator lists {} only with another port; it must list {host} itself in allowedRegistries, insecureRegistries or mirrorRegistries",
+                host_name(host)
+            ));
+        }
         if is_internal_host(host) {
             return Err(format!(
                 "{host} is a loopback, link-local, private or cluster-internal address; the operator must list it in allowedRegistries, insecureRegistries or mirrorRegistries"
@@ -603,6 +611,17 @@ mod tests {
         assert!(err.contains("allowedRegistries"), "{err}");
         assert!(policy.check_host("169.254.169.254").is_err());
         assert!(policy.check_host("quay.io").is_ok());
+        // A listed name resolves inside on any port the resolver is asked for: only its listed
+        // port may be used, like a literal address.
+        let named = RegistryPolicy {
+            mirrors: ["mirror.corp.example:5000".to_owned()].into(),
+            ..RegistryPolicy::default()
+        };
+        assert!(named.check_host("mirror.corp.example:5000").is_ok());
+        let err = named.check_host("mirror.corp.example:10250").unwrap_err();
+        assert!(err.contains("only with another port"), "{err}");
+        assert!(named.check_host("mirror.corp.example").is_err());
+        assert!(named.check_host("other.corp.example").is_ok());
     }
 
     #[test]
