@@ -150,18 +150,27 @@ pub fn load(
     tenancy: &crate::tenancy::Tenancy,
 ) -> Result<Admitted, manifest::ManifestError> {
     let mut repo = manifest::load_repo(root)?;
-    vet_repo(&mut repo, policy);
+    vet_repo(&mut repo, policy, tenancy);
     Ok(crate::pins::admit(repo, tenancy))
 }
 
-/// Applies the operator's mirror rule to a loaded repo: a `mirror.registry` that is not among
-/// the operator's `mirrorRegistries` makes `imagelock.yaml` invalid, with a diagnostic at its
-/// `registry:`, so nothing is mirrored there and no lock or pin is written pointing there.
-pub fn vet_repo(repo: &mut LoadedRepo, policy: &RegistryPolicy) {
+/// Applies the operator's mirror rules to a loaded repo: a `mirror.registry` that is not among
+/// the operator's `mirrorRegistries`, or under tenancy a layout that does not keep namespaces
+/// apart ([`crate::mirror::layout::check_separates_namespaces`]), makes `imagelock.yaml`
+/// invalid, with a diagnostic at its `registry:`, so nothing is mirrored there and no lock or
+/// pin is written pointing there.
+pub fn vet_repo(repo: &mut LoadedRepo, policy: &RegistryPolicy, tenancy: &crate::tenancy::Tenancy) {
     let Some(target) = repo.config.as_ref().and_then(|c| c.mirror.as_ref()) else {
         return;
     };
-    if let Err(reason) = policy.check_mirror(&target.registry) {
+    let refused = policy.check_mirror(&target.registry).and_then(|()| {
+        if tenancy.is_enforced() {
+            crate::mirror::layout::check_separates_namespaces(&target.layout)
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(reason) = refused {
         repo.diagnostics.push(Diagnostic {
             path: PathBuf::from(manifest::CONFIG_FILE),
             position: target.position,
@@ -811,6 +820,45 @@ mod tests {
             chrono::Utc::now(),
             Mode::Write,
         )
+    }
+
+    #[test]
+    fn under_tenancy_a_mirror_layout_must_keep_namespaces_apart() {
+        let dir = mk_repo(&["images/team-a/web.yaml"]);
+        let root = dir.path();
+        let config = |prefix: &str| {
+            format!(
+                "apiVersion: imagelock.dev/v1alpha1\nkind: Config\nmirror:\n  registry: registry.internal\n  repository: all\n  tagPrefix: \"{prefix}\"\n"
+            )
+        };
+        let policy = RegistryPolicy {
+            mirrors: ["registry.internal".to_owned()].into(),
+            ..RegistryPolicy::default()
+        };
+        let tenancy = crate::tenancy::Tenancy {
+            namespaces: [(
+                "team-a".to_owned(),
+                crate::tenancy::NamespacePolicy {
+                    paths: vec!["images/team-a/**".into()],
+                    ..Default::default()
+                },
+            )]
+            .into(),
+            shared_sets: Vec::new(),
+        };
+        std::fs::write(root.join("imagelock.yaml"), config("{namespace}-{name}")).unwrap();
+        let shared = load(root, &policy, &tenancy).unwrap();
+        assert!(shared.config.is_none(), "nothing is mirrored with it");
+        let message = shared.all_diagnostics()[0].to_string();
+        assert!(
+            message.starts_with("imagelock.yaml:") && message.contains("keep namespaces apart"),
+            "{message}"
+        );
+        // One team: any layout; many teams: one that tells them apart.
+        let one_team = load(root, &policy, &crate::tenancy::Tenancy::default()).unwrap();
+        assert!(one_team.config.is_some());
+        std::fs::write(root.join("imagelock.yaml"), config("{namespace}_{name}")).unwrap();
+        assert!(load(root, &policy, &tenancy).unwrap().config.is_some());
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
@@ -21,8 +22,13 @@ const CHECKS_IN_FLIGHT: usize = 32;
 
 /// Mirrors what the locks of the manifests the operator's settings admit pin: a manifest
 /// that may not declare its namespace never gets anything copied into that namespace's
-/// place in the mirror.
-pub async fn run(dir: &Path, dry_run: bool, registry: &RegistryArgs) -> anyhow::Result<ExitCode> {
+/// place in the mirror. Each image's copy stops at `image_timeout`, as in the daemon.
+pub async fn run(
+    dir: &Path,
+    dry_run: bool,
+    registry: &RegistryArgs,
+    image_timeout: Duration,
+) -> anyhow::Result<ExitCode> {
     let (repo, access) = super::load_admitted(dir, registry)?;
     let diagnostics = repo.all_diagnostics();
     for diagnostic in &diagnostics {
@@ -60,7 +66,11 @@ pub async fn run(dir: &Path, dry_run: bool, registry: &RegistryArgs) -> anyhow::
     }
     for (namespace, copies) in groups {
         let client = access.for_namespace(namespace)?.mirror;
-        mirror_group(client, copies, dry_run, &mut failed).await;
+        let options = EngineOptions {
+            image_timeout: Some(image_timeout),
+            ..EngineOptions::default()
+        };
+        mirror_group(client, options, copies, dry_run, &mut failed).await;
     }
     Ok(super::exit_code(failed))
 }
@@ -68,6 +78,7 @@ pub async fn run(dir: &Path, dry_run: bool, registry: &RegistryArgs) -> anyhow::
 /// Checks and (unless `dry_run`) copies one namespace's images with its client.
 async fn mirror_group(
     client: RegistryClient,
+    options: EngineOptions,
     wanted: Vec<WantedCopy>,
     dry_run: bool,
     failed: &mut bool,
@@ -106,7 +117,7 @@ async fn mirror_group(
     }
 
     let progress = Arc::new(TerminalProgress::new(plan.to_copy.len() as u64));
-    let engine = MirrorEngine::new(client, EngineOptions::default(), progress.clone());
+    let engine = MirrorEngine::new(client, options, progress.clone());
     for (source, manifest) in fetched {
         engine.prefetched(source, manifest);
     }

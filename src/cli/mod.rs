@@ -96,6 +96,8 @@ pub enum Command {
         dry_run: bool,
         #[command(flatten)]
         registry: RegistryArgs,
+        #[command(flatten)]
+        mirror_timeout: MirrorTimeoutArgs,
     },
     /// Copy one image between registries, digest preserved (`registry/repo:tag` or `@sha256:...`).
     Copy {
@@ -349,32 +351,40 @@ pub struct EntryTimeoutArgs {
     pub entry_timeout: Option<String>,
 }
 
-/// [`EntryTimeoutArgs`], and how long copying one image into the mirror may take.
+/// How long copying one image into the mirror may take. Serialized like
+/// [`EntryTimeoutArgs`].
 #[derive(Debug, Clone, Default, Args, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct DeadlineArgs {
-    #[command(flatten)]
-    #[serde(flatten)]
-    pub entry: EntryTimeoutArgs,
+pub struct MirrorTimeoutArgs {
     /// How long copying one image into the mirror may take [default: 30m].
     #[arg(long, value_name = "DURATION", env = "IMAGELOCK_MIRROR_TIMEOUT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mirror_timeout: Option<String>,
 }
 
-impl DeadlineArgs {
-    /// The deadlines given, defaults for the rest.
-    pub fn deadlines(&self) -> anyhow::Result<Deadlines> {
-        let or_default = |value: &Option<String>, default| {
-            value
-                .clone()
-                .unwrap_or_else(|| humantime::format_duration(default).to_string())
-        };
-        let defaults = Deadlines::default();
-        let entry = or_default(&self.entry.entry_timeout, defaults.entry);
-        let mirror = or_default(&self.mirror_timeout, defaults.mirror);
-        Deadlines::parse(("--entry-timeout", &entry), ("--mirror-timeout", &mirror))
-            .map_err(anyhow::Error::msg)
+/// [`EntryTimeoutArgs`] and [`MirrorTimeoutArgs`].
+#[derive(Debug, Clone, Default, Args, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadlineArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub entry: EntryTimeoutArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub mirror: MirrorTimeoutArgs,
+}
+
+impl RegistryArgs {
+    /// The deadlines the daemon would use (`entryTimeout`, `mirrorTimeout` of the config
+    /// file), with `flags` over them: a pull request check that runs `plan --config` with the
+    /// daemon's file stops a slow entry when the daemon would.
+    pub fn deadlines(&self, flags: &impl serde::Serialize) -> anyhow::Result<Deadlines> {
+        let config: DaemonConfig = self
+            .figment()?
+            .merge(Serialized::defaults(flags))
+            .extract()
+            .context("invalid configuration")?;
+        Ok(config.deadlines()?)
     }
 }
 
@@ -419,23 +429,27 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             registry,
             entry_timeout,
         } => {
-            let deadlines = DeadlineArgs {
-                entry: entry_timeout,
-                ..DeadlineArgs::default()
-            };
-            plan::run(&dir, format, &registry, deadlines.deadlines()?.entry).await
+            let entry = registry.deadlines(&entry_timeout)?.entry;
+            plan::run(&dir, format, &registry, entry).await
         }
         Command::Lock {
             dir,
             commit,
             registry,
             deadlines,
-        } => lock::run(&dir, commit, &registry, deadlines.deadlines()?).await,
+        } => {
+            let deadlines = registry.deadlines(&deadlines)?;
+            lock::run(&dir, commit, &registry, deadlines).await
+        }
         Command::Mirror {
             dir,
             dry_run,
             registry,
-        } => mirror::run(&dir, dry_run, &registry).await,
+            mirror_timeout,
+        } => {
+            let image_timeout = registry.deadlines(&mirror_timeout)?.mirror;
+            mirror::run(&dir, dry_run, &registry, image_timeout).await
+        }
         Command::Copy {
             source,
             destination,
@@ -502,6 +516,48 @@ mod tests {
         assert!(settings.tenancy.is_enforced());
         let policy = settings.registry_policy().unwrap();
         assert!(policy.check_mirror("registry.internal").is_ok());
+    }
+
+    #[test]
+    fn the_registry_commands_take_the_daemons_deadlines_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        std::fs::write(&file, "entryTimeout: 45s\nmirrorTimeout: 10m\n").unwrap();
+        let args = RegistryArgs {
+            config: Some(file),
+            ..RegistryArgs::default()
+        };
+        // `plan` and `lock` stop an entry, `mirror` an image copy, when the daemon would.
+        let from_file = args.deadlines(&DeadlineArgs::default()).unwrap();
+        assert_eq!(from_file.entry.as_secs(), 45);
+        assert_eq!(from_file.mirror.as_secs(), 600);
+        let flags = DeadlineArgs {
+            entry: EntryTimeoutArgs {
+                entry_timeout: Some("90s".into()),
+            },
+            mirror: MirrorTimeoutArgs {
+                mirror_timeout: Some("1m".into()),
+            },
+        };
+        let from_flags = args.deadlines(&flags).unwrap();
+        assert_eq!(from_flags.entry.as_secs(), 90);
+        assert_eq!(from_flags.mirror.as_secs(), 60);
+        let mirror_only = args.deadlines(&flags.mirror).unwrap();
+        assert_eq!(mirror_only.entry.as_secs(), 45);
+        assert_eq!(mirror_only.mirror.as_secs(), 60);
+        let bad = EntryTimeoutArgs {
+            entry_timeout: Some("0s".into()),
+        };
+        let err = args.deadlines(&bad).unwrap_err().to_string();
+        assert!(err.contains("entryTimeout"), "{err}");
+        let parsed = Cli::try_parse_from(["imagelock", "mirror", "--mirror-timeout", "5m"]);
+        assert!(parsed.is_ok(), "{parsed:?}");
+        assert_eq!(
+            RegistryArgs::default()
+                .deadlines(&DeadlineArgs::default())
+                .unwrap(),
+            Deadlines::default()
+        );
     }
 
     #[test]

@@ -15,6 +15,9 @@ use super::credentials::{Credential, Secret};
 
 /// A token without `expires_in` is valid for 60 s (token spec).
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// Longest a token is reused, whatever its `expires_in` says: registries hand out tokens of
+/// minutes, and a realm answering `u64::MAX` seconds must not overflow the clock.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// One challenge of a `WWW-Authenticate` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,6 +236,7 @@ impl TokenCache {
     /// Remembers a Bearer token, to be dropped shortly before `lifetime` ends so that a request
     /// never carries a token that expires in flight.
     pub fn put_bearer(&self, registry: &str, scope: &str, token: &Secret, lifetime: Duration) {
+        let lifetime = lifetime.min(MAX_TOKEN_LIFETIME);
         let margin = (lifetime / 10).clamp(Duration::from_secs(1), Duration::from_secs(30));
         let valid_until = Instant::now() + lifetime.saturating_sub(margin);
         self.put(
@@ -355,6 +359,20 @@ mod tests {
         );
         assert_eq!(parse(r#"{"token":"","access_token":"c"}"#).unwrap().0, "c");
         assert_eq!(parse(r#"{}"#), None);
+    }
+
+    #[test]
+    fn an_endless_token_lifetime_is_capped_not_a_panic() {
+        let answer = format!(r#"{{"token":"t","expires_in":{}}}"#, u64::MAX);
+        let (token, lifetime) = serde_json::from_str::<TokenResponse>(&answer)
+            .unwrap()
+            .into_token()
+            .unwrap();
+        let cache = TokenCache::default();
+        let scope = pull_scope("team/web");
+        cache.put_bearer("r.example", &scope, &token, lifetime);
+        assert_eq!(cache.get("r.example", &scope).unwrap().expose(), "Bearer t");
+        assert!(!cache.expired("r.example", &scope));
     }
 
     #[test]

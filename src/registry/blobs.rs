@@ -317,8 +317,12 @@ impl RegistryClient {
         let (start, total) = match response.status {
             StatusCode::PARTIAL_CONTENT => {
                 let range = response.header(CONTENT_RANGE).unwrap_or_default();
-                let (start, total) = parse_content_range(range)
-                    .ok_or_else(|| invalid(format!("206 with Content-Range {range:?}")))?;
+                let (start, total) = parse_content_range(range).ok_or_else(|| {
+                    invalid(format!(
+                        "206 with Content-Range {}",
+                        crate::manifest::quote(range)
+                    ))
+                })?;
                 if start != offset {
                     return Err(invalid(format!(
                         "asked for bytes from {offset}, got a range from {start}"
@@ -393,9 +397,12 @@ impl RegistryClient {
         let location = response
             .header(LOCATION)
             .ok_or_else(|| invalid(format!("HTTP {} without a Location", response.status)))?;
-        let url = request_url
-            .join(location.trim())
-            .map_err(|e| invalid(format!("upload Location {location:?}: {e}")))?;
+        let url = request_url.join(location.trim()).map_err(|e| {
+            invalid(format!(
+                "upload Location {}: {e}",
+                crate::manifest::quote(location)
+            ))
+        })?;
         if url.origin() != endpoint.host.base.origin() {
             return Err(invalid(format!(
                 "upload Location points to another host ({})",

@@ -933,12 +933,27 @@ impl Engine {
             target: target.clone(),
             reason,
         };
-        let mut url = Url::parse(realm)
-            .map_err(|_| invalid(format!("token realm {realm:?} is not a URL")))?;
+        let mut url = Url::parse(realm).map_err(|_| {
+            invalid(format!(
+                "token realm {} is not a URL",
+                crate::manifest::quote(realm)
+            ))
+        })?;
         if !matches!(url.scheme(), "https" | "http") {
-            return Err(invalid(format!("token realm {realm:?} is not http(s)")));
+            return Err(invalid(format!(
+                "token realm {} is not http(s)",
+                crate::manifest::quote(realm)
+            )));
         }
         let realm_host = policy::url_host(&url).unwrap_or_default();
+        // Plain http only where the operator allows it, with a login or without: an anonymous
+        // token fetched in the clear is one anyone on the path can swap.
+        self.policy
+            .check_scheme(&url)
+            .map_err(|reason| RegistryError::Refused {
+                target: target.clone(),
+                reason: format!("token realm {reason}"),
+            })?;
         let credential = self.credential(host);
         let api_host = policy::url_host(&host.base).unwrap_or_default();
         self.policy
@@ -947,15 +962,6 @@ impl Engine {
                 target: target.clone(),
                 reason,
             })?;
-        if credential.is_some() && url.scheme() == "http" && !self.policy.is_insecure(&realm_host) {
-            return Err(RegistryError::Unauthorized {
-                target: target.clone(),
-                status: 401,
-                message: format!(
-                    "refusing to send credentials to the plain-http token realm {realm_host}; the operator can list it in insecureRegistries"
-                ),
-            });
-        }
         let scopes: Vec<&str> = scope.split_whitespace().collect();
         let mut request = Request {
             target,

@@ -378,7 +378,10 @@ impl RegistryClient {
                     .parse::<Digest>()
                     .map_err(|_| RegistryError::InvalidResponse {
                         target: target.clone(),
-                        reason: format!("Docker-Content-Digest {header:?} is not a digest"),
+                        reason: format!(
+                            "Docker-Content-Digest {} is not a digest",
+                            crate::manifest::quote(header)
+                        ),
                     })?;
             if !claimed.verifies(&bytes) {
                 return Err(mismatch(claimed.clone(), claimed.same_algorithm_of(&bytes)));

@@ -180,6 +180,14 @@ impl RegistryPolicy {
                 "{host} is not in the operator's allowedRegistries; ask the operator to add it"
             ));
         }
+        if self.is_listed_name(host_name(host)) {
+            // The resolver lets a listed name resolve inside without seeing the port: another
+            // port of it would reach whatever listens there (as `127.0.0.1:5001` would).
+            return Err(format!(
+                "{host}: the operator lists {} only with another port; it must list {host} itself in allowedRegistries, insecureRegistries or mirrorRegistries",
+                host_name(host)
+            ));
+        }
         if is_internal_host(host) {
             return Err(format!(
                 "{host} is a loopback, link-local, private or cluster-internal address; the operator must list it in allowedRegistries, insecureRegistries or mirrorRegistries"
@@ -281,11 +289,27 @@ impl RegistryPolicy {
         }
     }
 
-    /// Checks a redirect hop: its host must pass [`RegistryPolicy::check_host`].
+    /// Checks a redirect hop: its host must pass [`RegistryPolicy::check_host`], and plain
+    /// HTTP only to an `insecureRegistries` host.
     pub fn check_redirect(&self, url: &Url) -> Result<(), String> {
         let host = url_host(url).ok_or_else(|| "redirect to a URL without a host".to_owned())?;
         self.check_host(&host)
+            .and_then(|()| self.check_scheme(url))
             .map_err(|reason| format!("redirect refused: {reason}"))
+    }
+
+    /// A URL a registry named (a redirect, a token realm) may be plain HTTP only on a host
+    /// the operator lists in `insecureRegistries`: otherwise a registry could make the daemon
+    /// speak plain HTTP to any host, where anyone on the path reads and answers it.
+    pub fn check_scheme(&self, url: &Url) -> Result<(), String> {
+        match (url.scheme(), url_host(url)) {
+            ("https", _) => Ok(()),
+            ("http", Some(host)) if self.is_insecure(&host) => Ok(()),
+            ("http", Some(host)) => Err(format!(
+                "{host} over plain http; the operator can list it in insecureRegistries"
+            )),
+            (scheme, _) => Err(format!("{scheme}: URL is not http(s)")),
+        }
     }
 }
 
@@ -587,6 +611,17 @@ mod tests {
         assert!(err.contains("allowedRegistries"), "{err}");
         assert!(policy.check_host("169.254.169.254").is_err());
         assert!(policy.check_host("quay.io").is_ok());
+        // A listed name resolves inside on any port the resolver is asked for: only its listed
+        // port may be used, like a literal address.
+        let named = RegistryPolicy {
+            mirrors: ["mirror.corp.example:5000".to_owned()].into(),
+            ..RegistryPolicy::default()
+        };
+        assert!(named.check_host("mirror.corp.example:5000").is_ok());
+        let err = named.check_host("mirror.corp.example:10250").unwrap_err();
+        assert!(err.contains("only with another port"), "{err}");
+        assert!(named.check_host("mirror.corp.example").is_err());
+        assert!(named.check_host("other.corp.example").is_ok());
     }
 
     #[test]
@@ -652,6 +687,33 @@ mod tests {
                 .check_realm("ghcr.io", "ghcr.io", "auth.quay.io", true)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn plain_http_only_to_insecure_hosts() {
+        let policy = mk_policy();
+        let url = |u: &str| Url::parse(u).unwrap();
+        assert!(policy.check_scheme(&url("https://quay.io/token")).is_ok());
+        assert!(policy.check_scheme(&url("http://127.0.0.1:5000/t")).is_ok());
+        let err = policy
+            .check_scheme(&url("http://quay.io/token"))
+            .unwrap_err();
+        assert!(err.contains("insecureRegistries"), "{err}");
+        // Another port of an insecure host is another host.
+        assert!(
+            policy
+                .check_scheme(&url("http://127.0.0.1:5001/t"))
+                .is_err()
+        );
+        assert!(policy.check_scheme(&url("ftp://quay.io/t")).is_err());
+        // A public host passes the host rules, but not over plain http.
+        let redirect = url("http://cdn.example/blob");
+        assert!(
+            policy
+                .check_redirect(&url("https://cdn.example/blob"))
+                .is_ok()
+        );
+        assert!(policy.check_redirect(&redirect).is_err());
     }
 
     #[test]

@@ -169,7 +169,10 @@ pub fn parse_manifest(content_type: &str, bytes: &[u8]) -> Result<ParsedManifest
     } else if let Some(declared) = declared.filter(|d| known(d)) {
         declared
     } else if let Some(other) = declared.filter(|d| !d.is_empty()) {
-        return Err(invalid(format!("unsupported manifest media type {other}")));
+        return Err(invalid(format!(
+            "unsupported manifest media type {}",
+            crate::manifest::quote(other)
+        )));
     } else if probe.manifests.is_some() {
         OCI_INDEX
     } else if probe.config.is_some() {
@@ -363,6 +366,19 @@ mod tests {
         ] {
             assert!(MANIFEST_ACCEPT.contains(media_type));
         }
+    }
+
+    #[test]
+    fn an_unsupported_media_type_is_quoted_short_and_escaped() {
+        // The reason reaches logs, /status and a pull request check's output.
+        let hostile = format!(r"\u001b]0;pwned\u0007{}", "x".repeat(1 << 20));
+        let body = format!(r#"{{"schemaVersion":2,"mediaType":"{hostile}"}}"#);
+        let err = parse_manifest("application/json", body.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unsupported manifest media type"), "{err}");
+        assert!(err.len() < 300, "{} bytes", err.len());
+        assert!(!err.chars().any(char::is_control), "{err:?}");
     }
 
     #[test]

@@ -358,6 +358,24 @@ async fn a_redirect_to_an_unlisted_host_is_refused() {
     assert!(!registry.requests().is_empty());
     assert_eq!(elsewhere.requests(), [], "the redirect was not followed");
 
+    // Allowed, but not for plain http: a registry's redirect does not make the daemon speak
+    // http to a host the operator did not mark insecure.
+    let plan = run(operator_command(
+        &[
+            "plan",
+            "--allowed-registry",
+            &host,
+            "--allowed-registry",
+            &elsewhere.host(),
+        ],
+        &[&host],
+    )
+    .arg(&repo.work))
+    .await;
+    let output = text(&plan);
+    assert!(output.contains("over plain http"), "{output}");
+    assert_eq!(elsewhere.requests(), [], "the redirect was not followed");
+
     // The control: listed, the redirect is followed.
     run(operator_command(
         &["plan", "--allowed-registry", &host],
