@@ -328,7 +328,14 @@ pub(crate) struct Doc<'s> {
     path: &'s Path,
     source: &'s str,
     diagnostics: Vec<Diagnostic>,
+    /// Where each [`CHARS_PER_CHECKPOINT`]th char of `source` starts, in bytes, made on first
+    /// use: saphyr's markers count chars, and walking the source from its start for each
+    /// scalar would be quadratic (a big file of numbers took minutes).
+    checkpoints: std::cell::OnceCell<Vec<usize>>,
 }
+
+/// Chars between two entries of [`Doc::checkpoints`].
+const CHARS_PER_CHECKPOINT: usize = 256;
 
 impl<'s> Doc<'s> {
     pub fn new(path: &'s Path, source: &'s str) -> Self {
@@ -336,6 +343,26 @@ impl<'s> Doc<'s> {
             path,
             source,
             diagnostics: Vec::new(),
+            checkpoints: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The source from char `index` on, found from the nearest checkpoint.
+    fn from_char(&self, index: usize) -> &'s str {
+        let checkpoints = self.checkpoints.get_or_init(|| {
+            self.source
+                .char_indices()
+                .step_by(CHARS_PER_CHECKPOINT)
+                .map(|(at, _)| at)
+                .collect()
+        });
+        let Some(&at) = checkpoints.get(index / CHARS_PER_CHECKPOINT) else {
+            return "";
+        };
+        let rest = &self.source[at..];
+        match rest.char_indices().nth(index % CHARS_PER_CHECKPOINT) {
+            Some((skip, _)) => &rest[skip..],
+            None => "",
         }
     }
 
@@ -468,7 +495,7 @@ impl<'s> Doc<'s> {
         if end <= start {
             return None;
         }
-        let text: String = self.source.chars().skip(start).take(end - start).collect();
+        let text: String = self.from_char(start).chars().take(end - start).collect();
         let mut text = text.trim();
         // `&anchor 1.10` or `!!float 1.10`: the node's span includes these properties.
         while text.starts_with(['&', '!']) {
@@ -843,6 +870,29 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "line 1, column 4: YAML anchor is not allowed: anchors and aliases are refused in imagelock files, write the value out"
+        );
+    }
+
+    #[test]
+    fn numbers_keep_their_source_text_past_many_checkpoints_of_wide_chars() {
+        // Multi-byte chars before and between the numbers: char and byte indexes differ.
+        let padding = "# é€😀\n".repeat(300);
+        let tags: Vec<String> = (0..600).map(|i| format!("{i}.10")).collect();
+        let source = format!("{padding}tags: [{}]  # ünïcode\n", tags.join(", "));
+        let mut doc = Doc::new(Path::new("images/x.yaml"), &source);
+        let root = doc.load("a test").unwrap();
+        let map = doc.mapping(&root_value(&root), &["tags"]).unwrap();
+        let list = doc.string_list(map.get("tags").unwrap()).unwrap();
+        let got: Vec<String> = list.into_iter().map(|(text, _)| text).collect();
+        assert_eq!(got, tags);
+        assert_eq!(doc.from_char(0), source);
+        let count = source.chars().count();
+        assert_eq!(doc.from_char(count), "");
+        assert_eq!(doc.from_char(count + 1_000), "");
+        let at = 3 * CHARS_PER_CHECKPOINT + 5;
+        assert_eq!(
+            doc.from_char(at),
+            source.chars().skip(at).collect::<String>()
         );
     }
 
