@@ -99,7 +99,7 @@ pub fn rewrite(text: &str, resolve: &dyn Fn(&Marker) -> Resolution) -> Rewrite {
         });
         return result;
     }
-    let scan = match scan(text) {
+    let scan = match scan(text, &lines) {
         Ok(scan) => scan,
         Err(error) => {
             result.problems.push(Problem {
@@ -177,7 +177,7 @@ pub fn rewrite(text: &str, resolve: &dyn Fn(&Marker) -> Resolution) -> Rewrite {
             event.value = Some(r.value.clone());
         }
     }
-    match self::scan(&out) {
+    match self::scan(&out, &split_lines(&out)) {
         Ok(after) if after.events == expected => result.text = Some(out),
         _ => result.problems.push(Problem {
             line: 1,
@@ -354,9 +354,9 @@ struct Scan {
 
 impl Scan {
     fn in_block_scalar(&self, line: usize) -> bool {
-        self.blocks
-            .iter()
-            .any(|(first, last)| (*first..=*last).contains(&line))
+        // Blocks come in file order and do not overlap.
+        let after = self.blocks.partition_point(|(first, _)| *first <= line);
+        after > 0 && self.blocks[after - 1].1 >= line
     }
 }
 
@@ -378,7 +378,8 @@ struct ValueScalar {
     event: usize,
 }
 
-fn scan(text: &str) -> Result<Scan, ScanError> {
+/// The events of `text` (split into `lines`).
+fn scan(text: &str, lines: &[Line<'_>]) -> Result<Scan, ScanError> {
     enum Frame {
         Sequence,
         Mapping { next_is_key: bool },
@@ -409,7 +410,7 @@ fn scan(text: &str) -> Result<Scan, ScanError> {
         let (kind, value) = match event {
             Event::Scalar(value, style, _, _) => {
                 if matches!(style, ScalarStyle::Literal | ScalarStyle::Folded) {
-                    scan.blocks.push(block_lines(text, &span));
+                    scan.blocks.push(block_lines(lines, &span));
                 } else if !is_key {
                     scan.values.push(ValueScalar {
                         line: span.start.line(),
@@ -444,14 +445,15 @@ fn scan(text: &str) -> Result<Scan, ScanError> {
 }
 
 /// The content lines of a block scalar. Its span ends where the next token starts, which is
-/// the indentation of the line after the content (not part of it).
-fn block_lines(text: &str, span: &saphyr_parser::Span) -> (usize, usize) {
+/// the indentation of the line after the content (not part of it). Found by line, not by
+/// walking the file from its start (quadratic over many block scalars).
+fn block_lines(lines: &[Line<'_>], span: &saphyr_parser::Span) -> (usize, usize) {
     let (first, end) = (span.start.line(), span.end.line());
-    let end_line_text: String = text
-        .chars()
-        .skip(span.end.index().saturating_sub(span.end.col()))
-        .take(span.end.col())
-        .collect();
+    let end_line_text: String = end
+        .checked_sub(1)
+        .and_then(|at| lines.get(at))
+        .map(|line| line.content.chars().take(span.end.col()).collect())
+        .unwrap_or_default();
     let last = if end > first && end_line_text.trim().is_empty() {
         end - 1
     } else {
@@ -470,10 +472,11 @@ struct Found {
 
 fn locate(text: &str, line: &Line<'_>, hash: usize, scan: &Scan) -> Result<Found, String> {
     const NO_VALUE: &str = "the marker follows no value on this line; put it after a plain or quoted value, like image: web # {\"imagelock\": \"team-a:web\"}";
-    let scalar = scan
-        .values
+    // Values come in file order: only those of this line are looked at.
+    let from = scan.values.partition_point(|v| v.line < line.number);
+    let to = scan.values.partition_point(|v| v.line <= line.number);
+    let scalar = scan.values[from..to]
         .iter()
-        .filter(|v| v.line == line.number)
         .filter_map(|v| Some((byte_offset(line, v.index)?, v)))
         .rfind(|(start, _)| *start < hash);
     let Some((start, scalar)) = scalar else {
@@ -583,6 +586,24 @@ mod tests {
 
     const M: &str = r#"# {"imagelock": "team-a:web"}"#;
     const PINNED: &str = "registry.internal/team-a/web@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    #[test]
+    fn many_blocks_and_markers_each_found_by_line() {
+        // Markers inside block scalars are content; those after values are rewritten. Blocks
+        // and values are found by line (binary search), not by walking the whole file each.
+        let mut text = String::new();
+        let mut want = String::new();
+        for i in 0..2_000 {
+            let block = format!("b{i}: |\n  text {M}\n  more\n");
+            text.push_str(&block);
+            want.push_str(&block);
+            text.push_str(&format!("i{i}: web {M}\n"));
+            want.push_str(&format!("i{i}: {PINNED} {M}\n"));
+        }
+        text.push_str("last: >\n  folded");
+        want.push_str("last: >\n  folded");
+        assert_eq!(rewritten(&text), want);
+    }
 
     #[test]
     fn styles_are_kept() {
