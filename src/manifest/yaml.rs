@@ -348,7 +348,7 @@ impl<'s> Doc<'s> {
     }
 
     /// The source from char `index` on, found from the nearest checkpoint.
-    fn from_char(&self, index: usize) -> &'s str {
+    fn source_from_char(&self, index: usize) -> &'s str {
         let checkpoints = self.checkpoints.get_or_init(|| {
             self.source
                 .char_indices()
@@ -495,7 +495,11 @@ impl<'s> Doc<'s> {
         if end <= start {
             return None;
         }
-        let text: String = self.from_char(start).chars().take(end - start).collect();
+        let text: String = self
+            .source_from_char(start)
+            .chars()
+            .take(end - start)
+            .collect();
         let mut text = text.trim();
         // `&anchor 1.10` or `!!float 1.10`: the node's span includes these properties.
         while text.starts_with(['&', '!']) {
@@ -885,13 +889,13 @@ mod tests {
         let list = doc.string_list(map.get("tags").unwrap()).unwrap();
         let got: Vec<String> = list.into_iter().map(|(text, _)| text).collect();
         assert_eq!(got, tags);
-        assert_eq!(doc.from_char(0), source);
+        assert_eq!(doc.source_from_char(0), source);
         let count = source.chars().count();
-        assert_eq!(doc.from_char(count), "");
-        assert_eq!(doc.from_char(count + 1_000), "");
+        assert_eq!(doc.source_from_char(count), "");
+        assert_eq!(doc.source_from_char(count + 1_000), "");
         let at = 3 * CHARS_PER_CHECKPOINT + 5;
         assert_eq!(
-            doc.from_char(at),
+            doc.source_from_char(at),
             source.chars().skip(at).collect::<String>()
         );
     }
