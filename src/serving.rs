@@ -43,11 +43,13 @@ pub struct PeerLimiter {
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// One admitted connection of a peer; dropping it frees the place.
+/// One admitted connection of a peer (or the units [`PeerLimiter::try_take`] took);
+/// dropping it frees them.
 #[derive(Debug)]
 pub struct PeerGuard {
     limiter: Arc<PeerLimiter>,
     peer: IpAddr,
+    units: usize,
 }
 
 impl PeerLimiter {
@@ -60,16 +62,26 @@ impl PeerLimiter {
 
     /// A place for one more connection of `ip`, or `None` when it holds `per_peer` already.
     pub fn try_admit(self: &Arc<Self>, ip: IpAddr) -> Option<PeerGuard> {
+        self.try_take(ip, 1)
+    }
+
+    /// `units` more of the peer's share (bytes, KiB: whatever the cap counts), or `None`
+    /// when that would take it past `per_peer`.
+    pub fn try_take(self: &Arc<Self>, ip: IpAddr, units: usize) -> Option<PeerGuard> {
         let peer = peer_of(ip);
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let count = open.entry(peer).or_insert(0);
-        if *count >= self.per_peer {
+        if count.saturating_add(units) > self.per_peer {
+            if *count == 0 {
+                open.remove(&peer);
+            }
             return None;
         }
-        *count += 1;
+        *count += units;
         Some(PeerGuard {
             limiter: self.clone(),
             peer,
+            units,
         })
     }
 
@@ -96,7 +108,7 @@ impl Drop for PeerGuard {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(count) = open.get_mut(&self.peer) {
-            *count -= 1;
+            *count = count.saturating_sub(self.units);
             if *count == 0 {
                 open.remove(&self.peer);
             }

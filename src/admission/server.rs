@@ -10,8 +10,9 @@
 //! - one peer (an IPv4 address, an IPv6 /64) holds at most `max_connections_per_peer`
 //!   connections, pending or not;
 //! - the body has a timeout and a size cap (3 MiB, the API server's own request limit), the
-//!   bodies in memory at once a cap (64 MiB), and a connection a maximum age after which it
-//!   is closed gracefully.
+//!   bodies in memory at once a cap (64 MiB), of which one peer may hold at most an eighth
+//!   (so that one client's stalled bodies cannot make everyone else's wait), and a
+//!   connection a maximum age after which it is closed gracefully.
 //!
 //! Connections are served concurrently, HTTP/2 (what the API server speaks when offered) or
 //! HTTP/1.1.
@@ -80,6 +81,9 @@ pub struct ServerOptions {
     /// streams: each request reserves its `Content-Length` (or `max_body_bytes`) before its
     /// body is read, and gets 503 when that cannot be had within `body_timeout`.
     pub max_body_bytes_in_flight: usize,
+    /// Of `max_body_bytes_in_flight`, what one peer may hold at once (at least
+    /// `max_body_bytes`); past it, its request gets 503 at once instead of waiting.
+    pub max_body_bytes_per_peer: usize,
     /// A connection older than this is closed gracefully (requests in flight finish).
     pub max_connection_age: Duration,
     /// On shutdown, how long requests in flight may take to finish.
@@ -99,6 +103,7 @@ impl Default for ServerOptions {
             max_handshakes: 1024,
             max_connections_per_peer: 256,
             max_body_bytes_in_flight: 64 << 20,
+            max_body_bytes_per_peer: 8 << 20,
             max_connection_age: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(10),
             observer: None,
@@ -204,10 +209,14 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
     let handshakes = Handshakes::new(options.max_handshakes);
     let peers = PeerLimiter::new(options.max_connections_per_peer);
-    let bodies = Arc::new(Semaphore::new(kib(options
-        .max_body_bytes_in_flight
-        .max(options.max_body_bytes))
-        as usize));
+    let bodies = Arc::new(Bodies {
+        memory: Semaphore::new(
+            kib(options.max_body_bytes_in_flight.max(options.max_body_bytes)) as usize,
+        ),
+        per_peer: PeerLimiter::new(
+            kib(options.max_body_bytes_per_peer.max(options.max_body_bytes)) as usize,
+        ),
+    });
     let timeouts = Arc::new(options.timeouts());
     let builders =
         Arc::new([Protocol::Http1, Protocol::Http2].map(|p| serving::http_builder(&timeouts, p)));
@@ -284,7 +293,11 @@ pub async fn serve(
             let service = {
                 let options = options.clone();
                 hyper::service::service_fn(move |request| {
-                    handle(request, index.clone(), options.clone(), bodies.clone())
+                    let client = Client {
+                        peer: peer.ip(),
+                        bodies: bodies.clone(),
+                    };
+                    handle(request, index.clone(), options.clone(), client)
                 })
             };
             // The API server offers HTTP/2; ALPN says what was agreed.
@@ -313,6 +326,18 @@ pub async fn serve(
 
 type Reply = Response<Full<Bytes>>;
 
+/// The memory for request bodies: all of it, and each peer's share of it (in KiB).
+struct Bodies {
+    memory: Semaphore,
+    per_peer: Arc<PeerLimiter>,
+}
+
+/// Who sent a request, and the body memory it draws on.
+struct Client {
+    peer: std::net::IpAddr,
+    bodies: Arc<Bodies>,
+}
+
 fn reply(status: StatusCode, text: impl Into<String>) -> Reply {
     let mut text = text.into();
     text.push('\n');
@@ -329,10 +354,10 @@ async fn handle(
     request: Request<Incoming>,
     index: IndexHandle,
     options: Arc<ServerOptions>,
-    bodies: Arc<Semaphore>,
+    client: Client,
 ) -> Result<Reply, Infallible> {
     let started = Instant::now();
-    let (response, mode) = answer(request, &index, &options, &bodies).await;
+    let (response, mode) = answer(request, &index, &options, &client).await;
     let took = started.elapsed();
     if let Some(RequestObserver(observe)) = &options.observer {
         observe(response.status(), mode, took);
@@ -350,9 +375,9 @@ async fn answer(
     request: Request<Incoming>,
     index: &IndexHandle,
     options: &ServerOptions,
-    bodies: &Semaphore,
+    client: &Client,
 ) -> (Reply, Option<AdmissionMode>) {
-    match review(request, index, options, bodies).await {
+    match review(request, index, options, client).await {
         Ok((reply, mode)) => (reply, Some(mode)),
         Err(reply) => (reply, None),
     }
@@ -363,7 +388,7 @@ async fn review(
     request: Request<Incoming>,
     index: &IndexHandle,
     options: &ServerOptions,
-    bodies: &Semaphore,
+    client: &Client,
 ) -> Result<(Reply, AdmissionMode), Reply> {
     if request.uri().path() != MUTATE_PATH {
         return Err(reply(
@@ -388,10 +413,23 @@ async fn review(
         return Err(too_large(limit));
     }
     // Memory for the body first: many slow bodies at once wait here instead of piling up.
-    let reserve = declared.map_or(limit, |length| length as usize);
+    // The peer's share is taken without waiting, so that one client whose bodies stall
+    // cannot hold the memory every other client's request waits for.
+    let reserve = kib(declared.map_or(limit, |length| length as usize)).max(1);
+    let Some(_share) = client
+        .bodies
+        .per_peer
+        .try_take(client.peer, reserve as usize)
+    else {
+        crate::telemetry::METRICS.refused("webhook", "body_share");
+        return Err(reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many request bodies in flight from this client; try again",
+        ));
+    };
     let Ok(Ok(_memory)) = tokio::time::timeout(
         options.body_timeout,
-        bodies.acquire_many(kib(reserve).max(1)),
+        client.bodies.memory.acquire_many(reserve),
     )
     .await
     else {

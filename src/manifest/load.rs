@@ -35,14 +35,59 @@ impl LoadedRepo {
     pub fn is_valid(&self) -> bool {
         self.diagnostics.is_empty()
     }
+
+    /// Drops, with a diagnostic, every set that defines an alias an earlier set (by path)
+    /// already defines in the same namespace. Call it after taking out the sets that may
+    /// not be read (tenancy): only those left compete for an alias.
+    pub fn drop_duplicate_aliases(&mut self) {
+        let sets = std::mem::take(&mut self.sets);
+        let mut defined: HashMap<(String, String), (PathBuf, Position)> = HashMap::new();
+        let mut kept = Vec::new();
+        for set in sets {
+            let mut clashes = Vec::new();
+            for (index, image) in set.images.iter().enumerate() {
+                let key = (set.namespace.clone(), image.name.clone());
+                if let Some((path, position)) = defined.get(&key) {
+                    clashes.push(Diagnostic {
+                        path: set.path.clone(),
+                        position: image.name_position,
+                        message: format!(
+                            "spec.images[{index}].name: duplicate alias {:?} in namespace {:?}; it is already defined at {}:{}:{}, and aliases must be unique per namespace (this file is ignored until one of them is renamed)",
+                            image.name,
+                            set.namespace,
+                            path.display(),
+                            position.line,
+                            position.col
+                        ),
+                    });
+                }
+            }
+            if clashes.is_empty() {
+                for image in &set.images {
+                    defined.insert(
+                        (set.namespace.clone(), image.name.clone()),
+                        (set.path.clone(), image.name_position),
+                    );
+                }
+                kept.push(set);
+            } else {
+                self.diagnostics.extend(clashes);
+            }
+        }
+        self.sets = kept;
+        self.diagnostics
+            .sort_by(|a, b| (&a.path, a.position).cmp(&(&b.path, b.position)));
+    }
 }
 
 /// Reads `root/imagelock.yaml` (missing: defaults) and every `images/**/*.yaml` and `*.yml`
 /// except `*.lock.yaml`, as [`walk::image_files`] finds them; hidden files and directories
 /// are skipped. When `imagelock.yaml` is invalid the sets are still checked against the
-/// defaults, so that one run reports everything. An alias defined twice in one namespace is
-/// reported in the later file (by path), which is left out of `sets`. Errors only when `root`
-/// itself cannot be read.
+/// defaults, so that one run reports everything. Aliases defined twice in one namespace are
+/// left for [`LoadedRepo::drop_duplicate_aliases`], which runs once the operator's tenancy
+/// has taken out the manifests that may not declare their namespace (else a refused
+/// manifest could shadow another team's alias). Errors only when `root` itself cannot be
+/// read.
 pub fn load_repo(root: &Path) -> Result<LoadedRepo, ManifestError> {
     let io_error = |source| ManifestError::Io {
         path: root.to_path_buf(),
@@ -76,7 +121,6 @@ pub fn load_repo(root: &Path) -> Result<LoadedRepo, ManifestError> {
         }
     }
     sets.sort_by(|a, b| a.path.cmp(&b.path));
-    let sets = loader.unique_aliases(sets);
 
     let mut diagnostics = loader.diagnostics;
     // Stable: messages at the same position keep the order they were found in.
@@ -158,45 +202,6 @@ impl Loader {
                 None
             }
         }
-    }
-
-    /// Drops, with a diagnostic, every set that defines an alias an earlier set (by path)
-    /// already defines in the same namespace.
-    fn unique_aliases(&mut self, sets: Vec<ImageSet>) -> Vec<ImageSet> {
-        let mut defined: HashMap<(String, String), (PathBuf, Position)> = HashMap::new();
-        let mut kept = Vec::new();
-        for set in sets {
-            let mut clashes = Vec::new();
-            for (index, image) in set.images.iter().enumerate() {
-                let key = (set.namespace.clone(), image.name.clone());
-                if let Some((path, position)) = defined.get(&key) {
-                    clashes.push(Diagnostic {
-                        path: set.path.clone(),
-                        position: image.name_position,
-                        message: format!(
-                            "spec.images[{index}].name: duplicate alias {:?} in namespace {:?}; it is already defined at {}:{}:{}, and aliases must be unique per namespace (this file is ignored until one of them is renamed)",
-                            image.name,
-                            set.namespace,
-                            path.display(),
-                            position.line,
-                            position.col
-                        ),
-                    });
-                }
-            }
-            if clashes.is_empty() {
-                for image in &set.images {
-                    defined.insert(
-                        (set.namespace.clone(), image.name.clone()),
-                        (set.path.clone(), image.name_position),
-                    );
-                }
-                kept.push(set);
-            } else {
-                self.diagnostics.extend(clashes);
-            }
-        }
-        kept
     }
 }
 
@@ -368,7 +373,9 @@ mod tests {
             ("images/team-a/3-third.yaml", &mk_set("team-a", &["db"])),
             ("images/team-b/web.yaml", &mk_set("team-b", &["web"])),
         ]);
-        let repo = load_repo(dir.path()).unwrap();
+        let mut repo = load_repo(dir.path()).unwrap();
+        assert!(repo.is_valid(), "{:?}", messages(&repo));
+        repo.drop_duplicate_aliases();
         // The second file is left out, so the third one's `db` is the first.
         assert_eq!(
             paths(&repo),

@@ -298,7 +298,9 @@ impl Walk<'_> {
                     return;
                 }
             };
-            if self.listing.entries.len() + children.len() >= self.max_entries {
+            // Refused names count too: each is a problem kept in memory.
+            let seen = self.listing.entries.len() + children.len() + self.listing.problems.len();
+            if seen >= self.max_entries {
                 let message = format!(
                     "more than {} entries in the walk; the rest is not read (split the repository)",
                     self.max_entries
@@ -739,6 +741,19 @@ mod tests {
             cut.problems[0].1,
             "more than 5 entries in the walk; the rest is not read (split the repository)"
         );
+    }
+
+    #[test]
+    fn refused_names_count_toward_the_entry_limit() {
+        let dir = mk_tree(&[]);
+        let out = dir.path().join("out");
+        fs::create_dir(&out).unwrap();
+        for i in 0..20 {
+            fs::write(out.join(format!("bad\n{i}.yaml")), "x").unwrap();
+        }
+        let cut = list_bounded(dir.path(), Path::new("out"), &[], 5);
+        assert!(!cut.complete);
+        assert!(cut.problems.len() <= 6, "{} problems", cut.problems.len());
     }
 
     #[test]

@@ -850,6 +850,20 @@ mod tests {
     }
 
     #[test]
+    fn numbers_keep_their_source_text_after_many_wide_chars() {
+        // Multi-byte chars before and between the numbers: char and byte indexes differ.
+        let padding = "# é€😀\n".repeat(300);
+        let tags: Vec<String> = (0..600).map(|i| format!("{i}.10")).collect();
+        let source = format!("{padding}tags: [{}]  # ünïcode\n", tags.join(", "));
+        let mut doc = Doc::new(Path::new("images/x.yaml"), &source);
+        let root = doc.load("a test").unwrap();
+        let map = doc.mapping(&root_value(&root), &["tags"]).unwrap();
+        let list = doc.string_list(map.get("tags").unwrap()).unwrap();
+        let got: Vec<String> = list.into_iter().map(|(text, _)| text).collect();
+        assert_eq!(got, tags);
+    }
+
+    #[test]
     fn node_counts_are_bounded() {
         let many = format!("[{}]", "a,".repeat(20));
         assert!(matches!(

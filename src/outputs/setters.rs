@@ -16,8 +16,8 @@
 use saphyr_parser::{Event, Parser, ScalarStyle, ScanError};
 
 // JSON values and marker comments print as written (JSON quotes its own strings), cut short.
-use crate::manifest::{EXCERPT_CHARS, MAX_YAML_NODES, ShapeError, check_size, escape_text, quote};
 use crate::char_index::CharIndex;
+use crate::manifest::{EXCERPT_CHARS, MAX_YAML_NODES, ShapeError, check_size, escape_text, quote};
 use crate::yaml_scalar::{quoted, single_quoted, stays_plain};
 
 /// The key of the marker object.
@@ -399,6 +399,7 @@ struct ValueScalar {
     event: usize,
 }
 
+/// The events of `text` (split into `lines`).
 fn scan(text: &str) -> Result<Scan, ScanError> {
     enum Frame {
         Sequence,
@@ -637,6 +638,24 @@ mod tests {
             rewritten(&format!("image: \t~web {M}\n")),
             format!("image: \t{PINNED} {M}\n")
         );
+    }
+
+    #[test]
+    fn many_blocks_and_markers_each_found_by_line() {
+        // Markers inside block scalars are content; those after values are rewritten. Blocks
+        // and values are found by line (binary search), not by walking the whole file each.
+        let mut text = String::new();
+        let mut want = String::new();
+        for i in 0..2_000 {
+            let block = format!("b{i}: |\n  text {M}\n  more\n");
+            text.push_str(&block);
+            want.push_str(&block);
+            text.push_str(&format!("i{i}: web {M}\n"));
+            want.push_str(&format!("i{i}: {PINNED} {M}\n"));
+        }
+        text.push_str("last: >\n  folded");
+        want.push_str("last: >\n  folded");
+        assert_eq!(rewritten(&text), want);
     }
 
     #[test]

@@ -473,7 +473,9 @@ pub fn load(root: &Path, tenancy: &Tenancy) -> Result<Admitted, ManifestError> {
 
 /// Takes out of `repo.sets` every manifest that may not declare its namespace (tenancy), and
 /// every group of manifests whose locks would be one file (`web.yaml` and `web.yml`): none
-/// of their pins is served, written or resolved.
+/// of their pins is served, written or resolved. Then, among the rest, every later
+/// definition of an alias in one namespace (a diagnostic that keeps the file's last good
+/// pins, see [`LoadedRepo::drop_duplicate_aliases`]).
 pub fn admit(mut repo: LoadedRepo, tenancy: &Tenancy) -> Admitted {
     let mut refused = Vec::new();
     let at_start = Position { line: 1, col: 1 };
@@ -522,6 +524,8 @@ pub fn admit(mut repo: LoadedRepo, tenancy: &Tenancy) -> Admitted {
         });
         false
     });
+    // Among the admitted only, again: a refused manifest cannot shadow another's alias.
+    repo.drop_duplicate_aliases();
     refused.sort_by(|a, b| a.path.cmp(&b.path));
     Admitted {
         repo,

@@ -425,6 +425,45 @@ fn a_manifest_that_may_not_declare_its_namespace_is_refused_and_serves_nothing()
 }
 
 #[test]
+fn a_refused_manifest_cannot_shadow_another_namespaces_alias() {
+    // team-a's manifest claims team-b's alias from a path that sorts before team-b's: it is
+    // refused, and team-b's own manifest stays, without a diagnostic.
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = |namespace: &str| {
+        format!(
+            "apiVersion: imagelock.dev/v1alpha1\nkind: ImageSet\nmetadata: {{name: web, namespace: {namespace}}}\nspec:\n  images:\n    - {{name: web, source: quay.io/company/web, tags: [latest]}}\n"
+        )
+    };
+    for (path, namespace) in [
+        ("images/team-a/aaa.yaml", "team-b"),
+        ("images/team-b/web.yaml", "team-b"),
+    ] {
+        let full = dir.path().join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, manifest(namespace)).unwrap();
+    }
+    let admitted = load(dir.path(), &mk_tenancy()).unwrap();
+    let kept: Vec<&Path> = admitted.sets.iter().map(|s| s.path.as_path()).collect();
+    assert_eq!(kept, [Path::new("images/team-b/web.yaml")]);
+    let diagnostics: Vec<String> = admitted
+        .all_diagnostics()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(diagnostics.len(), 1, "{diagnostics:?}");
+    assert!(
+        diagnostics[0].starts_with("images/team-a/aaa.yaml:1:1: metadata.namespace: "),
+        "{diagnostics:?}"
+    );
+
+    // Without tenancy, two manifests of one namespace still compete: the later one goes.
+    let admitted = load(dir.path(), &Tenancy::default()).unwrap();
+    let kept: Vec<&Path> = admitted.sets.iter().map(|s| s.path.as_path()).collect();
+    assert_eq!(kept, [Path::new("images/team-a/aaa.yaml")]);
+    assert!(admitted.diagnostics[0].message.contains("duplicate alias"));
+}
+
+#[test]
 fn a_source_the_namespace_may_not_use_is_not_served() {
     let mut tenancy = mk_tenancy();
     if let Some(policy) = tenancy.namespaces.get_mut("team-a") {

@@ -249,6 +249,14 @@ impl Webhook {
 
     /// A new TLS connection to the server, handshake done, nothing sent.
     async fn tls_connect(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        self.tls_connect_from([127, 0, 0, 1].into()).await
+    }
+
+    /// [`Webhook::tls_connect`] from the loopback address `from` (another peer).
+    async fn tls_connect_from(
+        &self,
+        from: std::net::IpAddr,
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&self.ca) {
             roots.add(cert.expect("pem")).expect("root");
@@ -259,9 +267,9 @@ impl Webhook {
             .with_root_certificates(roots)
             .with_no_client_auth();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let tcp = tokio::net::TcpStream::connect(self.addr)
-            .await
-            .expect("connect");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(SocketAddr::new(from, 0)).expect("bind");
+        let tcp = socket.connect(self.addr).await.expect("connect");
         let name = rustls::pki_types::ServerName::try_from(format!("{SERVICE}.{NAMESPACE}.svc"))
             .expect("name");
         connector.connect(name, tcp).await.expect("handshake")
@@ -1211,6 +1219,46 @@ async fn held_idle_connections_do_not_delay_a_review() {
         );
         webhook.stop().await;
     }
+}
+
+/// A client that sends request heads declaring 3 MiB bodies and then nothing holds at most
+/// its own share of the body memory (its later requests get 503 at once): another client's
+/// review is answered at once, not after the body timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_bodies_of_one_client_do_not_hold_the_memory_others_need() {
+    let webhook = Webhook::start_with_options(Some(load_pins(1)), ServerOptions::default()).await;
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nHost: imagelock\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        3 << 20
+    );
+    let mut stalled = Vec::new();
+    // 64 MiB of memory for bodies: 22 such heads would hold all of it.
+    for _ in 0..30 {
+        let mut tls = webhook.tls_connect_from([127, 0, 0, 2].into()).await;
+        tls.write_all(head.as_bytes()).await.expect("write");
+        tls.flush().await.expect("flush");
+        stalled.push(tls);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "web"}]}});
+    let took = time_a_review(&webhook, &admission_review("CREATE", REWRITE, &pod, None)).await;
+    assert!(
+        took < Duration::from_secs(1),
+        "answered in {took:?} while another client's 30 bodies stall"
+    );
+    // The stalled client's own requests past its share were refused, not queued.
+    let mut refused = 0;
+    for tls in &mut stalled {
+        let mut answer = [0u8; 12];
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_millis(100), tls.read_exact(&mut answer)).await
+        {
+            refused += usize::from(answer.starts_with(b"HTTP/1.1 503"));
+        }
+    }
+    assert!(refused >= 20, "{refused} of 30 stalled requests refused");
+    drop(stalled);
+    webhook.stop().await;
 }
 
 /// Slowloris: a client that sends its request head one byte per second is cut at the 2 s
