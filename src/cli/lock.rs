@@ -22,16 +22,8 @@ pub async fn run(
     registry: &RegistryArgs,
     deadlines: Deadlines,
 ) -> anyhow::Result<ExitCode> {
-    let (repo, access) = super::load_admitted(dir, registry)?;
-    let mut observations = reconcile::observe(
-        &access,
-        dir,
-        &repo,
-        &CheckoutLocks,
-        &|_, _| true,
-        deadlines.entry,
-    )
-    .await;
+    let (repo, access, mut observations) =
+        super::observe_admitted(dir, registry, deadlines.entry).await?;
     if repo
         .sets
         .iter()

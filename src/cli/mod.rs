@@ -339,6 +339,26 @@ fn load_admitted(
     Ok((repo, access))
 }
 
+/// [`load_admitted`], then every entry resolved from the checkout's locks, each within
+/// `entry_timeout`: the first half of `plan` and `lock`.
+async fn observe_admitted(
+    dir: &Path,
+    registry: &RegistryArgs,
+    entry_timeout: std::time::Duration,
+) -> anyhow::Result<(Admitted, RegistryAccess, reconcile::Observations)> {
+    let (repo, access) = load_admitted(dir, registry)?;
+    let observations = reconcile::observe(
+        &access,
+        dir,
+        &repo,
+        &crate::pins::CheckoutLocks,
+        &|_, _| true,
+        entry_timeout,
+    )
+    .await;
+    Ok((repo, access, observations))
+}
+
 /// How long resolving one image entry may take in a pass. Serialized (camelCase, unset fields
 /// skipped) so `serve` can merge it over its config file.
 #[derive(Debug, Clone, Default, Args, serde::Serialize)]

@@ -26,16 +26,7 @@ pub async fn run(
     registry: &RegistryArgs,
     entry_timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
-    let (repo, access) = super::load_admitted(dir, registry)?;
-    let mut observations = reconcile::observe(
-        &access,
-        dir,
-        &repo,
-        &CheckoutLocks,
-        &|_, _| true,
-        entry_timeout,
-    )
-    .await;
+    let (repo, _, mut observations) = super::observe_admitted(dir, registry, entry_timeout).await?;
     // Nothing is copied, but the lock shown is the one `lock` would write after copying.
     reconcile::name_mirrors(&repo, &mut observations);
     let outcome = reconcile::apply_to(
